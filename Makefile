@@ -1,0 +1,63 @@
+# dpprof: `make help` lists the targets. Every target that needs Python sets up .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DPPROF := $(VENV)/bin/dpprof
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+STRATEGY ?= dp
+MODEL ?= vgg16
+GPUS ?=
+NPROC ?= 2
+STEPS ?= 12
+EPOCHS ?=
+BATCH ?= 128
+OUT ?= traces
+RUN ?=
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv profile report test lint bench gpu-check chromium clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "  variables: STRATEGY=single|dp|ddp MODEL=vgg16|vgg16-tv|resnet18|tiny STEPS=N BATCH=N NPROC=N RUN=DIR ARGS='...'"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install dpprof with its dependencies
+
+profile: venv ## profile one run (STRATEGY=dp by default), then write its report
+	$(DPPROF) profile --strategy $(STRATEGY) --model $(MODEL) --steps $(STEPS) --batch-size $(BATCH) \
+		--nproc $(NPROC) $(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --out $(OUT) --report $(ARGS)
+
+report: venv ## write the HTML report of RUN=DIR
+	@test -n "$(RUN)" || { echo "usage: make report RUN=traces/<run>"; exit 2; }
+	$(DPPROF) report $(RUN) $(ARGS)
+
+chromium: ## install headless Chromium for the report rendering test (Debian package)
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "chromium could not be installed: its test will be skipped"; }
+
+test: venv chromium ## run the test suite (installs what it needs)
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+lint: venv ## ruff on the package, tests and benchmarks
+	$(VENV)/bin/ruff check dpprof tests benchmarks
+
+bench: venv ## analyze-vs-HTA speed and memory, and collection overhead on CPU
+	$(PY) benchmarks/analyze_vs_hta.py $(ARGS)
+	$(PY) benchmarks/overhead.py --model tiny
+
+gpu-check: ## on a GPU machine (no venv): single, dp, ddp with profiler + NVML, overhead figures
+	bash benchmarks/gpu_check.sh
+
+clean: ## remove generated runs and reports (keeps .venv)
+	rm -rf traces/*/ reports/*.html

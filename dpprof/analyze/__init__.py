@@ -1,0 +1,1 @@
+"""Analysis stage: traces -> per-step, per-device attribution -> diagnosis (plain frozen data)."""

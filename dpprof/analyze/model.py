@@ -1,0 +1,220 @@
+"""The one intermediate form of dpprof: what ``analyze`` produces and every report reads.
+
+All durations are microseconds (``*_us``), byte counts ``*_bytes``, shares ``*_pct`` (0..100).
+The JSON contract (``schema: dpprof.analysis/1``) may be extended, never renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = "dpprof.analysis/1"
+
+#: Exclusive categories of a step on one device; per step they sum to ``duration_us``.
+CATEGORIES: tuple[str, ...] = (
+    "compute", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
+    "allreduce", "memcpy", "data_loading", "host", "idle",
+)
+DP_PHASES: tuple[str, ...] = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")
+STRATEGIES: tuple[str, ...] = ("dp", "ddp", "single", "unknown")
+VERDICTS: tuple[str, ...] = ("supported", "not_supported", "inconclusive")
+
+
+@dataclass(frozen=True)
+class AnalysisWarning:
+    """Something skipped or doubtful; ``count`` events or files were affected."""
+
+    code: str
+    message: str
+    rank: int | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """One trace file = one rank."""
+
+    rank: int
+    path: str
+    world_size: int | None = None
+    backend: str | None = None
+    #: GPU indices with activity in this trace (not Kineto's 16 metadata processes).
+    devices: tuple[int, ...] = ()
+    gpu_names: Mapping[str, str] = field(default_factory=dict)  # str(device) -> name
+    base_time_ns: int | None = None
+    #: True/False when the trace says whether all threads were profiled, None when it cannot tell.
+    profile_all_threads: bool | None = None
+    torch_version: str | None = None
+    events: int = 0
+    #: Trace time span covered by the steps, µs on this rank's clock.
+    steps_start_us: float | None = None
+    steps_end_us: float | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """Per device over the whole trace (all steps and outside them)."""
+
+    rank: int
+    device: int
+    kernel_time_us: float  # sum of kernel durations
+    comm_kernel_time_us: float  # sum of communication kernel durations
+    busy_time_us: float  # length of the union of kernel, memcpy and memset intervals
+    memcpy_time_us: float = 0.0  # sum of memcpy + memset durations
+    memcpy_bytes: Mapping[str, int] = field(default_factory=dict)  # copy kind (HtoD, DtoH, DtoD, PtoP) -> bytes
+
+
+@dataclass(frozen=True)
+class StepBreakdown:
+    """One ``ProfilerStep#N`` on one device (``device == -1``: a rank with no GPU, host timeline)."""
+
+    rank: int
+    device: int
+    step: int
+    duration_us: float
+    categories_us: Mapping[str, float]  # every name of CATEGORIES; sums to duration_us
+    allreduce_overlapped_us: float = 0.0  # communication kernels running under compute
+    gpu0_only_us: float | None = None  # DP only, on the output device's row; None elsewhere
+    start_us: float = 0.0  # step start on the rank's trace clock
+    busy_us: float = 0.0  # union of kernels, copies, memsets clipped to the step
+    #: GPU busy time of work launched inside each DP phase (keys of DP_PHASES), µs.
+    dp_phase_gpu_us: Mapping[str, float] = field(default_factory=dict)
+    #: Bytes copied in this step by copy kind.
+    memcpy_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KernelStat:
+    """Top kernels per device: total time over the profiled steps."""
+
+    rank: int
+    device: int
+    name: str
+    category: str  # compute | communication | memcpy | memset
+    count: int
+    total_us: float
+
+
+@dataclass(frozen=True)
+class CollectiveSkew:
+    """One collective matched across ranks (by sequence / order within its process group)."""
+
+    group: str
+    index: int
+    name: str
+    start_skew_us: float  # latest start - earliest start across ranks
+    last_rank: int  # the rank everyone waited for
+    ranks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """How often a rank arrived last at a collective, and by how much on average."""
+
+    rank: int
+    times_last: int
+    collectives: int
+    mean_lateness_us: float
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    id: str  # data_path | hardware | hyperparameters
+    verdict: str  # one of VERDICTS
+    rule: str  # the rule and thresholds used, in words
+    reason: str  # why this verdict, in words, with the numbers
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str  # e.g. host_bound, ddp_exposed_allreduce, data_loading_bound, straggler
+    severity: str  # info | warning | critical
+    title: str
+    detail: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    hypotheses: tuple[Hypothesis, ...]
+    findings: tuple[Finding, ...] = ()
+    advice: tuple[str, ...] = ()
+    #: What-if projection (always labelled a projection); free-form rows, see analyze/projection.py.
+    projection: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    strategy: str  # one of STRATEGIES
+    ranks: tuple[RankInfo, ...]
+    devices: tuple[DeviceSummary, ...]
+    steps: tuple[StepBreakdown, ...]
+    warnings: tuple[AnalysisWarning, ...] = ()
+    top_kernels: tuple[KernelStat, ...] = ()
+    collectives: tuple[CollectiveSkew, ...] = ()
+    stragglers: tuple[Straggler, ...] = ()
+    #: DP only: "multi_device" (replicate/parallel_apply/gather), "one_device" (Scatter then the module),
+    #: "no_gpu" (the module called directly); None for other strategies.
+    dp_mode: str | None = None
+    #: DP output device ("GPU0") when known.
+    output_device: int | None = None
+    diagnosis: Diagnosis | None = None
+    schema: str = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain, deterministic JSON-ready dict (floats rounded to ns, keys sorted by the writer)."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Analysis:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not a dpprof analysis (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+        return _from_plain(cls, data)
+
+    def with_diagnosis(self, diagnosis: Diagnosis) -> Analysis:
+        return dataclasses.replace(self, diagnosis=diagnosis)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return round(value, 3)
+    return value
+
+
+def _from_plain(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
+                  for f in dataclasses.fields(tp) if f.name in value}
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(args[0], value) if len(args) == 1 else value
+    if origin is tuple:
+        (item, *_rest) = typing.get_args(tp)
+        return tuple(_from_plain(item, v) for v in value)
+    if origin in (Mapping, dict) or tp is Mapping:
+        args = typing.get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _from_plain(vt, v) for k, v in value.items()}
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
