@@ -1,0 +1,117 @@
+"""Where things are in a run directory (see docs/run-format.md), and how CLI inputs resolve to traces."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpprof.errors import DpprofError
+from dpprof.fileio import write_text_atomic
+
+TRACES_DIR = "traces"
+MERGED_DIR = "merged"
+NODES_DIR = "nodes"
+MANIFEST = "manifest.json"
+ANALYSIS = "analysis.json"
+MANIFEST_SCHEMA = "dpprof.manifest/1"
+TRACE_SUFFIXES = (".json", ".json.gz", ".gz")
+#: torch's tensorboard_trace_handler names: ``{worker}.{time_ns}.pt.trace.json[.gz]``; dpprof uses ``rank{R}``.
+RANK_IN_NAME = re.compile(r"(?:^|[^a-z])rank[_-]?(\d+)(?:\D|$)", re.IGNORECASE)
+
+
+def trace_file_name(rank: int, time_ns: int) -> str:
+    return f"rank{rank}.{time_ns}.pt.trace.json.gz"
+
+
+def rank_from_name(path: str | Path) -> int | None:
+    """The rank a file name states (``rank3.…``, ``…_rank3.pt.trace…``), or None."""
+    m = RANK_IN_NAME.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def is_trace_file(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and not name.startswith(".") and name.endswith(TRACE_SUFFIXES) \
+        and name not in (MANIFEST, ANALYSIS)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a command was pointed at: the run directory (when there is one) and the trace files."""
+
+    run_dir: Path | None
+    traces: tuple[Path, ...]
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / MANIFEST).is_file() or (path / TRACES_DIR).is_dir())
+
+
+def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
+    """Resolve CLI arguments: one run directory, one folder of traces, or trace files.
+
+    Raises DpprofError (one line) when a path does not exist or nothing to read is found.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DpprofError("no input: give a run directory or trace files")
+    run_dir: Path | None = None
+    traces: list[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise DpprofError(f"{p}: no such file or directory")
+        if p.is_dir():
+            folder = p
+            if is_run_dir(p):
+                run_dir = p
+                folder = p / TRACES_DIR
+            found = sorted(f for f in folder.iterdir() if is_trace_file(f)) if folder.is_dir() else []
+            if not found:
+                raise DpprofError(f"{p}: no trace files (*.json, *.json.gz) in {folder}")
+            traces.extend(found)
+        else:
+            traces.append(p)
+    if run_dir is None and len(paths) == 1 and paths[0].is_file():
+        parent = paths[0].parent
+        if parent.name == TRACES_DIR and is_run_dir(parent.parent):
+            run_dir = parent.parent
+    return Inputs(run_dir=run_dir, traces=tuple(dict.fromkeys(traces)))
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file's content, or None when it is missing or unreadable (a cut-short run)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def read_manifest(run_dir: Path | None) -> dict[str, Any] | None:
+    if run_dir is None:
+        return None
+    data = read_json(run_dir / MANIFEST)
+    return data if isinstance(data, dict) else None
+
+
+def dumps_json(obj: Any, indent: int | None = 1) -> str:
+    """Deterministic JSON text: sorted keys, no NaN (null instead)."""
+    return json.dumps(_clean(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as deterministic JSON, atomically."""
+    write_text_atomic(path, dumps_json(obj))
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if obj != obj or obj in (float("inf"), float("-inf")) else obj
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
