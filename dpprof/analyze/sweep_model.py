@@ -1,0 +1,87 @@
+"""Plain data of a sweep (``dpprof sweep``): one point per configuration, written as ``sweep.json``.
+
+Units: ``step_ms_median`` milliseconds, ``images_per_s`` images per second (global, all ranks),
+``epoch_time_s`` seconds, ``categories_us`` microseconds (mean per step on the output device / rank 0
+device, every name of :data:`dpprof.analyze.model.CATEGORIES`), accuracies are fractions 0..1 as the
+collector's manifest records them. ``speedup`` = images/s of this point ÷ images/s of the 1-GPU
+(or 1-process) point with the same strategy, batch size and workers; ``scaling_efficiency`` =
+speedup ÷ gpus (1.0 = linear). Both are None when that reference point is missing.
+
+The JSON contract (``schema: dpprof.sweep/1``) may be extended, never renamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpprof.analyze.model import _from_plain, _to_plain
+
+SWEEP_SCHEMA = "dpprof.sweep/1"
+POINT_STATUSES: tuple[str, ...] = ("done", "skipped", "failed")
+
+#: One epoch of a point: (train_acc, test_acc, time_s); accuracies 0..1 or None when not measured.
+EpochRow = tuple[float | None, float | None, float | None]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One configuration of the grid and what its run measured."""
+
+    strategy: str  # "dp" | "ddp" | "single"
+    gpus: int  # GPUs (DP device count) or processes (DDP world size)
+    batch_size: int  # global batch size
+    workers: int  # DataLoader workers per process
+    run_dir: str | None = None  # relative to the sweep directory
+    status: str = "skipped"  # one of POINT_STATUSES
+    reason: str = ""  # why skipped / failed, or notes on a done point (e.g. "DP no_gpu path")
+    step_ms_median: float | None = None
+    images_per_s: float | None = None
+    epoch_time_s: float | None = None
+    epochs: tuple[EpochRow, ...] = ()
+    categories_us: Mapping[str, float] = field(default_factory=dict)
+    speedup: float | None = None
+    scaling_efficiency: float | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        """(strategy, gpus, batch_size, workers): the point's identity in the grid."""
+        return (self.strategy, self.gpus, self.batch_size, self.workers)
+
+    @property
+    def name(self) -> str:
+        """Folder name of the point's run directory inside the sweep directory."""
+        return f"{self.strategy}-g{self.gpus}-b{self.batch_size}-w{self.workers}"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The whole sweep: points in grid order, the grid asked for, the machine it ran on."""
+
+    points: tuple[SweepPoint, ...]
+    #: The grid as asked: {"strategies": [...], "gpus": [...], "batch_sizes": [...], "workers": [...],
+    #: "model": str, "epochs": int|None, "steps": int|None}.
+    grid: Mapping[str, Any] = field(default_factory=dict)
+    #: {"host": str, "cpus": int, "cuda_devices": int, "gpu_names": [...], "torch": str}.
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    #: One line per configuration this machine cannot run: "dp-g4-b64-w0: needs 4 GPUs, 0 available".
+    skipped: tuple[str, ...] = ()
+    schema: str = SWEEP_SCHEMA
+
+    def point(self, strategy: str, gpus: int, batch_size: int, workers: int) -> SweepPoint | None:
+        for p in self.points:
+            if p.key == (strategy, gpus, batch_size, workers):
+                return p
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (floats rounded to 3 decimals; the writer sorts keys)."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SweepResult:
+        if not isinstance(data, Mapping) or data.get("schema") != SWEEP_SCHEMA:
+            got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"not a dpprof sweep (schema {got!r}, expected {SWEEP_SCHEMA!r})")
+        return _from_plain(cls, data)
