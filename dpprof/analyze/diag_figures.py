@@ -1,0 +1,217 @@
+"""Measured figures of a run that the diagnosis and the projection read (pure, no I/O).
+
+Every figure is a mean per profiled step (µs) of one ``(rank, device)`` row of ``Analysis.steps``;
+bytes are per step; bandwidths GB/s (1e9 bytes per second). NVML figures are summarised per GPU from
+``dpprof.trace.nvml_samples.NvmlData`` (read by attribute, so a reader without some fields still works).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
+from dpprof.analyze.sweep_model import SweepResult
+
+#: CIFAR-shaped workloads (dpprof's models): 3×32×32 fp32 inputs, 10 fp32 logits per image.
+INPUT_BYTES_PER_IMAGE = 3 * 32 * 32 * 4
+OUTPUT_BYTES_PER_IMAGE = 10 * 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """Means over the profiled steps of one (rank, device) row; µs."""
+
+    rank: int
+    device: int
+    steps: int
+    step_us: float
+    categories_us: Mapping[str, float]
+    busy_us: float
+    gpu0_only_us: float | None
+    overlapped_us: float
+    dp_phase_gpu_us: Mapping[str, float] = field(default_factory=dict)
+    ptop_bytes: float = 0.0
+
+    def pct(self, us: float) -> float:
+        """``us`` as a percentage of this row's mean step."""
+        return 100.0 * us / self.step_us if self.step_us > 0 else 0.0
+
+    @property
+    def dp_phases_us(self) -> float:
+        return sum(self.categories_us.get(c, 0.0) for c in DP_PHASES)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def rows(analysis: Analysis) -> list[Row]:
+    """One Row per (rank, device) that has steps, sorted by (rank, device)."""
+    groups: dict[tuple[int, int], list[Any]] = {}
+    for s in analysis.steps:
+        groups.setdefault((s.rank, s.device), []).append(s)
+    out = []
+    for (rank, device), steps in sorted(groups.items()):
+        g0 = [s.gpu0_only_us for s in steps if s.gpu0_only_us is not None]
+        out.append(Row(
+            rank=rank, device=device, steps=len(steps),
+            step_us=mean([s.duration_us for s in steps]),
+            categories_us={c: mean([s.categories_us.get(c, 0.0) for s in steps]) for c in CATEGORIES},
+            busy_us=mean([s.busy_us for s in steps]),
+            gpu0_only_us=mean(g0) if g0 else None,
+            overlapped_us=mean([s.allreduce_overlapped_us for s in steps]),
+            dp_phase_gpu_us={p: mean([s.dp_phase_gpu_us.get(p, 0.0) for s in steps]) for p in DP_PHASES},
+            ptop_bytes=mean([float(s.memcpy_bytes.get("PtoP", 0)) for s in steps]),
+        ))
+    return out
+
+
+def gpu_rows(analysis: Analysis) -> list[Row]:
+    """Rows of GPUs with activity (device ≥ 0 and GPU busy time in the steps or over the trace)."""
+    busy_dev = {(d.rank, d.device) for d in analysis.devices if d.busy_time_us > 0 and d.device >= 0}
+    return [r for r in rows(analysis) if r.device >= 0 and (r.busy_us > 0 or (r.rank, r.device) in busy_dev)]
+
+
+def reference_row(analysis: Analysis) -> Row | None:
+    """The row a step time is read from: DP's output device, else rank 0's first GPU, else the host."""
+    all_rows = rows(analysis)
+    if not all_rows:
+        return None
+    out_dev = analysis.output_device if analysis.output_device is not None else 0
+    for r in all_rows:
+        if analysis.strategy == "dp" and r.device == out_dev:
+            return r
+    gpus = [r for r in all_rows if r.device >= 0]
+    return min(gpus or all_rows, key=lambda r: (r.rank, r.device))
+
+
+def distinct_gpus(analysis: Analysis, manifest: Mapping[str, Any] | None) -> int:
+    """GPUs with activity. DDP ranks that all name the same device on one node share one GPU."""
+    g = gpu_rows(analysis)
+    if analysis.strategy == "dp" or len({r.rank for r in g}) <= 1:
+        return len({r.device for r in g})
+    nnodes = get(manifest, "config", "nnodes")
+    if len({r.device for r in g}) == 1 and (nnodes in (None, 1)):
+        return 1
+    return len(g)
+
+
+def get(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
+    cur: Any = mapping
+    for k in keys:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(k)
+    return cur
+
+
+def link_gbps(manifest: Mapping[str, Any] | None) -> tuple[float | None, str]:
+    """Slowest measured GPU0↔GPUi peer bandwidth (GB/s) from the manifest, and where it came from."""
+    p2p = get(manifest, "link_bandwidth", "p2p_GBps")
+    if isinstance(p2p, Mapping):
+        vals = [float(v) for k, v in p2p.items() if isinstance(v, (int, float)) and v > 0
+                and "0" in str(k).replace("->", "-").split("-")]
+        if vals:
+            return min(vals), "manifest link_bandwidth.p2p_GBps (slowest pair with GPU0)"
+    return None, "no peer-to-peer bandwidth in the manifest"
+
+
+def gpu0_bytes_per_step(analysis: Analysis, manifest: Mapping[str, Any] | None, n: int) -> dict[str, Any]:
+    """Bytes through GPU0 per DP step: params×(N−1) broadcast and reduced, inputs scattered, outputs gathered.
+
+    Parameter bytes come from the manifest's model_info; without it, from the peer copies the trace
+    shows (NCCL broadcast/reduce kernels carry no byte counts, so that figure is a lower bound).
+    """
+    params = get(manifest, "model_info", "param_bytes")
+    buffers = get(manifest, "model_info", "buffers_bytes") or 0
+    batch = get(manifest, "config", "batch_size")
+    if isinstance(params, (int, float)) and params > 0:
+        out: dict[str, Any] = {
+            "broadcast_bytes": int((params + buffers) * (n - 1)),
+            "reduce_bytes": int(params * (n - 1)),
+            "scatter_bytes": int(batch * INPUT_BYTES_PER_IMAGE * (n - 1) / n) if batch else None,
+            "gather_bytes": int(batch * OUTPUT_BYTES_PER_IMAGE * (n - 1) / n) if batch else None,
+            "source": "manifest model_info (inputs 3x32x32 fp32, 10 fp32 outputs per image)",
+        }
+        out["total_bytes"] = sum(v for k, v in out.items() if k.endswith("_bytes") and v)
+        return out
+    total = sum(r.ptop_bytes for r in gpu_rows(analysis))
+    return {"total_bytes": int(total), "source": "trace peer copies (lower bound: NCCL kernels carry no bytes)"}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a hypothesis reads."""
+
+    analysis: Analysis
+    manifest: Mapping[str, Any] | None = None
+    nvml: tuple[GpuNvml, ...] = ()
+    baseline: Analysis | None = None
+    baseline_manifest: Mapping[str, Any] | None = None
+    sweep: SweepResult | None = None
+
+
+
+
+@dataclass(frozen=True)
+class GpuNvml:
+    """NVML summary of one GPU over the run (None where NVML could not read the field)."""
+
+    gpu: int  # CUDA index when known, else NVML index
+    samples: int
+    util_gpu_mean_pct: float | None  # % of time a kernel was running (NVML utilization.gpu)
+    util_mem_mean_pct: float | None
+    mem_used_max_bytes: int | None
+    sm_clock_max_mhz: float | None
+    #: Median SM clock over samples with utilization.gpu ≥ 50 % (None if none): throttling shows here.
+    sm_clock_busy_median_mhz: float | None
+    power_max_mw: float | None
+
+
+def _values(obj: Any, *names: str) -> list[float]:
+    for n in names:
+        v = obj.get(n) if isinstance(obj, Mapping) else getattr(obj, n, None)
+        if v is not None:
+            try:
+                return [float(x) for x in v if x is not None and x == x]
+            except TypeError:
+                continue
+    return []
+
+
+def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
+    """Per-GPU NVML summaries from an ``NvmlData`` (``.gpus``: mapping or sequence of per-GPU series)."""
+    if nvml is None:
+        return ()
+    gpus = nvml.get("gpus") if isinstance(nvml, Mapping) else getattr(nvml, "gpus", None)
+    if gpus is None:
+        return ()
+    items = list(gpus.items()) if isinstance(gpus, Mapping) else list(enumerate(gpus))
+    out = []
+    for key, g in items:
+        idx = None
+        for n in ("cuda_index", "nvml_index", "index"):
+            v = g.get(n) if isinstance(g, Mapping) else getattr(g, n, None)
+            if isinstance(v, int):
+                idx = v
+                break
+        idx = idx if idx is not None else int(key)
+        util = _values(g, "util_gpu_pct", "util_gpu")
+        clock = _values(g, "sm_clock_mhz")
+        busy_clock = [c for c, u in zip(clock, util, strict=False) if u >= 50] if len(clock) == len(util) else []
+        mem = _values(g, "mem_used_bytes")
+        power = _values(g, "power_mw")
+        memu = _values(g, "util_mem_pct", "util_mem")
+        out.append(GpuNvml(
+            gpu=idx, samples=max(len(util), len(mem)),
+            util_gpu_mean_pct=mean(util) if util else None,
+            util_mem_mean_pct=mean(memu) if memu else None,
+            mem_used_max_bytes=int(max(mem)) if mem else None,
+            sm_clock_max_mhz=max(clock) if clock else None,
+            sm_clock_busy_median_mhz=statistics.median(busy_clock) if busy_clock else None,
+            power_max_mw=max(power) if power else None,
+        ))
+    return tuple(sorted(out, key=lambda g: g.gpu))

@@ -1,0 +1,266 @@
+"""The study's experiment as one command: run a grid of ``dpprof profile`` runs and collect ``sweep.json``.
+
+Layout of a sweep directory::
+
+    SWEEP/sweep.json              SweepResult (dpprof/analyze/sweep_model.py), rewritten atomically after each point
+    SWEEP/runs/<point>/           one run directory per configuration (docs/run-format.md)
+    SWEEP/runs/<point>.log        that run's console output
+    SWEEP/sweep.html              the sweep report (dpprof.report.sweep_html.render_sweep)
+
+Each configuration runs in a subprocess (``python -m dpprof.cli profile ...``) so a crash or a hung run
+cannot take the sweep down, and DDP gets its own torchrun launcher. What this machine cannot run is listed
+and skipped: DP over N GPUs needs N CUDA devices (without CUDA only DP's no-GPU path runs, at gpus = 1),
+DDP runs N gloo processes on CPU (``--nproc N``) or N GPUs with CUDA. Re-running the same sweep keeps the
+points already ``done`` whose run directory is still there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult
+from dpprof.rundir import is_run_dir, read_json, read_manifest, write_json
+
+SWEEP_JSON = "sweep.json"
+SWEEP_HTML = "sweep.html"
+RUNS_DIR = "runs"
+STRATEGIES = ("single", "dp", "ddp")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to run. ``gpus`` = DP devices or DDP processes; ``batch_sizes`` are global."""
+
+    strategies: tuple[str, ...]
+    gpus: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    workers: tuple[int, ...]
+    model: str = "vgg16"
+    epochs: int | None = None
+    steps: int | None = None
+    extra_args: tuple[str, ...] = ()  # passed through to every `dpprof profile`
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A configuration, and the command that runs it (None when this machine cannot)."""
+
+    point: SweepPoint
+    argv: tuple[str, ...] | None
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, CPU count, CUDA devices (torch imported here, lazily: the sweep needs it only for this)."""
+    info: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(), "cuda_devices": 0, "gpu_names": []}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            info["cuda_devices"] = n
+            info["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(n)]
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def point_name(strategy: str, gpus: int, batch: int, workers: int) -> str:
+    return SweepPoint(strategy, gpus, batch, workers).name
+
+
+def plan(grid: Grid, machine: Mapping[str, Any], runs: Path) -> list[Planned]:
+    """Every configuration of the grid in order, each with its command or the reason it is skipped."""
+    cuda = int(machine.get("cuda_devices") or 0)
+    out: list[Planned] = []
+    for strategy in grid.strategies:
+        for gpus in grid.gpus:
+            for batch in grid.batch_sizes:
+                for workers in grid.workers:
+                    why, note = _cannot_run(strategy, gpus, batch, cuda)
+                    base = SweepPoint(strategy, gpus, batch, workers)
+                    if why:
+                        out.append(Planned(dataclasses.replace(base, status="skipped", reason=why), None))
+                        continue
+                    argv = profile_argv(grid, strategy, gpus, batch, workers, cuda, runs)
+                    out.append(Planned(dataclasses.replace(base, status="pending", reason=note,
+                                                           run_dir=f"{RUNS_DIR}/{base.name}"), argv))
+    return out
+
+
+def _cannot_run(strategy: str, gpus: int, batch: int, cuda: int) -> tuple[str, str]:
+    """(why it cannot run here or "", a note for a runnable point)."""
+    if gpus < 1:
+        return "needs at least 1 GPU or process", ""
+    if strategy == "single":
+        return ("a single-device run uses 1 device", "") if gpus != 1 else ("", "")
+    if strategy == "dp":
+        if cuda == 0:
+            if gpus == 1:
+                return "", "no CUDA device: DP's no-GPU path (the module ran directly)"
+            return f"DP over {gpus} GPUs needs {gpus} CUDA devices, this machine has none", ""
+        if gpus > cuda:
+            return f"DP over {gpus} GPUs needs {gpus} CUDA devices, this machine has {cuda}", ""
+        return "", ""
+    if strategy == "ddp":
+        if batch % gpus:
+            return f"global batch {batch} is not divisible by {gpus} processes", ""
+        if cuda == 0:
+            return "", f"{gpus} gloo process(es) on CPU"
+        if gpus > cuda:
+            return f"DDP with {gpus} NCCL ranks needs {gpus} CUDA devices, this machine has {cuda}", ""
+        return "", ""
+    return f"unknown strategy {strategy!r}", ""
+
+
+def profile_argv(grid: Grid, strategy: str, gpus: int, batch: int, workers: int, cuda: int,
+                 runs: Path) -> tuple[str, ...]:
+    """The ``dpprof profile`` command line of one configuration."""
+    argv = [sys.executable, "-m", "dpprof.cli", "profile", "--strategy", strategy, "--model", grid.model,
+            "--batch-size", str(batch), "--workers", str(workers), "--out", str(runs),
+            "--run-name", point_name(strategy, gpus, batch, workers)]
+    if grid.steps is not None:
+        argv += ["--steps", str(grid.steps)]
+    if grid.epochs is not None:
+        argv += ["--epochs", str(grid.epochs)]
+    if strategy == "ddp":
+        argv += ["--nproc", str(gpus)]
+    elif strategy == "dp":
+        argv += ["--gpus", str(gpus if cuda else 0)]
+    return tuple(argv) + grid.extra_args
+
+
+def measure(point: SweepPoint, run_dir: Path) -> SweepPoint:
+    """Fill a finished point from its run directory: manifest summary and epochs, analysis categories."""
+    m = read_manifest(run_dir) or {}
+    summary = m.get("summary") or {}
+    epochs = [e for e in (m.get("epochs") or []) if isinstance(e, Mapping)]
+    full = [float(e["time_s"]) for e in epochs if not e.get("partial") and isinstance(e.get("time_s"), (int, float))]
+    reason = point.reason
+    categories: dict[str, float] = {}
+    try:
+        categories = mean_categories(run_dir)
+    except Exception as exc:  # one point's analysis must not end the sweep: the reason is recorded
+        reason = "; ".join(x for x in (reason, f"analysis failed: {type(exc).__name__}: {exc}") if x)
+    return dataclasses.replace(
+        point, status="done", reason=reason,
+        step_ms_median=_num(summary.get("step_ms_median")),
+        images_per_s=_num(summary.get("images_per_s_median")),
+        epoch_time_s=sum(full) / len(full) if full else None,
+        epochs=tuple((_num(e.get("train_acc")), _num(e.get("test_acc")), _num(e.get("time_s"))) for e in epochs),
+        categories_us=categories)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def mean_categories(run_dir: Path) -> dict[str, float]:
+    """Mean per-step category breakdown (µs) on the run's reference row (DP output device / rank 0)."""
+    from dpprof.analyze import analyze  # the analyzer, imported only when a point has finished
+    from dpprof.analyze.diag_figures import reference_row
+
+    ref = reference_row(analyze([run_dir]))
+    return dict(ref.categories_us) if ref is not None else {}
+
+
+def with_speedups(points: Sequence[SweepPoint]) -> tuple[SweepPoint, ...]:
+    """Speedup (images/s ÷ the 1-GPU point's of the same strategy, batch, workers) and efficiency (÷ GPUs)."""
+    ref = {(p.strategy, p.batch_size, p.workers): p.images_per_s for p in points
+           if p.status == "done" and p.gpus == 1 and p.images_per_s}
+    out = []
+    for p in points:
+        base = ref.get((p.strategy, p.batch_size, p.workers))
+        if p.status == "done" and p.images_per_s and base:
+            s = p.images_per_s / base
+            out.append(dataclasses.replace(p, speedup=s, scaling_efficiency=s / p.gpus))
+        else:
+            out.append(dataclasses.replace(p, speedup=None, scaling_efficiency=None))
+    return tuple(out)
+
+
+def load_previous(sweep_dir: Path) -> dict[tuple[str, int, int, int], SweepPoint]:
+    """Points already ``done`` in an earlier sweep.json whose run directory still exists."""
+    data = read_json(sweep_dir / SWEEP_JSON)
+    if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
+        return {}
+    try:
+        prev = SweepResult.from_json(data)
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {p.key: p for p in prev.points
+            if p.status == "done" and p.run_dir and is_run_dir(sweep_dir / p.run_dir)}
+
+
+Runner = Callable[[Sequence[str], Path, float | None], tuple[int, str]]
+
+
+def run_subprocess(argv: Sequence[str], log: Path, timeout_s: float | None) -> tuple[int, str]:
+    """Run one configuration, its output into ``log``; (exit code, last non-empty output line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "w", encoding="utf-8") as fh:
+        try:
+            rc = subprocess.run(list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, timeout=timeout_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+            fh.write(f"\ndpprof sweep: timed out after {timeout_s} s\n")
+    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    return rc, (lines[-1].strip() if lines else "")
+
+
+def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None = None,
+              runner: Runner = run_subprocess, timeout_s: float | None = None,
+              on_point: Callable[[int, int, SweepPoint], None] | None = None) -> SweepResult:
+    """Run (or resume) the sweep in ``sweep_dir``; ``sweep.json`` is rewritten after every point."""
+    machine = dict(machine if machine is not None else machine_info())
+    runs = sweep_dir / RUNS_DIR
+    planned = plan(grid, machine, runs)
+    previous = load_previous(sweep_dir)
+    skipped = tuple(f"{p.point.name}: {p.point.reason}" for p in planned if p.argv is None)
+    points: list[SweepPoint] = [previous.get(p.point.key, p.point) for p in planned]
+
+    def save() -> SweepResult:
+        result = SweepResult(points=with_speedups(points), grid=grid.as_json(), machine=machine, skipped=skipped)
+        write_json(sweep_dir / SWEEP_JSON, result.to_json())
+        return result
+
+    save()
+    for i, item in enumerate(planned):
+        if item.argv is None or points[i].status == "done":
+            if on_point:
+                on_point(i, len(planned), points[i])
+            continue
+        run_dir = runs / item.point.name
+        rc, last = runner(item.argv, runs / f"{item.point.name}.log", timeout_s)
+        if rc == 0 and is_run_dir(run_dir):
+            points[i] = measure(item.point, run_dir)
+        else:
+            why = f"exit code {rc}" if rc else "no run directory was written"
+            points[i] = dataclasses.replace(item.point, status="failed",
+                                            reason=f"{why}: {last}" if last else why)
+        save()
+        if on_point:
+            on_point(i, len(planned), points[i])
+    return save()
+
+
+def render_report(result: SweepResult, sweep_dir: Path) -> tuple[Path | None, str]:
+    """Call the HTML engineer's ``render_sweep``; (path, "") or (None, why not)."""
+    try:
+        from dpprof.report.sweep_html import render_sweep
+    except ImportError as exc:
+        return None, f"sweep report not rendered: dpprof.report.sweep_html is not available ({exc})"
+    return render_sweep(result, sweep_dir / SWEEP_HTML), ""
