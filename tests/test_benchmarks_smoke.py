@@ -121,3 +121,19 @@ def test_measure_sums_rss_over_children() -> None:
 def test_mean_ci95_brackets_the_mean() -> None:
     m, lo, hi = mean_ci95([1.0, 1.02, 0.98, 1.01, 0.99])
     assert lo < m < hi and abs(m - 1.0) < 1e-12 and hi - lo < 0.05
+
+
+def test_overhead_runs_all_three_comparisons(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "overhead.py"), "--model", "tiny", "--batch", "16",
+                           "--steps", "2", "--pairs", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for name in ("harness", "profiler", "nvml"):
+        r = report[name]
+        assert r["pairs"] == 2 and len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
+        lo, hi = r["ratio_ci95"]
+        assert lo <= r["ratio_mean"] <= hi
+    assert report["nvml"]["period_ms"] > 0
+    assert report["nvml"]["nvml"].startswith(("real NVML", "fake pynvml"))
