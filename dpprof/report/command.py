@@ -1,0 +1,66 @@
+"""``dpprof report RUN_DIR|TRACE... [--out FILE]``: analyze, diagnose and write one self-contained HTML page.
+
+The page is rendered completely in memory before anything is written, and written atomically, so a
+failure never replaces a good report with a broken one. Default output: ``reports/<run>.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dpprof.report.inputs import RunInputs
+
+HELP = "write the HTML report of a run (run directory or trace files): verdicts, plots, tables"
+REPORTS_DIR = Path("reports")
+
+
+def prepare_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
+                   "or trace files (*.pt.trace.json[.gz])")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="the HTML file to write (default: reports/<run>.html; a folder: <folder>/<run>.html)")
+
+
+def output_path(out: Path | None, name: str) -> Path:
+    """Where the report goes: ``out`` as given, ``out/<name>.html`` for a folder, else reports/<name>.html."""
+    if out is None:
+        return REPORTS_DIR / f"{name}.html"
+    if out.is_dir() or str(out).endswith(os.sep):
+        return out / f"{name}.html"
+    return out
+
+
+def write_report(paths: Sequence[str | os.PathLike[str]], out: Path | None = None) -> tuple[Path, RunInputs]:
+    """Analyze ``paths``, render the page, write it atomically; returns (path written, the RunInputs)."""
+    from dpprof.fileio import write_text_atomic
+    from dpprof.report.html import render_inputs
+    from dpprof.report.inputs import load_run
+
+    run = load_run(paths)
+    target = output_path(out, run.name)
+    html = render_inputs(run, target)  # fully rendered before the file is touched
+    write_text_atomic(target, html)
+    return target, run
+
+
+def report_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report of ``run_dir`` (called by ``dpprof profile --report``); returns the file written."""
+    target, _ = write_report([run_dir], out)
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpprof.report.fmt import HYPOTHESIS_TITLES, VERDICT_LABELS
+
+    target, run_inputs = write_report(args.inputs, args.out)
+    analysis = run_inputs.analysis
+    if analysis.diagnosis is not None:
+        for h in analysis.diagnosis.hypotheses:
+            print(f"  {HYPOTHESIS_TITLES.get(h.id, h.id)}: {VERDICT_LABELS.get(h.verdict, h.verdict)}")
+    print(f"report: {target}")
+    return 0

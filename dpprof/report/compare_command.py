@@ -1,0 +1,39 @@
+"""``dpprof compare A B [--out FILE]``: two runs side by side (e.g. DP vs DDP) in one HTML page.
+
+Each of A and B is a run directory or one trace file. Default output:
+``reports/compare-<A>-vs-<B>.html``. Rendered fully in memory, then written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "compare two runs side by side (e.g. DP vs DDP): step time, throughput, categories, verdicts"
+
+
+def prepare_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", metavar="A", help="first run: a run directory or a trace file")
+    p.add_argument("b", metavar="B", help="second run: a run directory or a trace file")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="the HTML file to write (default: reports/compare-<A>-vs-<B>.html)")
+
+
+def write_compare(a: str | Path, b: str | Path, out: Path | None = None) -> Path:
+    """Analyze both runs, render the comparison, write it atomically; returns the file written."""
+    from dpprof.fileio import write_text_atomic
+    from dpprof.report.command import output_path
+    from dpprof.report.html import render_compare
+    from dpprof.report.inputs import load_run
+
+    run_a, run_b = load_run([a]), load_run([b])
+    target = output_path(out, f"compare-{run_a.name}-vs-{run_b.name}")
+    html = render_compare(run_a, run_b, out=target)
+    write_text_atomic(target, html)
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    target = write_compare(args.a, args.b, args.out)
+    print(f"comparison: {target}")
+    return 0

@@ -1,0 +1,172 @@
+"""Two runs side by side (``dpprof compare A B``): the values and charts ``compare.html`` shows.
+
+Per-step categories are compared on each run's reference device: the DP output device (GPU0), else
+rank 0's first device (the host timeline for a CPU run), as the mean over its profiled steps (ms).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dpprof.analyze.model import CATEGORIES, Analysis
+from dpprof.report import fmt, run_context
+from dpprof.report.inputs import RunInputs
+from dpprof.report.plots import device_label
+from dpprof.report.svg import CATEGORY_COLORS, FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
+
+
+def reference_device(analysis: Analysis) -> tuple[int, int] | None:
+    keys = sorted({(s.rank, s.device) for s in analysis.steps})
+    if not keys:
+        return None
+    if analysis.output_device is not None and (0, analysis.output_device) in keys:
+        return (0, analysis.output_device)
+    return keys[0]
+
+
+def mean_categories(analysis: Analysis) -> dict[str, float]:
+    """Mean per-step categories (µs) on the reference device; empty without profiled steps."""
+    ref = reference_device(analysis)
+    steps = [s for s in analysis.steps if (s.rank, s.device) == ref]
+    if not steps:
+        return {}
+    return {c: sum(s.categories_us.get(c, 0.0) for s in steps) / len(steps) for c in CATEGORIES}
+
+
+def _step_ms(run: RunInputs) -> tuple[float | None, str]:
+    plain = [t.wall_ms for t in run.step_times if not t.profiled]
+    if plain:
+        return fmt.median(plain), "unprofiled"
+    return run_context.step_median_ms(run.analysis), "profiled"
+
+
+def _breakdown_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot:
+    key, title = "compare-breakdown", "Mean step per device, both runs"
+    rows: list[tuple[str, dict[str, float]]] = []
+    for label, run in zip(labels, (a, b), strict=True):
+        groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        for s in run.analysis.steps:
+            groups[(s.rank, s.device)].append(s)
+        multi = len({r for r, _ in groups}) > 1
+        for (r, d), g in sorted(groups.items()):
+            rows.append((f"{label} · {device_label(r, d, multi)}",
+                         {c: sum(s.categories_us.get(c, 0.0) for s in g) / len(g) for c in CATEGORIES}))
+    if not rows:
+        return absent(key, title, "Neither run has a profiled step.")
+    used = [c for c in CATEGORIES if any(r[1][c] > 0 for r in rows)]
+    with figure(FIG_W, 1.4 + 0.34 * len(rows)) as (fig, ax):
+        y = list(range(len(rows)))[::-1]
+        left = [0.0] * len(rows)
+        for cat in used:
+            widths = [r[1][cat] / 1000.0 for r in rows]
+            ax.barh(y, widths, left=left, height=0.72, color=CATEGORY_COLORS[cat], label=cat,
+                    edgecolor="white", linewidth=0.4)
+            left = [x + w for x, w in zip(left, widths, strict=True)]
+        ax.set_yticks(y, [r[0] for r in rows])
+        ax.set_xlabel("mean profiled step (ms)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(ncols=min(len(used), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+        note = "Mean over each device's profiled steps; the categories are exclusive and add up to the step."
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def _steps_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot:
+    key, title = "compare-steps", "Step times of both runs"
+    if not a.step_times and not b.step_times:
+        return absent(key, title, "Neither run recorded step times.")
+    with figure(FIG_W, 3.0) as (fig, ax):
+        data, names = [], []
+        for i, (label, run) in enumerate(zip(labels, (a, b), strict=True)):
+            vals = [t.wall_ms for t in run.step_times if not t.profiled] or [t.wall_ms for t in run.step_times]
+            if vals:
+                data.append(vals)
+                names.append(label)
+                ax.scatter(vals, [len(data)] * len(vals), s=14, alpha=0.6, color=SERIES_COLORS[i], zorder=3)
+        ax.boxplot(data, orientation="horizontal", widths=0.5, showfliers=False,
+                   medianprops={"color": "#17233b", "linewidth": 1.6})
+        ax.set_yticks(list(range(1, len(names) + 1)), names)
+        ax.set_xlabel("step time (ms)")
+        ax.grid(axis="y", visible=False)
+        fig.tight_layout()
+        note = "Unprofiled steps when the run recorded them (steps.rank*.jsonl), else the profiled steps."
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def _ratio_sentence(a_ms: float | None, b_ms: float | None, labels: tuple[str, str]) -> str:
+    if not a_ms or not b_ms:
+        return "The step times of the two runs cannot be compared (one has no steps)."
+    if abs(a_ms - b_ms) / max(a_ms, b_ms) < 0.02:
+        return f"{labels[0]} and {labels[1]} take the same time per step (within 2 %)."
+    fast, slow = (labels[0], labels[1]) if a_ms < b_ms else (labels[1], labels[0])
+    return f"{fast}'s median step is {max(a_ms, b_ms) / min(a_ms, b_ms):.2f}× shorter than {slow}'s " \
+           f"({min(a_ms, b_ms):.2f} ms vs {max(a_ms, b_ms):.2f} ms)."
+
+
+def compare_context(a: RunInputs, b: RunInputs, out: Path | None = None) -> dict[str, Any]:
+    labels = ("A", "B") if a.name == b.name else (a.name, b.name)
+    runs = []
+    meds = []
+    for run in (a, b):
+        ms, kind = _step_ms(run)
+        meds.append(ms)
+        ips, ips_src = run_context.throughput(run.manifest, run.step_times)
+        mode = run_context.dp_mode(run.analysis, run.manifest)
+        ratio = run_context._get(run.manifest, "profiler", "overhead_ratio")
+        diag = run_context.diagnosis_view(run.analysis.diagnosis)
+        runs.append({
+            "name": run.name,
+            "facts": [
+                ("strategy", run_context.STRATEGY_NAMES.get(run.analysis.strategy, run.analysis.strategy)),
+                ("DP mode", mode or "–"),
+                ("ranks", str(len(run.analysis.ranks))),
+                ("GPUs with activity", str(len({(r.rank, d) for r in run.analysis.ranks for d in r.devices}))),
+                ("batch size (global)", fmt.num(run_context._get(run.manifest, "config", "batch_size"))),
+                (f"median step ({kind})", f"{fmt.num(ms)} ms"),
+                ("median profiled step", f"{fmt.num(run_context.step_median_ms(run.analysis))} ms"),
+                ("throughput", f"{fmt.num(ips)} img/s" if ips else f"– ({ips_src})"),
+                ("profiler distortion", f"×{ratio:.2f}" if isinstance(ratio, (int, float)) else "–"),
+            ],
+            "diagnosis": diag,
+            "mode_sentence": fmt.DP_MODE_SENTENCES.get(mode or "", "") if run.analysis.strategy == "dp" else "",
+        })
+    ca, cb = mean_categories(a.analysis), mean_categories(b.analysis)
+    cats = [c for c in CATEGORIES if ca.get(c, 0.0) > 0 or cb.get(c, 0.0) > 0]
+    cat_rows = [[c, fmt.ms(ca.get(c)), fmt.ms(cb.get(c)), fmt.ms(cb.get(c, 0.0) - ca.get(c, 0.0))] for c in cats]
+    if ca or cb:
+        cat_rows.append(["step", fmt.ms(sum(ca.values())), fmt.ms(sum(cb.values())),
+                         fmt.ms(sum(cb.values()) - sum(ca.values()))])
+    hyp_ids = []
+    for run in (a, b):
+        for h in (run.analysis.diagnosis.hypotheses if run.analysis.diagnosis else ()):
+            if h.id not in hyp_ids:
+                hyp_ids.append(h.id)
+    verdicts = []
+    for hid in hyp_ids:
+        cells = []
+        for run in (a, b):
+            h = next((h for h in (run.analysis.diagnosis.hypotheses if run.analysis.diagnosis else ())
+                      if h.id == hid), None)
+            cells.append({"verdict": h.verdict if h else "none",
+                          "label": fmt.VERDICT_LABELS.get(h.verdict, h.verdict) if h else "–",
+                          "reason": h.reason if h else "no diagnosis"})
+        verdicts.append({"title": fmt.HYPOTHESIS_TITLES.get(hid, hid), "cells": cells})
+    charts = [_breakdown_plot(a, b, labels), _steps_plot(a, b, labels)]
+    refs = []
+    for label, run in zip(labels, (a, b), strict=True):
+        ref = reference_device(run.analysis)
+        refs.append(f"{label}: {device_label(ref[0], ref[1], len(run.analysis.ranks) > 1)}" if ref else
+                    f"{label}: no profiled step")
+    return {
+        "title": f"dpprof compare · {labels[0]} vs {labels[1]}",
+        "labels": labels,
+        "runs": runs,
+        "headline": _ratio_sentence(meds[0], meds[1], labels),
+        "categories": cat_rows,
+        "reference": "; ".join(refs),
+        "verdicts": verdicts,
+        "plots": {p.key: p for p in charts},
+        "plot_count": sum(p.present for p in charts),
+        "traces": [[{"name": p.name, "href": run_context.link(p, out)} for p in run.traces] for run in (a, b)],
+    }

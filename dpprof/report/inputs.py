@@ -1,0 +1,153 @@
+"""Everything a report is rendered from, read once: the analysis (with its diagnosis), the manifest,
+NVML samples and the per-step wall times. File reading lives here; the renderers only format."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dpprof.analyze.model import Analysis
+from dpprof.errors import DpprofError
+from dpprof.report.plots import GpuSeries, StepTime
+from dpprof.rundir import MERGED_DIR, read_manifest, resolve_inputs
+
+_TRACE_SUFFIX = re.compile(r"(\.pt)?\.trace\.json(\.gz)?$|\.json(\.gz)?$|\.gz$")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """One run's data for a report. ``name`` names the default report file (``reports/<name>.html``)."""
+
+    name: str
+    analysis: Analysis
+    manifest: Mapping[str, Any] | None = None
+    nvml: Any | None = None  # dpprof.trace.nvml_samples.NvmlData
+    run_dir: Path | None = None
+    traces: tuple[Path, ...] = ()
+    merged: tuple[Path, ...] = ()
+    step_times: tuple[StepTime, ...] = ()
+    step_source: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)  # problems met while reading (shown as warnings)
+
+
+def run_name(run_dir: Path | None, traces: Sequence[Path], manifest: Mapping[str, Any] | None) -> str:
+    """Manifest run id, else the run directory's name, else the trace file's name without its suffix."""
+    if manifest and isinstance(manifest.get("run_id"), str) and manifest["run_id"]:
+        name = manifest["run_id"]
+    elif run_dir is not None:
+        name = run_dir.resolve().name
+    elif len(traces) == 1:
+        name = _TRACE_SUFFIX.sub("", traces[0].name)
+    else:
+        name = traces[0].resolve().parent.name if traces else "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def read_step_times(run_dir: Path | None) -> tuple[tuple[StepTime, ...], list[str]]:
+    """Per-step wall times of every rank from ``steps.rank*.jsonl``; unreadable lines are counted."""
+    if run_dir is None:
+        return (), []
+    out: list[StepTime] = []
+    bad = 0
+    for path in sorted(run_dir.glob("steps.rank*.jsonl")):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            return (), [f"{path.name}: cannot read ({exc.strerror})"]
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.append(StepTime(rank=int(rec["rank"]), step=int(rec["step"]), wall_ms=float(rec["wall_ms"]),
+                                    profiled=bool(rec.get("profiled", False))))
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # a cut-short last line of a killed run, or garbage
+    notes = [f"{bad} unreadable line(s) in steps.rank*.jsonl were skipped"] if bad else []
+    return tuple(sorted(out, key=lambda t: (t.rank, t.step))), notes
+
+
+def profiled_step_times(analysis: Analysis) -> tuple[StepTime, ...]:
+    """Fallback when no step records exist: each profiled step's duration, one per rank and step."""
+    seen: dict[tuple[int, int], float] = {}
+    for s in sorted(analysis.steps, key=lambda s: (s.rank, s.step, s.device)):
+        seen.setdefault((s.rank, s.step), s.duration_us)
+    return tuple(StepTime(rank=r, step=k, wall_ms=d / 1000.0, profiled=True) for (r, k), d in sorted(seen.items()))
+
+
+def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
+    """NVML samples of the run (None when there are none), with a note when they cannot be read."""
+    if run_dir is None or not any(run_dir.glob("nvml*.jsonl")):
+        return None, []
+    try:
+        from dpprof.trace.nvml_samples import read_nvml
+    except ImportError:
+        return None, ["NVML samples present but the NVML reader (dpprof.trace.nvml_samples) is missing"]
+    try:
+        return read_nvml(run_dir), []
+    except DpprofError as exc:
+        return None, [f"NVML samples not shown: {exc}"]
+
+
+def nvml_series(nvml: Any | None) -> list[GpuSeries]:
+    """Per-GPU series of an ``NvmlData`` for the timeline plot (seconds from the run's first sample)."""
+    gpus = [g for g in (getattr(nvml, "gpus", None) or ()) if len(g.t_ns)]
+    if not gpus:
+        return []
+    t0 = min(int(g.t_ns[0]) for g in gpus)
+    hosts = {g.host for g in gpus}
+    out = []
+    for g in gpus:
+        label = f"GPU{g.cuda_index}" if g.cuda_index is not None else f"NVML {g.nvml_index}"
+        out.append(GpuSeries(label=f"{g.host}:{label}" if len(hosts) > 1 else label,
+                             t_s=[(int(t) - t0) / 1e9 for t in g.t_ns],
+                             util_gpu_pct=[float(v) for v in g.fields["util_gpu_pct"]],
+                             mem_used_bytes=[float(v) for v in g.fields["mem_used_bytes"]]))
+    return out
+
+
+def nvml_mean_util(series: Sequence[GpuSeries]) -> dict[str, float]:
+    """Mean utilization.gpu per GPU (%), null readings left out."""
+    out = {}
+    for s in series:
+        vals = [v for v in s.util_gpu_pct if not math.isnan(v)]
+        if vals:
+            out[s.label] = sum(vals) / len(vals)
+    return out
+
+
+def with_diagnosis(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any | None) -> Analysis:
+    """The analysis with its diagnosis (and projection) attached; unchanged when one is already there."""
+    if analysis.diagnosis is not None:
+        return analysis
+    from dpprof.analyze.diagnosis import diagnose
+
+    return analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml))
+
+
+def load_run(paths: Sequence[str | os.PathLike[str]]) -> RunInputs:
+    """Resolve ``paths`` (a run directory or trace files), analyze and diagnose them, read the rest."""
+    inputs = resolve_inputs(paths)
+    from dpprof.analyze import analyze
+
+    analysis = analyze([str(p) for p in paths])
+    manifest = read_manifest(inputs.run_dir)
+    nvml, notes = read_nvml_data(inputs.run_dir)
+    analysis = with_diagnosis(analysis, manifest, nvml)
+    step_times, more = read_step_times(inputs.run_dir)
+    notes += more
+    source = "steps.rank*.jsonl (every step of the run)"
+    if not step_times:
+        step_times, source = profiled_step_times(analysis), "the profiled steps of the trace"
+    merged: tuple[Path, ...] = ()
+    if inputs.run_dir is not None and (inputs.run_dir / MERGED_DIR).is_dir():
+        merged = tuple(sorted(p for p in (inputs.run_dir / MERGED_DIR).iterdir() if p.name.endswith(".json.gz")))
+    return RunInputs(name=run_name(inputs.run_dir, inputs.traces, manifest), analysis=analysis,
+                     manifest=manifest, nvml=nvml, run_dir=inputs.run_dir, traces=inputs.traces, merged=merged,
+                     step_times=step_times, step_source=source, notes=tuple(notes))

@@ -1,0 +1,228 @@
+"""The charts of a run report, drawn only from measured data (an Analysis, NVML samples, step records).
+
+Each function returns a :class:`~dpprof.report.svg.Plot`: an inline SVG, or, when the data needed is not
+there, no SVG and one sentence saying why. Times on axes are milliseconds; memory GiB; NVML
+utilization.gpu is the percent of the sample period during which at least one kernel was running.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
+from dpprof.report.svg import (
+    CATEGORY_COLORS,
+    FIG_W,
+    SERIES_COLORS,
+    Plot,
+    absent,
+    figure,
+    integer_axis,
+    to_svg,
+)
+
+#: Above this many (device, step) rows the breakdown shows the mean step per device instead.
+MAX_STEP_ROWS = 36
+
+
+@dataclass(frozen=True)
+class GpuSeries:
+    """NVML samples of one GPU: seconds since the first sample of the run, percent, bytes."""
+
+    label: str
+    t_s: Sequence[float]
+    util_gpu_pct: Sequence[float]
+    mem_used_bytes: Sequence[float]
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Wall time of one training step of one rank, ms (from steps.rank*.jsonl or a profiled step)."""
+
+    rank: int
+    step: int
+    wall_ms: float
+    profiled: bool
+
+
+def device_label(rank: int, device: int, multi_rank: bool) -> str:
+    where = "host" if device < 0 else f"GPU{device}"
+    return f"rank {rank} {where}" if multi_rank else where
+
+
+def _multi_rank(steps: Sequence[StepBreakdown]) -> bool:
+    return len({s.rank for s in steps}) > 1
+
+
+def step_breakdown(analysis: Analysis) -> Plot:
+    """Stacked horizontal bars: each profiled step on each device split into exclusive categories (ms)."""
+    key, title = "step-breakdown", "Where each step's time went, per GPU"
+    steps = sorted(analysis.steps, key=lambda s: (s.rank, s.device, s.step))
+    if not steps:
+        return absent(key, title, "No profiled step was found in the trace, so there is no per-step breakdown.")
+    multi = _multi_rank(steps)
+    rows: list[tuple[str, Mapping[str, float]]]
+    note = "Each bar is one profiled step on one device; the categories are exclusive and add up to the step."
+    if len(steps) <= MAX_STEP_ROWS:
+        rows = [(f"{device_label(s.rank, s.device, multi)} · step {s.step}", s.categories_us) for s in steps]
+    else:
+        groups: dict[tuple[int, int], list[StepBreakdown]] = defaultdict(list)
+        for s in steps:
+            groups[(s.rank, s.device)].append(s)
+        rows = [(f"{device_label(r, d, multi)} · mean of {len(g)}",
+                 {c: sum(s.categories_us.get(c, 0.0) for s in g) / len(g) for c in CATEGORIES})
+                for (r, d), g in sorted(groups.items())]
+        note = f"{len(steps)} device-steps: each bar is the mean step of one device; categories are exclusive."
+    used = [c for c in CATEGORIES if any(r[1].get(c, 0.0) > 0 for r in rows)]
+    height = 1.2 + 0.32 * len(rows)
+    with figure(FIG_W, height) as (fig, ax):
+        y = list(range(len(rows)))[::-1]
+        left = [0.0] * len(rows)
+        for cat in used:
+            widths = [r[1].get(cat, 0.0) / 1000.0 for r in rows]
+            ax.barh(y, widths, left=left, height=0.72, color=CATEGORY_COLORS[cat], label=cat,
+                    edgecolor="white", linewidth=0.4)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        ax.set_yticks(y, [r[0] for r in rows])
+        ax.set_xlabel("time (ms)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(ncols=min(len(used), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def nvml_timelines(series: Sequence[GpuSeries], why_absent: str = "") -> Plot:
+    """NVML utilization.gpu (%) and memory used (GiB) over time, one line per GPU."""
+    key, title = "nvml-timelines", "GPU utilization and memory over time (NVML)"
+    usable = [s for s in series if len(s.t_s) > 0]
+    if not usable:
+        return absent(key, title, why_absent or "No NVML samples were recorded for this run.")
+    with figure(FIG_W, 5.2, nrows=2, ncols=1, sharex=True) as (fig, (ax_u, ax_m)):
+        for i, s in enumerate(usable):
+            color = SERIES_COLORS[i % len(SERIES_COLORS)]
+            ax_u.plot(s.t_s, s.util_gpu_pct, color=color, linewidth=1.2, label=s.label, drawstyle="steps-post")
+            ax_m.plot(s.t_s, [b / 2**30 for b in s.mem_used_bytes], color=color, linewidth=1.2,
+                      label=s.label, drawstyle="steps-post")
+        ax_u.set_ylabel("utilization.gpu (%)")
+        ax_u.set_ylim(-3, 103)
+        ax_u.set_title("utilization.gpu: percent of time a kernel was running", loc="left", fontweight="normal")
+        ax_m.set_ylabel("memory used (GiB)")
+        ax_m.set_xlabel("time since first sample (s)")
+        ax_u.legend(loc="upper right", ncols=min(len(usable), 4))
+        fig.tight_layout()
+        note = ("utilization.gpu is the percent of the sample period in which one or more kernels were "
+                "running: it reaches 100 % with a single busy SM, so it says the GPU was never idle, not full.")
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def imbalance(analysis: Analysis, nvml_mean_util: Mapping[str, float] | None = None) -> Plot:
+    """Mean busy time per step of each GPU (ms), with each GPU's share of the busiest one."""
+    key, title = "imbalance", "Load balance across GPUs"
+    per: dict[tuple[int, int], list[StepBreakdown]] = defaultdict(list)
+    for s in analysis.steps:
+        if s.device >= 0:
+            per[(s.rank, s.device)].append(s)
+    if len(per) < 2:
+        what = "one GPU" if len(per) == 1 else "no GPU"
+        return absent(key, title, f"Only {what} had activity in the profiled steps, so there is nothing to "
+                                  "balance across GPUs.")
+    multi = len({r for r, _ in per}) > 1
+    labels = [device_label(r, d, multi) for r, d in sorted(per)]
+    busy = [sum(s.busy_us for s in g) / len(g) / 1000.0 for _, g in sorted(per.items())]
+    dur = [sum(s.duration_us for s in g) / len(g) / 1000.0 for _, g in sorted(per.items())]
+    top = max(busy) or 1.0
+    ncols = 2 if nvml_mean_util else 1
+    with figure(FIG_W, 1.4 + 0.38 * len(labels), ncols=ncols, squeeze=False) as (fig, axes):
+        ax = axes[0][0]
+        y = list(range(len(labels)))[::-1]
+        ax.barh(y, dur, color=CATEGORY_COLORS["idle"], height=0.7, label="step")
+        ax.barh(y, busy, color=CATEGORY_COLORS["compute"], height=0.7, label="GPU busy")
+        for yi, b in zip(y, busy, strict=True):
+            ax.text(b, yi, f" {b:.2f} ms ({100 * b / top:.0f} %)", va="center", fontsize=8, color="#2b3445")
+        ax.set_yticks(y, labels)
+        ax.set_xlabel("mean per step (ms)")
+        ax.grid(axis="y", visible=False)
+        ax.set_xlim(0, max(dur) * 1.22)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), ncols=2)
+        if nvml_mean_util:
+            ax2 = axes[0][1]
+            names = sorted(nvml_mean_util)
+            y2 = list(range(len(names)))[::-1]
+            ax2.barh(y2, [nvml_mean_util[n] for n in names], color=CATEGORY_COLORS["allreduce"], height=0.7)
+            ax2.set_yticks(y2, names)
+            ax2.set_xlim(0, 100)
+            ax2.set_xlabel("mean utilization.gpu (%)")
+            ax2.set_title("NVML: percent of time a kernel was running", loc="left", fontweight="normal",
+                          pad=22)
+            ax2.grid(axis="y", visible=False)
+        fig.tight_layout()
+        spread = (max(busy) - min(busy)) / top * 100
+        note = (f"GPU busy time per step (union of kernels, copies and memsets) against the step; the busiest and "
+                f"least busy GPU differ by {spread:.0f} % of the busiest GPU's busy time.")
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def ddp_overlap(analysis: Analysis) -> Plot:
+    """Per rank and step: communication kernel time hidden under compute vs exposed (ms)."""
+    key, title = "ddp-overlap", "DDP gradient communication: overlapped vs exposed"
+    if analysis.strategy != "ddp":
+        return absent(key, title, f"Not a DDP run (strategy: {analysis.strategy}), so there is no "
+                                  "gradient allreduce to overlap.")
+    rows = sorted(analysis.steps, key=lambda s: (s.rank, s.device, s.step))
+    if not any(s.categories_us.get("allreduce", 0.0) + s.allreduce_overlapped_us > 0 for s in rows):
+        return absent(key, title, "No gradient communication was measured in the profiled steps "
+                                  "(e.g. world size 1: DDP has nothing to reduce).")
+    multi = _multi_rank(rows)
+    labels = [f"{device_label(s.rank, s.device, multi)} · step {s.step}" for s in rows]
+    hidden = [s.allreduce_overlapped_us / 1000.0 for s in rows]
+    exposed = [s.categories_us.get("allreduce", 0.0) / 1000.0 for s in rows]
+    with figure(FIG_W, 1.2 + 0.32 * len(rows)) as (fig, ax):
+        y = list(range(len(rows)))[::-1]
+        ax.barh(y, hidden, color="#9ab8df", height=0.7, label="overlapped with compute")
+        ax.barh(y, exposed, left=hidden, color=CATEGORY_COLORS["allreduce"], height=0.7,
+                label="exposed (step waits for it)")
+        ax.set_yticks(y, labels)
+        ax.set_xlabel("communication time (ms)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
+        total = sum(hidden) + sum(exposed)
+        note = (f"{100 * sum(hidden) / total:.0f} % of the communication time ran under compute "
+                f"({sum(exposed):.2f} ms exposed over {len(rows)} device-steps).")
+        return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
+    """Step wall time (ms) per step and its histogram; profiled steps marked apart (the profiler slows them)."""
+    key, title = "step-times", "Step time distribution"
+    if not times:
+        return absent(key, title, "No step times were recorded (no steps.rank*.jsonl and no profiled step).")
+    ranks = sorted({t.rank for t in times})
+    values = sorted(t.wall_ms for t in times)
+    median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1]
+                                                                + values[len(values) // 2]) / 2
+    with figure(FIG_W, 3.4, ncols=2, gridspec_kw={"width_ratios": [3, 1]}, sharey=True) as (fig, (ax, ah)):
+        for i, r in enumerate(ranks):
+            color = SERIES_COLORS[i % len(SERIES_COLORS)]
+            mine = sorted((t for t in times if t.rank == r), key=lambda t: t.step)
+            ax.plot([t.step for t in mine], [t.wall_ms for t in mine], color=color, linewidth=0.8, alpha=0.6)
+            plain = [t for t in mine if not t.profiled]
+            prof = [t for t in mine if t.profiled]
+            if plain:
+                ax.scatter([t.step for t in plain], [t.wall_ms for t in plain], s=14, color=color,
+                           label=f"rank {r}" if len(ranks) > 1 else "step")
+            if prof:
+                ax.scatter([t.step for t in prof], [t.wall_ms for t in prof], s=30, facecolors="none",
+                           edgecolors="#e4572e", linewidths=1.2,
+                           label="profiled (slower)" if r == ranks[0] else None)
+        ax.axhline(median, color="#4a5568", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("step")
+        integer_axis(ax.xaxis)
+        ax.set_ylabel("step time (ms)")
+        ax.legend(loc="upper right", ncols=3)
+        bins = max(5, min(30, len(values) // 2))
+        ah.hist(values, bins=bins, orientation="horizontal", color=CATEGORY_COLORS["compute"], alpha=0.8)
+        ah.set_xlabel("steps")
+        fig.tight_layout()
+        note = f"{len(values)} steps from {source}; median {median:.2f} ms (dashed line)."
+        return Plot(key, title, to_svg(fig, key, title), note)

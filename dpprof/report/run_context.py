@@ -1,0 +1,226 @@
+"""Turn one run's plain data (Analysis + manifest + step times) into the values the templates show.
+
+No file is read here and nothing is drawn: every figure comes from the Analysis, the manifest or the
+step records passed in. Times are shown in milliseconds unless a column says µs.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, Diagnosis
+from dpprof.report import fmt
+from dpprof.report.plots import StepTime, device_label
+
+STRATEGY_NAMES = {"dp": "DP (nn.DataParallel)", "ddp": "DDP (DistributedDataParallel)",
+                  "single": "single device (no data parallelism)", "unknown": "unknown"}
+#: Kernels listed per device in the top-kernels table.
+TOP_KERNELS = 10
+MAX_STEP_ROWS = 240
+
+
+def link(path: Path, out: Path | None) -> str:
+    """URL of ``path`` relative to the folder the report is written to (or to the working directory)."""
+    base = out.resolve().parent if out is not None else Path.cwd()
+    rel = os.path.relpath(path.resolve(), base)
+    return urllib.parse.quote(Path(rel).as_posix())
+
+
+def _get(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
+    cur: Any = mapping
+    for k in keys:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(k)
+    return cur
+
+
+def dp_mode(analysis: Analysis, manifest: Mapping[str, Any] | None) -> str | None:
+    return analysis.dp_mode or (_get(manifest, "dp_mode") if analysis.strategy == "dp" else None)
+
+
+def step_median_ms(analysis: Analysis) -> float | None:
+    durations = {(s.rank, s.step): s.duration_us for s in analysis.steps}
+    m = fmt.median(list(durations.values()))
+    return None if m is None else m / 1000.0
+
+
+def throughput(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) -> tuple[float | None, str]:
+    """Images per second (global) and where the figure comes from."""
+    ips = _get(manifest, "summary", "images_per_s_median")
+    if isinstance(ips, (int, float)) and ips > 0:
+        return float(ips), "manifest summary (median over all steps)"
+    batch = _get(manifest, "config", "batch_size")
+    plain = [t.wall_ms for t in times if not t.profiled] or [t.wall_ms for t in times]
+    med = fmt.median(plain)
+    if isinstance(batch, int) and med:
+        return batch / (med / 1000.0), "global batch size ÷ median step time"
+    return None, "unknown: the trace does not record the batch size (no manifest)"
+
+
+def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequence[StepTime],
+             step_source: str) -> dict[str, Any]:
+    """Headline sentences and the key-figure tiles at the top of the report."""
+    mode = dp_mode(analysis, manifest)
+    sentences = []
+    if analysis.strategy == "dp" and mode in fmt.DP_MODE_SENTENCES:
+        sentences.append(fmt.DP_MODE_SENTENCES[mode])
+    devices = sorted({(r.rank, d) for r in analysis.ranks for d in r.devices})
+    gpu_text = ", ".join(device_label(r, d, len(analysis.ranks) > 1) for r, d in devices) or "none (CPU only)"
+    plain = [t.wall_ms for t in times if not t.profiled]
+    ips, ips_source = throughput(manifest, times)
+    tiles = [
+        ("Strategy", STRATEGY_NAMES.get(analysis.strategy, analysis.strategy), mode or ""),
+        ("Ranks", str(len(analysis.ranks)), f"GPUs with activity: {gpu_text}"),
+        ("Profiled step (median)", f"{fmt.num(step_median_ms(analysis))} ms",
+         f"{len({(s.rank, s.step) for s in analysis.steps})} rank-steps in the profiler window"),
+        ("Step, unprofiled (median)", f"{fmt.num(fmt.median(plain))} ms" if plain else "–",
+         step_source if plain else "no unprofiled step records"),
+        ("Throughput", f"{fmt.num(ips)} img/s" if ips else "–", ips_source),
+    ]
+    ratio = _get(manifest, "profiler", "overhead_ratio")
+    if isinstance(ratio, (int, float)):
+        tiles.append(("Profiler distortion", f"×{ratio:.2f}", "profiled ÷ unprofiled median step time"))
+    model = _get(manifest, "model_info")
+    if isinstance(model, Mapping) and model.get("name"):
+        tiles.append(("Model", str(model["name"]), f"{fmt.num(model.get('params'))} parameters, "
+                                                   f"{fmt.size(model.get('param_bytes'))}"))
+    batch = _get(manifest, "config", "batch_size")
+    if batch is not None:
+        tiles.append(("Batch size (global)", fmt.num(batch),
+                      f"{fmt.num(_get(manifest, 'config', 'per_rank_batch_size'))} per rank"))
+    status = _get(manifest, "status")
+    if status:
+        tiles.append(("Run status", str(status), "manifest.json"))
+    return {"sentences": sentences, "tiles": tiles}
+
+
+def diagnosis_view(diag: Diagnosis | None) -> dict[str, Any] | None:
+    """The verdict box: three hypotheses with verdict, rule, reason and evidence; findings; advice."""
+    if diag is None:
+        return None
+    hyps = []
+    for h in diag.hypotheses:
+        hyps.append({"id": h.id, "title": fmt.HYPOTHESIS_TITLES.get(h.id, h.id),
+                     "question": fmt.HYPOTHESIS_QUESTIONS.get(h.id, ""), "verdict": h.verdict,
+                     "verdict_label": fmt.VERDICT_LABELS.get(h.verdict, h.verdict), "rule": h.rule,
+                     "reason": h.reason, "evidence": fmt.rows(h.evidence)})
+    order = {"critical": 0, "warning": 1, "info": 2}
+    findings = [{"id": f.id, "severity": f.severity, "title": f.title, "detail": f.detail,
+                 "evidence": fmt.rows(f.evidence)}
+                for f in sorted(diag.findings, key=lambda f: (order.get(f.severity, 3), f.id))]
+    return {"hypotheses": hyps, "findings": findings, "advice": list(diag.advice)}
+
+
+def step_table(analysis: Analysis) -> dict[str, Any]:
+    """Per profiled step and device: duration, exclusive categories (ms), DP phase GPU work (µs)."""
+    steps = sorted(analysis.steps, key=lambda s: (s.rank, s.device, s.step))
+    multi = len({s.rank for s in steps}) > 1
+    always = {"compute", "idle"} | (set(DP_PHASES) if analysis.strategy == "dp" else set())
+    cats = [c for c in CATEGORIES if c in always or any(s.categories_us.get(c, 0.0) > 0 for s in steps)]
+    phase_cols = [p for p in DP_PHASES if any(p in s.dp_phase_gpu_us for s in steps)] \
+        if analysis.strategy == "dp" else []
+    has_gpu0 = any(s.gpu0_only_us is not None for s in steps)
+    has_overlap = any(s.allreduce_overlapped_us > 0 for s in steps)
+    rows = []
+    for s in steps[:MAX_STEP_ROWS]:
+        cells = [fmt.ms(s.duration_us)] + [fmt.ms(s.categories_us.get(c, 0.0)) for c in cats]
+        cells.append(fmt.ms(s.busy_us))
+        cells += [fmt.num(s.dp_phase_gpu_us.get(p), 4) if p in s.dp_phase_gpu_us else "–" for p in phase_cols]
+        if has_gpu0:
+            cells.append(fmt.ms(s.gpu0_only_us))
+        if has_overlap:
+            cells.append(fmt.ms(s.allreduce_overlapped_us))
+        rows.append({"label": f"{device_label(s.rank, s.device, multi)} · step {s.step}", "cells": cells})
+    columns = ["step (ms)"] + [f"{c} (ms)" for c in cats] + ["GPU busy (ms)"]
+    columns += [f"GPU work in {p} (µs)" for p in phase_cols]
+    columns += ["GPU0-only (ms)"] if has_gpu0 else []
+    columns += ["comm. overlapped (ms)"] if has_overlap else []
+    more = len(steps) - MAX_STEP_ROWS
+    return {"columns": columns, "rows": rows, "categories": cats,
+            "note": f"{more} more rows not shown" if more > 0 else ""}
+
+
+def devices_table(analysis: Analysis) -> list[list[str]]:
+    multi = len(analysis.ranks) > 1
+    out = []
+    for d in sorted(analysis.devices, key=lambda d: (d.rank, d.device)):
+        copies = ", ".join(f"{k} {fmt.size(v)}" for k, v in sorted(d.memcpy_bytes.items())) or "none"
+        out.append([device_label(d.rank, d.device, multi), fmt.ms(d.kernel_time_us), fmt.ms(d.comm_kernel_time_us),
+                    fmt.ms(d.memcpy_time_us), fmt.ms(d.busy_time_us), copies])
+    return out
+
+
+def kernels_view(analysis: Analysis) -> list[dict[str, Any]]:
+    """Top kernels per device, by total time over the profiled steps."""
+    groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
+    for k in analysis.top_kernels:
+        groups[(k.rank, k.device)].append(k)
+    totals = {(d.rank, d.device): d.kernel_time_us + d.memcpy_time_us for d in analysis.devices}
+    multi = len(analysis.ranks) > 1
+    out = []
+    for key, ks in sorted(groups.items()):
+        top = sorted(ks, key=lambda k: (-k.total_us, k.name))[:TOP_KERNELS]
+        out.append({"device": device_label(key[0], key[1], multi), "rows": [
+            {"name": k.name, "short": k.name if len(k.name) <= 96 else k.name[:93] + "…", "category": k.category,
+             "count": fmt.num(k.count), "total": fmt.ms(k.total_us), "mean": fmt.num(k.total_us / max(k.count, 1)),
+             "share": fmt.pct(k.total_us, totals.get(key, 0.0))} for k in top]})
+    return out
+
+
+def comm_view(analysis: Analysis) -> dict[str, Any]:
+    worst = sorted(analysis.collectives, key=lambda c: (-c.start_skew_us, c.group, c.index))[:10]
+    return {
+        "collectives": len(analysis.collectives),
+        "worst": [[c.group, str(c.index), c.name, fmt.ms(c.start_skew_us, 3), str(c.last_rank)] for c in worst],
+        "stragglers": [[str(s.rank), f"{s.times_last} of {s.collectives}", fmt.ms(s.mean_lateness_us, 3)]
+                       for s in sorted(analysis.stragglers, key=lambda s: s.rank)],
+    }
+
+
+def environment(analysis: Analysis, manifest: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Configuration and environment tables from the manifest, or from the traces when there is none."""
+    sections = []
+    if manifest:
+        sections.append({"title": "Configuration", "rows": fmt.rows(_get(manifest, "config"))})
+        sections.append({"title": "Versions", "rows": fmt.rows(_get(manifest, "versions"))})
+        hw = _get(manifest, "hardware") or {}
+        hw_rows = fmt.rows(hw, skip=("gpus",))
+        for g in (hw.get("gpus") or []) if isinstance(hw, Mapping) else []:
+            if isinstance(g, Mapping):
+                hw_rows.append((f"GPU{g.get('cuda_index')}", f"{g.get('name')} · "
+                                f"{fmt.size(g.get('memory_total_bytes'))} · NVML index {g.get('nvml_index')}"))
+        sections.append({"title": "Hardware", "rows": hw_rows})
+        sections.append({"title": "Link bandwidth (measured at collection)",
+                         "rows": fmt.rows(_get(manifest, "link_bandwidth"))})
+        sections.append({"title": "Profiler window and distortion", "rows": fmt.rows(_get(manifest, "profiler"))})
+        sections.append({"title": "Model and data", "rows": fmt.rows(_get(manifest, "model_info"))
+                         + fmt.rows(_get(manifest, "data_info"))})
+        peak = _get(manifest, "peak_memory_bytes")
+        if peak:
+            sections.append({"title": "Peak GPU memory", "rows": fmt.rows(peak)})
+    rank_rows = []
+    for r in sorted(analysis.ranks, key=lambda r: r.rank):
+        gpus = ", ".join(f"{k}: {v}" for k, v in sorted(r.gpu_names.items())) or "none"
+        rank_rows.append((f"rank {r.rank}", f"world size {fmt.num(r.world_size)} · backend {r.backend or '–'} · "
+                                           f"GPUs {gpus} · torch {r.torch_version or '–'} · all threads profiled: "
+                                           f"{fmt.num(r.profile_all_threads)} · {fmt.num(r.events)} events"))
+    sections.append({"title": "Traces as recorded", "rows": rank_rows})
+    return [s for s in sections if s["rows"]]
+
+
+def warnings(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any, notes: Sequence[str]) -> list[str]:
+    out = []
+    for w in analysis.warnings:
+        where = f" (rank {w.rank})" if w.rank is not None else ""
+        count = f" ×{w.count}" if w.count != 1 else ""
+        out.append(f"[{w.code}]{where}{count} {w.message}")
+    out += [f"[manifest] {w}" for w in (_get(manifest, "warnings") or []) if isinstance(w, str)]
+    out += [f"[nvml] {w}" for w in (getattr(nvml, "warnings", None) or []) if isinstance(w, str)]
+    out += [f"[report] {n}" for n in notes]
+    return out
