@@ -194,3 +194,78 @@ def _approx(x: float) -> Any:
 
     # Timestamps carry 3 decimals (ns); float64 at ~5e12 µs keeps ~1e-3 µs: allow a few ns per interval.
     return pytest.approx(x, rel=1e-6, abs=0.02)
+
+
+# --- interval arithmetic (dpprof/trace/intervals.py), checked against brute force on integer points ---
+
+_ivs = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=25)
+
+
+def _arrays(pairs: list[tuple[int, int]]) -> tuple[Any, Any]:
+    import numpy as np
+
+    return np.array([float(s) for s, _ in pairs]), np.array([float(s + d) for s, d in pairs])
+
+
+def _inside(pairs: list[tuple[int, int]], x: float) -> bool:
+    return any(s <= x < s + d for s, d in pairs)
+
+
+GRID = [i + 0.5 for i in range(-2, 262)]  # midpoints: every unit cell of the integer line
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ivs, st.integers(0, 260), st.integers(0, 260))
+def test_union_and_clip(pairs: list[tuple[int, int]], lo: int, hi: int) -> None:
+    import numpy as np
+
+    from dpprof.trace import intervals as iv
+
+    u = iv.union(*_arrays(pairs))
+    s, e = u
+    assert np.all(e > s) and np.all(s[1:] > e[:-1]), "union must be sorted, disjoint, non-empty pieces"
+    total = sum(d for _, d in pairs)
+    assert iv.length(u) <= total + 1e-9
+    assert iv.length(u) >= max((d for _, d in pairs), default=0)
+    assert iv.length(u) == sum(_inside(pairs, x) for x in GRID)  # integer ends: cells are all in or out
+    assert np.array_equal(iv.union(s, e)[0], s) and np.array_equal(iv.union(s, e)[1], e)  # idempotent
+    pts = np.array(GRID)
+    assert iv.covered(pts, u).tolist() == [_inside(pairs, x) for x in GRID]
+    lo, hi = min(lo, hi), max(lo, hi)
+    c = iv.clip(u, float(lo), float(hi))
+    assert iv.length(c) <= min(iv.length(u), hi - lo) + 1e-9
+    assert np.all(c[0] >= lo) and np.all(c[1] <= hi)
+    assert iv.length(c) == sum(_inside(pairs, x) for x in GRID if lo <= x < hi)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_ivs, _ivs)
+def test_intersection_length(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    from dpprof.trace import intervals as iv
+
+    ua, ub = iv.union(*_arrays(a)), iv.union(*_arrays(b))
+    got = iv.intersection_length(ua, ub)
+    assert got == iv.intersection_length(ub, ua)
+    assert got <= min(iv.length(ua), iv.length(ub)) + 1e-9
+    assert got == sum(_inside(a, x) and _inside(b, x) for x in GRID)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_ivs)
+def test_nesting_labels_follow_documented_rule(pairs: list[tuple[int, int]]) -> None:
+    """Each instant takes the label of the interval painted last among those covering it, painting in
+    order of (start, longest first): the innermost one for properly nested intervals."""
+    import numpy as np
+
+    from dpprof.trace import intervals as iv
+
+    starts, ends = _arrays(pairs)
+    labels = np.arange(len(pairs), dtype=np.int16)
+    nest = iv.Nesting(starts, ends, labels)
+    got = nest.label_at(np.array(GRID)).tolist()
+    order = sorted((i for i, (_, d) in enumerate(pairs) if d > 0), key=lambda i: (pairs[i][0], -pairs[i][1]))
+    want = []
+    for x in GRID:
+        hits = [i for i in order if pairs[i][0] <= x < pairs[i][0] + pairs[i][1]]
+        want.append(hits[-1] if hits else -1)
+    assert got == want
