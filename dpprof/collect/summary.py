@@ -1,0 +1,49 @@
+"""The end-of-run summary on the console, read back from the run directory (what is on disk is the truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dpprof.rundir import read_manifest
+
+
+def _fmt(value: Any, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def summary_lines(run_dir: Path) -> list[str]:
+    """Plain lines: status, figures, and where every output is."""
+    m = read_manifest(run_dir)
+    if m is None:
+        return [f"run directory: {run_dir} (no manifest: this node does not hold global rank 0)"]
+    s = m.get("summary") or {}
+    prof = m.get("profiler") or {}
+    files = m.get("files") or {}
+    lines = [
+        f"run:        {run_dir}  [{m.get('status')}]",
+        f"steps:      {s.get('steps')}   median {_fmt(s.get('step_ms_median'), '.1f', ' ms')}/step   "
+        f"{_fmt(s.get('images_per_s_median'), '.0f', ' img/s')} (global)",
+        f"accuracy:   train {_fmt(s.get('final_train_acc'), '.3f')}   held-out {_fmt(s.get('final_test_acc'), '.3f')}"
+        f"   ({s.get('epochs')} epoch(s))",
+        f"profiler:   profiled {_fmt(prof.get('profiled_step_ms_median'), '.1f', ' ms')} vs unprofiled "
+        f"{_fmt(prof.get('unprofiled_step_ms_median'), '.1f', ' ms')}  "
+        f"(overhead ratio {_fmt(prof.get('overhead_ratio'), '.2f')})",
+    ]
+    if m.get("dp_mode"):
+        lines.append(f"dp mode:    {m['dp_mode']}")
+    lines.append(f"manifest:   {run_dir / 'manifest.json'}")
+    for key in ("traces", "nvml", "steps"):
+        for rel in files.get(key, []):
+            lines.append(f"{key + ':':<11} {run_dir / rel}")
+    for w in m.get("warnings", []):
+        lines.append(f"warning:    {w}")
+    return lines
+
+
+def print_summary(run_dir: Path) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    for line in summary_lines(run_dir):
+        console.print(line, markup=False, soft_wrap=True)
