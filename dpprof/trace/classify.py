@@ -1,0 +1,114 @@
+"""Classification as data: ordered (class, regex) tables, first match wins, tested rule by rule.
+
+Two tables:
+
+* ``GPU_RULES`` name GPU activities (kernels, copies, memsets) by their event name. When no rule
+  matches, the Kineto event category decides: a ``kernel`` is ``compute``, a ``gpu_memcpy`` is
+  ``memcpy_other``, a ``gpu_memset`` is ``memset``.
+* ``CPU_RULES`` name host events (``cpu_op``, ``user_annotation``, runtime calls): profiler steps,
+  data loading, DP phases (torch's ops and dpprof's own ``dpprof::dp_*`` markers), DDP ops,
+  collectives, optimizer annotations. No match is ``op`` (ordinary host work).
+
+Rules are matched with ``re.search`` against the full name, so anchor them where it matters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+# --- GPU activity classes (codes are small ints so per-event arrays stay compact) ---------------------
+GPU_CLASSES: tuple[str, ...] = (
+    "compute", "communication", "memcpy_HtoD", "memcpy_DtoH", "memcpy_DtoD", "memcpy_PtoP",
+    "memcpy_other", "memset",
+)
+G_COMPUTE, G_COMM, G_HTOD, G_DTOH, G_DTOD, G_PTOP, G_MEMCPY, G_MEMSET = range(len(GPU_CLASSES))
+G_COPIES = (G_HTOD, G_DTOH, G_DTOD, G_PTOP, G_MEMCPY)
+#: Copy kind reported in ``memcpy_bytes`` for each copy class.
+COPY_KIND: dict[int, str] = {G_HTOD: "HtoD", G_DTOH: "DtoH", G_DTOD: "DtoD", G_PTOP: "PtoP", G_MEMCPY: "other"}
+
+_I = re.IGNORECASE
+#: Ordered GPU rules: (class, pattern). First match wins.
+GPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # NCCL (old ncclKernel_*, new ncclDevKernel_*), RCCL and gloo kernels, with or without "void ".
+    ("communication", re.compile(r"^(?:void\s+)?(?:[\w]+::)*(?:nccl|rccl|gloo)", _I)),
+    # Copies by direction: CUDA "Memcpy HtoD (Pinned -> Device)", HIP "hipMemcpyHtoDAsync",
+    # and the long spellings some exporters use.
+    ("memcpy_HtoD", re.compile(r"memcpy.*?(?:HtoD|H2D|HostToDevice)", _I)),
+    ("memcpy_DtoH", re.compile(r"memcpy.*?(?:DtoH|D2H|DeviceToHost)", _I)),
+    ("memcpy_PtoP", re.compile(r"memcpy.*?(?:PtoP|P2P|PeerToPeer|Peer)", _I)),
+    ("memcpy_DtoD", re.compile(r"memcpy.*?(?:DtoD|D2D|DeviceToDevice)", _I)),
+    ("memset", re.compile(r"^(?:hip)?memset", _I)),
+    ("memcpy_other", re.compile(r"^(?:hip)?memcpy|^dma", _I)),
+)
+
+# --- host (CPU) event classes --------------------------------------------------------------------
+CPU_CLASSES: tuple[str, ...] = (
+    "op", "step", "data_loading", "dp_forward", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
+    "dp_parallel_apply", "ddp_forward", "ddp_reducer", "collective", "param_comms", "optimizer",
+)
+(C_OP, C_STEP, C_DATA, C_DP_FORWARD, C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE,
+ C_DP_PARALLEL_APPLY, C_DDP_FORWARD, C_DDP_REDUCER, C_COLLECTIVE, C_PARAM_COMMS, C_OPTIMIZER) = range(len(CPU_CLASSES))
+#: Host classes that are DP phases, in the order of ``model.DP_PHASES``.
+DP_PHASE_CLASSES: tuple[int, ...] = (C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE)
+#: Annotations that only enclose other work: by themselves they do not make the host busy.
+ENCLOSING_CLASSES: frozenset[int] = frozenset({C_STEP, C_DDP_FORWARD, C_OPTIMIZER, C_DP_PARALLEL_APPLY})
+#: Spans whose time, when the GPU is idle, is communication (``allreduce``).
+COLLECTIVE_CLASSES: frozenset[int] = frozenset({C_COLLECTIVE, C_PARAM_COMMS})
+
+#: Ordered host rules: (class, pattern). First match wins.
+CPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("step", re.compile(r"^ProfilerStep#\d+$")),
+    ("data_loading", re.compile(r"^enumerate\(DataLoader\)#.*__next__")),
+    # dpprof's own DP phase markers (collect/profiler.py) come first: they are exact when present.
+    ("dp_scatter", re.compile(r"^dpprof::dp_scatter$")),
+    ("dp_broadcast", re.compile(r"^dpprof::dp_replicate$")),
+    ("dp_parallel_apply", re.compile(r"^dpprof::dp_parallel_apply$")),
+    ("dp_gather", re.compile(r"^dpprof::dp_gather$")),
+    ("dp_forward", re.compile(r"^DataParallel\.forward$")),
+    # torch.nn.parallel autograd functions; GatherBackward scatters grad_output back to the replicas.
+    ("dp_scatter", re.compile(r"^(?:Scatter|GatherBackward)$")),
+    ("dp_broadcast", re.compile(r"^Broadcast$")),
+    ("dp_gather", re.compile(r"^Gather$")),
+    ("dp_reduce", re.compile(r"^(?:BroadcastBackward|ReduceAddCoalesced)$")),
+    ("ddp_forward", re.compile(r"^DistributedDataParallel\.forward$")),
+    ("ddp_reducer", re.compile(r"^(?:torch::distributed::reducer::|torch\.distributed\.ddp\.reducer::)")),
+    ("param_comms", re.compile(r"^record_param_comms$")),
+    ("collective", re.compile(r"^(?:nccl|gloo|rccl|mpi|ucc):|^c10d::")),
+    ("optimizer", re.compile(r"^Optimizer\.(?:step|zero_grad)#")),
+)
+
+_GPU_CODE = {name: i for i, name in enumerate(GPU_CLASSES)}
+_CPU_CODE = {name: i for i, name in enumerate(CPU_CLASSES)}
+_STEP_NUMBER = re.compile(r"#(\d+)$")
+
+
+def classify_gpu_name(name: str, default: int = G_COMPUTE) -> int:
+    """GPU class code of an activity name (``GPU_CLASSES`` index); ``default`` when no rule matches."""
+    for cls, pattern in GPU_RULES:
+        if pattern.search(name):
+            return _GPU_CODE[cls]
+    return default
+
+
+def classify_cpu_name(name: str) -> int:
+    """Host class code of an event name (``CPU_CLASSES`` index); ``C_OP`` when no rule matches."""
+    for cls, pattern in CPU_RULES:
+        if pattern.search(name):
+            return _CPU_CODE[cls]
+    return C_OP
+
+
+def classify_names(names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Classify a string table once: (gpu class per name or -1 when no rule matches, cpu class per name).
+
+    Traces repeat a few thousand distinct names hundreds of thousands of times, so the analysis
+    classifies the string table and indexes the result with each event's name id.
+    """
+    return [classify_gpu_name(n, -1) for n in names], [classify_cpu_name(n) for n in names]
+
+
+def step_number(name: str) -> int | None:
+    """N of ``ProfilerStep#N``, or None."""
+    m = _STEP_NUMBER.search(name)
+    return int(m.group(1)) if m else None
