@@ -129,15 +129,15 @@ def profile_argv(grid: Grid, strategy: str, gpus: int, batch: int, workers: int,
     """The ``dpprof profile`` command line of one configuration."""
     argv = [sys.executable, "-m", "dpprof.cli", "profile", "--strategy", strategy, "--model", grid.model,
             "--batch-size", str(batch), "--workers", str(workers), "--out", str(runs),
-            "--run-name", point_name(strategy, gpus, batch, workers)]
+            "--run-name", point_name(strategy, gpus, batch, workers), "--quiet"]
     if grid.steps is not None:
         argv += ["--steps", str(grid.steps)]
     if grid.epochs is not None:
         argv += ["--epochs", str(grid.epochs)]
     if strategy == "ddp":
         argv += ["--nproc", str(gpus)]
-    elif strategy == "dp":
-        argv += ["--gpus", str(gpus if cuda else 0)]
+    elif strategy == "dp" and cuda:
+        argv += ["--gpus", str(gpus)]  # without CUDA, DP's no-GPU path: the collector's default
     return tuple(argv) + grid.extra_args
 
 

@@ -1,0 +1,163 @@
+"""Verdict logic of the diagnosis on hand-built analyses, plus integration cases on real and synthetic traces."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from dpprof.analyze.diagnosis import diagnose
+from dpprof.analyze.model import Analysis, Straggler
+from dpprof.analyze.sweep_model import SweepPoint, SweepResult
+from tests.analyze.diag_builders import analysis, dp4
+
+MANIFEST = {"config": {"batch_size": 128, "workers": 2, "lr_rule": "linear"},
+            "model_info": {"param_bytes": 58_913_064, "buffers_bytes": 0},
+            "link_bandwidth": {"p2p_GBps": {"0->1": 20.0, "0->2": 20.0, "0->3": 20.0}}}
+
+
+def verdicts(d) -> dict[str, str]:
+    return {h.id: h.verdict for h in d.hypotheses}
+
+
+# ---- data_path -------------------------------------------------------------------------------------------
+def test_data_path_supported_when_gpu0_phases_are_most_of_the_excess():
+    # ideal (estimate) = replica 8 + GPU0 extra 2 + loading 0 = 10 ms; step 27 ms; DP phases 16 ms = 94 % of 17.
+    a = dp4({"compute": 10000, "dp_broadcast": 8000, "dp_reduce": 8000, "idle": 1000},
+            {"compute": 8000, "idle": 19000}, gpu0_only=15000)
+    h = diagnose(a, MANIFEST).hypotheses[0]
+    assert h.verdict == "supported"
+    assert h.evidence["ideal_source"] == "estimate"
+    assert h.evidence["excess_us"] == pytest.approx(17000)
+    assert h.evidence["gpu0_centred_share_of_excess_pct"] == pytest.approx(94.1)
+    assert h.evidence["busy_imbalance_pct"] == pytest.approx(25.0)
+    # bytes through GPU0: params × 3 broadcast + params × 3 reduced + 128 × 12288 × 3/4 + 128 × 40 × 3/4
+    b = h.evidence["gpu0_bytes_per_step"]
+    assert b["total_bytes"] == 58_913_064 * 6 + 1_179_648 + 3840
+    assert h.evidence["link_time_us"] == pytest.approx(b["total_bytes"] / 20e3, rel=1e-3)
+    assert "94 %" in h.reason
+
+
+def test_data_path_not_supported_when_excess_is_host_time():
+    a = dp4({"compute": 10000, "host": 8000, "dp_broadcast": 1000}, {"compute": 8000, "idle": 11000})
+    h = diagnose(a, MANIFEST).hypotheses[0]
+    assert h.verdict == "not_supported"
+    assert h.evidence["gpu0_centred_share_of_excess_pct"] == pytest.approx(100 * 1000 / 9000, abs=0.1)
+
+
+def test_data_path_inconclusive_between_thresholds():
+    a = dp4({"compute": 10000, "host": 6000, "dp_reduce": 4000}, {"compute": 8000, "idle": 12000})
+    h = diagnose(a, MANIFEST).hypotheses[0]
+    assert h.verdict == "inconclusive"
+    assert "between 20 % and 50 %" in h.reason
+
+
+def test_data_path_not_supported_when_dp_is_near_ideal():
+    a = dp4({"compute": 10000, "dp_broadcast": 400, "idle": 100}, {"compute": 10000, "idle": 500})
+    h = diagnose(a, MANIFEST).hypotheses[0]
+    assert h.verdict == "not_supported" and "close to ideal" in h.reason
+
+
+def test_data_path_uses_baseline_for_the_ideal():
+    base = analysis("single", {(0, 0): {"compute": 30000, "idle": 2000}})
+    a = dp4({"compute": 10000, "dp_broadcast": 10000, "idle": 2000}, {"compute": 8000, "idle": 14000})
+    h = diagnose(a, MANIFEST, baseline=base).hypotheses[0]
+    assert h.evidence["ideal_source"] == "baseline"
+    assert h.evidence["ideal_us"] == pytest.approx(32000 / 4)
+    assert h.verdict == "supported"  # 10 ms of DP phases of a 14 ms excess
+
+
+@pytest.mark.parametrize("mode,text", [("no_gpu", "DP had no GPU to split the batch over: the module ran directly"),
+                                       ("one_device", "one-device path")])
+def test_data_path_inconclusive_for_dp_shortcuts(mode, text):
+    per = {(0, -1): {"compute": 5000, "host": 100}} if mode == "no_gpu" else {(0, 0): {"compute": 5000}}
+    d = diagnose(analysis("dp", per, dp_mode=mode))
+    assert verdicts(d)["data_path"] == "inconclusive" and text in d.hypotheses[0].reason
+    assert any(f.id == f"dp_{mode}" for f in d.findings)
+
+
+def test_single_gpu_run_is_inconclusive_everywhere_without_sweep():
+    d = diagnose(analysis("single", {(0, 0): {"compute": 5000, "idle": 500}}))
+    assert verdicts(d) == {"data_path": "inconclusive", "hardware": "inconclusive", "hyperparameters": "inconclusive"}
+
+
+# ---- hardware --------------------------------------------------------------------------------------------
+def test_hardware_supported_on_unequal_ddp_compute():
+    a = analysis("ddp", {(0, 0): {"compute": 10000, "allreduce": 500}, (1, 1): {"compute": 12000, "allreduce": 500}})
+    h = diagnose(a).hypotheses[1]
+    assert h.verdict == "supported" and h.evidence["compute_spread_pct"] == pytest.approx(20.0)
+
+
+def test_hardware_not_supported_on_equal_compute_and_inconclusive_between():
+    eq = analysis("ddp", {(0, 0): {"compute": 10000}, (1, 1): {"compute": 10200}})
+    mid = analysis("ddp", {(0, 0): {"compute": 10000}, (1, 1): {"compute": 11000}})
+    assert diagnose(eq).hypotheses[1].verdict == "not_supported"
+    assert diagnose(mid).hypotheses[1].verdict == "inconclusive"
+
+
+def test_hardware_supported_on_nvml_throttling():
+    nvml = SimpleNamespace(gpus={i: SimpleNamespace(cuda_index=i, util_gpu_pct=[90, 95, 99, 97],
+                                                    sm_clock_mhz=[1980, 1500, 1500, 1500] if i == 1 else [1980] * 4,
+                                                    mem_used_bytes=[1e9] * 4) for i in range(2)})
+    a = analysis("ddp", {(0, 0): {"compute": 10000}, (1, 1): {"compute": 10100}})
+    h = diagnose(a, nvml=nvml).hypotheses[1]
+    assert h.verdict == "supported" and "1" in h.evidence["sm_clock_drop_pct"]
+
+
+def test_hardware_inconclusive_when_ranks_share_one_gpu():
+    a = analysis("ddp", {(0, 0): {"compute": 10000}, (1, 0): {"compute": 14000}})
+    assert diagnose(a).hypotheses[1].verdict == "inconclusive"
+
+
+# ---- hyperparameters -------------------------------------------------------------------------------------
+def _sweep(effs: dict[int, float]) -> SweepResult:
+    pts = []
+    for b, e in effs.items():
+        pts.append(SweepPoint("dp", 1, b, 0, status="done", images_per_s=100.0, speedup=1.0, scaling_efficiency=1.0))
+        pts.append(SweepPoint("dp", 4, b, 0, status="done", images_per_s=400 * e, speedup=4 * e, scaling_efficiency=e))
+    return SweepResult(points=tuple(pts))
+
+
+@pytest.mark.parametrize("effs,verdict", [({64: 0.3, 256: 0.7}, "supported"), ({64: 0.60, 256: 0.62}, "not_supported"),
+                                          ({64: 0.5, 256: 0.6}, "inconclusive")])
+def test_hyperparameters_from_sweep(effs, verdict):
+    a = dp4({"compute": 10000, "dp_broadcast": 5000}, {"compute": 8000, "idle": 7000})
+    h = diagnose(a, sweep=_sweep(effs)).hypotheses[2]
+    assert h.verdict == verdict
+    assert h.evidence["sweep"]["efficiency_change_batch_size"] == pytest.approx(max(effs.values()) - min(effs.values()))
+
+
+def test_hyperparameters_supported_when_loader_bound_and_inconclusive_without_sweep():
+    bound = analysis("single", {(0, 0): {"compute": 5000, "data_loading": 5000}})
+    d = diagnose(bound, {"config": {"workers": 0}})
+    assert d.hypotheses[2].verdict == "supported"
+    assert any(f.id == "data_loading_bound" and f.severity == "critical" for f in d.findings)
+    assert any("num_workers" in x for x in d.advice)
+    plain = analysis("single", {(0, 0): {"compute": 5000, "data_loading": 500}})
+    h = diagnose(plain).hypotheses[2]
+    assert h.verdict == "inconclusive" and "no sweep" in h.reason and "9.1 %" in h.reason
+
+
+# ---- findings, advice, JSON ------------------------------------------------------------------------------
+def test_ddp_findings_straggler_and_profiler_distortion():
+    a = analysis("ddp", {(0, 0): {"compute": 8000, "allreduce": 2000}, (1, 1): {"compute": 8000, "allreduce": 2000}},
+                 overlapped={(0, 0): 2000, (1, 1): 2000},
+                 stragglers=(Straggler(rank=1, times_last=9, collectives=10, mean_lateness_us=1500.0),))
+    d = diagnose(a, {"profiler": {"overhead_ratio": 1.5}})
+    f = {x.id: x for x in d.findings}
+    assert f["ddp_exposed_allreduce"].evidence["exposed_allreduce_pct"] == pytest.approx(20.0)
+    assert f["ddp_overlap"].evidence["overlap_ratio"] == pytest.approx(0.5)
+    assert f["straggler"].evidence["rank"] == 1 and "profiler_distortion" in f
+    assert any("bucket_cap_mb" in x for x in d.advice) and any("Rank 1" in x for x in d.advice)
+
+
+def test_diagnosis_json_round_trip_and_determinism():
+    a = dp4({"compute": 10000, "dp_broadcast": 8000, "dp_reduce": 8000}, {"compute": 8000, "idle": 18000})
+    j1 = a.with_diagnosis(diagnose(a, MANIFEST)).to_json()
+    j2 = a.with_diagnosis(diagnose(a, MANIFEST)).to_json()
+    assert json.dumps(j1, sort_keys=True) == json.dumps(j2, sort_keys=True)
+    assert [h["id"] for h in j1["diagnosis"]["hypotheses"]] == ["data_path", "hardware", "hyperparameters"]
+    assert j1["diagnosis"]["projection"]["label"] == "projection"
+    back = Analysis.from_json(json.loads(json.dumps(j1)))
+    assert back.diagnosis is not None and back.diagnosis.hypotheses[0].verdict == "supported"
