@@ -171,15 +171,23 @@ class GpuNvml:
     power_max_mw: float | None
 
 
-def _values(obj: Any, *names: str) -> list[float]:
+def _raw(obj: Any, *names: str) -> list[float]:
+    """A per-sample series by name: an attribute, a mapping key, or a key of ``.fields``; NaN for null."""
+    fields = obj.get("fields") if isinstance(obj, Mapping) else getattr(obj, "fields", None)
     for n in names:
         v = obj.get(n) if isinstance(obj, Mapping) else getattr(obj, n, None)
+        if v is None and isinstance(fields, Mapping):
+            v = fields.get(n)
         if v is not None:
             try:
-                return [float(x) for x in v if x is not None and x == x]
+                return [float("nan") if x is None else float(x) for x in v]
             except TypeError:
                 continue
     return []
+
+
+def _values(obj: Any, *names: str) -> list[float]:
+    return [x for x in _raw(obj, *names) if x == x]  # NaN (a null reading) dropped
 
 
 def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
@@ -201,7 +209,9 @@ def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
         idx = idx if idx is not None else int(key)
         util = _values(g, "util_gpu_pct", "util_gpu")
         clock = _values(g, "sm_clock_mhz")
-        busy_clock = [c for c, u in zip(clock, util, strict=False) if u >= 50] if len(clock) == len(util) else []
+        raw_u, raw_c = _raw(g, "util_gpu_pct", "util_gpu"), _raw(g, "sm_clock_mhz")
+        busy_clock = [c for c, u in zip(raw_c, raw_u, strict=False) if u >= 50 and c == c] \
+            if len(raw_c) == len(raw_u) else []
         mem = _values(g, "mem_used_bytes")
         power = _values(g, "power_mw")
         memu = _values(g, "util_mem_pct", "util_mem")

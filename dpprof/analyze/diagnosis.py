@@ -75,10 +75,15 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
                        "and use DDP (one process per GPU) when more GPUs are available.")
         else:
             ev = h["data_path"].evidence
-            why = (f"here DP spent {ev.get('dp_phases_pct')} % of the step in GPU0's data-path phases"
-                   if ev.get("dp_phases_pct") is not None else "")
-            if ev.get("busy_imbalance_pct") is not None:
-                why += f" and GPU0 was busy {ev['busy_imbalance_pct']} % more than the other GPUs"
+            if h["data_path"].verdict == "supported":
+                why = (f"here GPU0's data-path phases took {ev.get('dp_phases_pct')} % of the step "
+                       f"({ev.get('gpu0_centred_share_of_excess_pct')} % of the excess over ideal)")
+                if ev.get("busy_imbalance_pct") is not None:
+                    why += f" and GPU0 was busy {ev['busy_imbalance_pct']} % more than the other GPUs"
+            elif "host_bound" in f:
+                why = f"here the DP step was {f['host_bound'].evidence['host_pct']} % host time in its replica threads"
+            else:
+                why = ""
             out.append("Use DistributedDataParallel instead of DataParallel for multi-GPU training (torchrun "
                        f"--nproc-per-node N, one process per GPU){': ' + why if why else ''}; DDP's allreduce "
                        "is spread over all links and overlaps backward, and there is no per-step replicate.")

@@ -161,3 +161,55 @@ def test_diagnosis_json_round_trip_and_determinism():
     assert j1["diagnosis"]["projection"]["label"] == "projection"
     back = Analysis.from_json(json.loads(json.dumps(j1)))
     assert back.diagnosis is not None and back.diagnosis.hypotheses[0].verdict == "supported"
+
+
+def test_throttling_read_from_the_nvml_reader_dataclasses():
+    np = pytest.importorskip("numpy")
+    from dpprof.trace.nvml_samples import GpuSamples, NvmlData
+
+    gpus = tuple(GpuSamples(node="h", host="h", cuda_index=i, nvml_index=i, uuid=None, name=None, t_ns=np.arange(4),
+                            fields={"util_gpu_pct": np.array([90.0, 95.0, np.nan, 97.0]),
+                                    "sm_clock_mhz": np.array([1980.0] + [1500.0 if i else 1980.0] * 3)})
+                 for i in range(2))
+    a = analysis("ddp", {(0, 0): {"compute": 10000}, (1, 1): {"compute": 10100}})
+    h = diagnose(a, nvml=NvmlData(gpus=gpus)).hypotheses[1]
+    assert h.verdict == "supported" and h.evidence["sm_clock_drop_pct"] == {"1": pytest.approx(24.2, abs=0.1)}
+
+
+# ---- integration: real H200 traces and synthetic multi-GPU DP traces through the analyzer -------------------
+def _analyze(paths):
+    mod = pytest.importorskip("dpprof.analyze.pipeline")
+    return mod.analyze(paths)
+
+
+def test_dp_dup00_is_host_bound_in_replica_threads_and_inconclusive(h200):
+    d = diagnose(_analyze([h200["dp_dup00"]]))
+    assert verdicts(d)["data_path"] == "inconclusive" and "only 1 GPU" in d.hypotheses[0].reason
+    f = {x.id: x for x in d.findings}
+    assert f["host_bound"].severity == "critical" and f["host_bound"].evidence["host_pct"] > 90
+    assert "replica threads" in f["host_bound"].detail and "not the GPUs" in f["host_bound"].detail
+    assert any("cudnn.benchmark" in x for x in d.advice)
+
+
+def test_ddp2_gloo_gets_ddp_findings(h200):
+    d = diagnose(_analyze([h200["ddp2_gloo_rank0"], h200["ddp2_gloo_rank1"]]))
+    f = {x.id: x for x in d.findings}
+    assert f["ddp_exposed_allreduce"].evidence["exposed_allreduce_pct"] > 10  # gloo staging through the host
+    assert 0 <= f["ddp_overlap"].evidence["overlap_ratio"] < 0.1
+    assert "straggler" in f
+    assert verdicts(d)["hardware"] == "inconclusive"  # both ranks on the same GPU
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("variant,verdict", [("gpu0_serial", "supported"), ("balanced", "not_supported")])
+def test_synthetic_dp_data_path_verdicts(tmp_path, n, variant, verdict):
+    synth = pytest.importorskip("tests.synth.dp")
+    traces, _expected = synth.write_dp_run(tmp_path, n, variant)
+    d = diagnose(_analyze([traces]))
+    h = d.hypotheses[0]
+    assert h.verdict == verdict, h.reason
+    assert h.evidence["n_gpus"] == n and h.evidence["ideal_source"] == "estimate"
+    if variant == "gpu0_serial":
+        assert h.evidence["gpu0_centred_share_of_excess_pct"] >= 50 and h.evidence["busy_imbalance_pct"] > 100
+    else:
+        assert h.evidence["excess_pct"] < 10
