@@ -1,0 +1,285 @@
+"""Merge a run's NVML samples into copies of its rank traces, as Chrome ``ph:"C"`` counter events.
+
+For each trace in ``RUN/traces/`` a copy with the same name is written to ``RUN/merged/``. The copy is
+the original text with counter events inserted at the start of ``traceEvents``: nothing else is
+re-serialised, so torch's own formatting (``"rank": 0`` on its own line, which HTA finds with the regex
+``"rank":\\s+(\\d+)``) and every other byte stay as they were.
+
+Counters go on the pid of the GPU they describe (Kineto's ``GPU N`` process, N = CUDA index, the
+``device`` of the trace's kernels), one event per sample and field, at ``(t_ns - baseTimeNanoseconds) /
+1000`` µs computed in integers and written with 3 decimals like torch. Only GPUs with activity in the
+trace get counters (Kineto lists 16 GPU processes on any machine), and only samples inside the trace's
+time span (first to last non-metadata event). Perfetto shows one track per field, named
+``"<event name> <arg key>"``.
+
+Which node's NVML file (``nvml.<node>.jsonl``) belongs to a rank, first rule that answers:
+1. ``nodes/<node>.json`` lists the rank in ``"ranks"`` (its ``"nvml_file"`` names the file, else
+   ``nvml.<node>.jsonl``) — what ``dpprof profile`` writes;
+2. the run has one NVML file (single-node runs): every rank;
+3. the manifest's ``nodes`` (``node_rank``, ``file`` = ``nodes/<node>.json``) with ``config.nproc``
+   processes per node: torchrun numbers ranks node by node, so node rank = rank // nproc.
+A rank no rule places gets a copy without counters and a warning.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from dpprof.errors import DpprofError, TraceError
+from dpprof.fileio import write_bytes_atomic
+from dpprof.rundir import (
+    MERGED_DIR,
+    NODES_DIR,
+    TRACES_DIR,
+    is_trace_file,
+    rank_from_name,
+    read_json,
+    read_manifest,
+)
+from dpprof.trace.nvml_samples import GpuSamples, NvmlData, node_from_name, read_nvml
+
+#: (sample field, counter event name): one Perfetto track per field. utilization.gpu is labelled with
+#: what it measures: the share of NVML's sample period in which any kernel ran, not SM occupancy.
+COUNTERS: tuple[tuple[str, str], ...] = (
+    ("util_gpu_pct", "NVML GPU utilization % (time any kernel ran)"),
+    ("util_mem_pct", "NVML memory utilization % (time memory was read or written)"),
+    ("mem_used_bytes", "NVML memory used"),
+    ("power_mw", "NVML power"),
+    ("sm_clock_mhz", "NVML SM clock"),
+    ("pcie_tx_kbps", "NVML PCIe TX"),
+    ("pcie_rx_kbps", "NVML PCIe RX"),
+)
+GPU_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "Kernel", "Memcpy", "Memset"})
+_TRACE_EVENTS = re.compile(rb'"traceEvents"\s*:\s*\[')
+#: Timestamps above this many µs are absolute (epoch) rather than relative to baseTimeNanoseconds.
+_ABSOLUTE_US = 10**14
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What merging one rank trace did: where it wrote, whose samples (node), which GPUs, how many events."""
+
+    source: Path
+    output: Path
+    rank: int | None
+    node: str | None
+    devices: tuple[int, ...]
+    counters: int
+    samples_in_range: int
+    samples_out_of_range: int
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TraceSpan:
+    """What the merge needs from a trace: its clock, span (ns relative to base), GPUs and rank."""
+
+    base_ns: int
+    start_ns: int
+    end_ns: int
+    devices: tuple[int, ...]
+    rank: int | None
+    events: int
+
+
+def _read_raw(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"cannot read {path}: {exc}") from None
+
+
+def _decode(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise TraceError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("traceEvents"), list):
+        raise TraceError(f"{path}: not a Chrome/Kineto trace (no traceEvents list)")
+    return obj
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
+    """Time span, base time, active GPUs and rank of a decoded trace."""
+    start, end = None, None
+    devices: set[int] = set()
+    for ev in obj["traceEvents"]:
+        if not isinstance(ev, dict) or ev.get("ph") == "M":
+            continue
+        ts = ev.get("ts")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+            dur = ev.get("dur")
+            t_end = ts + dur if isinstance(dur, (int, float)) and not isinstance(dur, bool) and dur > 0 else ts
+            start = ts if start is None or ts < start else start
+            end = t_end if end is None or t_end > end else end
+        if ev.get("cat") in GPU_CATEGORIES:
+            args = ev.get("args")
+            dev = _int(args.get("device")) if isinstance(args, dict) else None
+            dev = dev if dev is not None else _int(ev.get("pid"))
+            if dev is not None:
+                devices.add(dev)
+    if start is None or end is None:
+        raise TraceError(f"{path}: no timed events")
+    base = _int(obj.get("baseTimeNanoseconds"))
+    if base is None:
+        if start < _ABSOLUTE_US:
+            raise TraceError(f"{path}: no baseTimeNanoseconds and relative timestamps: cannot place NVML samples")
+        base = 0  # older traces: absolute µs since the epoch
+    info = obj.get("distributedInfo")
+    rank = _int(info.get("rank")) if isinstance(info, dict) else None
+    rank = rank if rank is not None else rank_from_name(path)
+    return TraceSpan(base_ns=base, start_ns=round(start * 1000), end_ns=round(end * 1000),
+                     devices=tuple(sorted(devices)), rank=rank, events=len(obj["traceEvents"]))
+
+
+def format_us(rel_ns: int) -> str:
+    """Integer ns as µs with exactly 3 decimals (torch's format), exact for any int64."""
+    sign = "-" if rel_ns < 0 else ""
+    q, r = divmod(abs(rel_ns), 1000)
+    return f"{sign}{q}.{r:03d}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def counter_lines(gpu: GpuSamples, pid: int, span: TraceSpan) -> tuple[list[bytes], int, int]:
+    """Counter events (one JSON text each) for the samples of ``gpu`` inside ``span``; in/out counts."""
+    rel = gpu.t_ns - np.int64(span.base_ns)
+    inside = (rel >= span.start_ns) & (rel <= span.end_ns)
+    out: list[bytes] = []
+    for k in np.flatnonzero(inside):
+        ts = format_us(int(rel[k]))
+        for key, name in COUNTERS:
+            value = gpu.fields[key][k]
+            if np.isnan(value):  # a field NVML could not read: no point to draw
+                continue
+            out.append(f'{{"ph": "C", "cat": "nvml", "name": "{name}", "pid": {pid}, "tid": 0, '
+                       f'"ts": {ts}, "args": {{"{key}": {_number(value)}}}}}'.encode())
+    n_in = int(inside.sum())
+    return out, n_in, len(gpu) - n_in
+
+
+def insert_events(raw: bytes, lines: list[bytes], path: Path) -> bytes:
+    """``raw`` with ``lines`` inserted as the first elements of its top-level traceEvents array."""
+    if not lines:
+        return raw
+    m = _TRACE_EVENTS.search(raw)
+    if m is None:
+        raise TraceError(f"{path}: traceEvents array not found in the text")
+    rest = raw[m.end():]
+    empty = rest.lstrip()[:1] == b"]"
+    body = b"\n  " + b",\n  ".join(lines) + (b"" if empty else b",")
+    return raw[:m.end()] + body + rest
+
+
+def _node_of_file(name: Any) -> str | None:
+    """``nvml.<node>.jsonl`` (or a path ending in it) -> ``<node>``."""
+    if not isinstance(name, str):
+        return None
+    base = Path(name).name
+    return node_from_name(Path(base)) if base.endswith(".jsonl") else None
+
+
+def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...]) -> Callable[[int | None], str | None]:
+    """rank -> node key of its NVML file, by the rules in the module docstring."""
+    by_rank: dict[int, str] = {}
+    nodes_dir = run_dir / NODES_DIR
+    if nodes_dir.is_dir():
+        for f in sorted(nodes_dir.glob("*.json")):
+            node = read_json(f)
+            if isinstance(node, dict) and isinstance(node.get("ranks"), list):
+                key = _node_of_file(node.get("nvml_file")) or str(node.get("node_key") or f.stem)
+                by_rank.update({r: key for r in node["ranks"] if _int(r) is not None})
+    only = nvml_nodes[0] if len(nvml_nodes) == 1 else None
+    by_formula: dict[int, str] = {}
+    manifest = read_manifest(run_dir) or {}
+    nproc = _int((manifest.get("config") or {}).get("nproc"))
+    for node in manifest.get("nodes") or []:
+        node_rank = _int(node.get("node_rank")) if isinstance(node, dict) else None
+        if node_rank is None or not nproc:
+            continue
+        key = Path(str(node.get("file"))).stem if node.get("file") else str(node.get("host"))
+        by_formula.update({r: key for r in range(node_rank * nproc, (node_rank + 1) * nproc)})
+
+    def node_of(rank: int | None) -> str | None:
+        if rank is not None and rank in by_rank:
+            return by_rank[rank]
+        if only is not None:
+            return only
+        return by_formula.get(rank) if rank is not None else None
+
+    return node_of
+
+
+def merge_trace(source: Path, output: Path, nvml: NvmlData,
+                node_of: Callable[[int | None], str | None]) -> MergeResult:
+    """Write ``output``: ``source`` plus counters from the samples of the trace's GPUs on the node
+    ``node_of(rank)`` names (rank from the trace's distributedInfo, else its file name)."""
+    raw = _read_raw(source)
+    obj = _decode(raw, source)
+    span = scan_trace(obj, source)
+    node = node_of(span.rank)
+    warnings: list[str] = []
+    lines: list[bytes] = []
+    n_in = n_out = 0
+    if node is None:
+        warnings.append(f"{source.name}: rank {span.rank}: no rule says which node ran it; copied without NVML")
+    elif not span.devices:
+        warnings.append(f"{source.name}: no GPU activity in the trace; copied without NVML")
+    else:
+        for dev in span.devices:
+            gpu = nvml.gpu(node, dev)
+            if gpu is None:
+                warnings.append(f"{source.name}: no NVML samples for {node}:{dev}")
+                continue
+            more, i, o = counter_lines(gpu, dev, span)
+            lines += more
+            n_in, n_out = n_in + i, n_out + o
+        if n_in == 0 and not warnings:
+            warnings.append(f"{source.name}: no NVML sample inside the trace's time span "
+                            f"(profiled window shorter than the NVML period?)")
+    merged = insert_events(raw, lines, source)
+    if lines:  # the insertion point was found by text: check that exactly these events were added
+        check = _decode(merged, output)
+        if len(check["traceEvents"]) != span.events + len(lines):
+            raise TraceError(f"{source}: inserting NVML counters did not give a valid trace")
+    write_bytes_atomic(output, merged)
+    return MergeResult(source=source, output=output, rank=span.rank, node=node, devices=span.devices,
+                       counters=len(lines), samples_in_range=n_in, samples_out_of_range=n_out,
+                       warnings=tuple(warnings))
+
+
+def merge_run_detailed(run_dir: Path) -> tuple[list[MergeResult], NvmlData]:
+    """Merge every rank trace of ``run_dir``; DpprofError when there are no traces or no samples."""
+    run_dir = Path(run_dir)
+    traces_dir = run_dir / TRACES_DIR
+    traces = sorted(p for p in traces_dir.iterdir() if is_trace_file(p)) if traces_dir.is_dir() else []
+    if not traces:
+        raise DpprofError(f"{run_dir}: no rank traces in {traces_dir}")
+    nvml = read_nvml(run_dir)
+    if nvml.samples == 0:
+        why = nvml.warnings[0] if nvml.warnings else "the NVML files hold no samples"
+        raise DpprofError(f"{run_dir}: no NVML samples to merge ({why})")
+    node_of = nodes_for_ranks(run_dir, nvml.nodes)
+    results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of) for path in traces]
+    return results, nvml
+
+
+def merge_run(run_dir: Path) -> list[Path]:
+    """Write ``RUN/merged/<trace name>`` for every rank trace of ``run_dir``; the paths written."""
+    results, _ = merge_run_detailed(run_dir)
+    return [r.output for r in results]

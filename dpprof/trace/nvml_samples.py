@@ -1,0 +1,202 @@
+"""Read a run's NVML samples (``nvml*.jsonl``, written by dpprof.collect.nvml) into per-GPU numpy arrays.
+
+No torch, no pynvml. Tolerant by design: a run killed mid-write leaves a cut-short last line (reported as
+``truncated``, not an error) and any line that is not a JSON object of a known type is counted in
+``bad_lines`` and skipped. Units are those of the file: ``t_ns`` Unix ns (int64), ``*_pct`` percent,
+``mem_used_bytes`` bytes, ``power_mw`` mW, ``sm_clock_mhz`` MHz, ``pcie_*_kbps`` KB/s; a null reading is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from dpprof.errors import DpprofError
+
+#: Sample fields the reader turns into arrays (float64, NaN for null); others are ignored.
+FIELDS: tuple[str, ...] = (
+    "util_gpu_pct", "util_mem_pct", "mem_used_bytes", "power_mw", "sm_clock_mhz",
+    "pcie_tx_kbps", "pcie_rx_kbps",
+)
+PATTERN = "nvml*.jsonl"
+
+
+@dataclass(frozen=True, eq=False)
+class GpuSamples:
+    """All samples of one GPU of one node, sorted by time. ``fields[name]`` is aligned with ``t_ns``.
+
+    ``node`` is the file's key (``nvml.<node>.jsonl``: the host name, or ``<host>-node<N>`` when two
+    nodes of a run share a host); ``host`` is the machine the header names.
+    """
+
+    node: str
+    host: str
+    cuda_index: int | None
+    nvml_index: int | None
+    uuid: str | None
+    name: str | None
+    t_ns: np.ndarray
+    fields: Mapping[str, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        """``node:cuda_index`` (``node:nvml<N>`` for a GPU CUDA could not see), as in peak_memory_bytes."""
+        return f"{self.node}:{self.cuda_index}" if self.cuda_index is not None else f"{self.node}:nvml{self.nvml_index}"
+
+    def __len__(self) -> int:
+        return int(self.t_ns.size)
+
+
+@dataclass(frozen=True)
+class NvmlFile:
+    """One ``nvml.<node>.jsonl``: its header (empty if missing), warnings, and how clean it was."""
+
+    path: str
+    node: str
+    host: str
+    header: Mapping[str, Any]
+    warnings: tuple[str, ...]
+    samples: int
+    bad_lines: int
+    truncated: bool
+
+
+@dataclass(frozen=True, eq=False)
+class NvmlData:
+    """Every NVML file of a run. ``gpus`` sorted by (node, cuda_index, nvml_index)."""
+
+    files: tuple[NvmlFile, ...] = ()
+    gpus: tuple[GpuSamples, ...] = ()
+    warnings: tuple[str, ...] = ()
+    bad_lines: int = 0
+
+    def gpu(self, node: str, cuda_index: int) -> GpuSamples | None:
+        """The samples of CUDA device ``cuda_index`` of ``node`` (a file key, else a host name), or None."""
+        for match in (lambda g: g.node == node, lambda g: g.host == node):
+            for g in self.gpus:
+                if match(g) and g.cuda_index == cuda_index:
+                    return g
+        return None
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The file keys (``nvml.<node>.jsonl``), sorted."""
+        return tuple(sorted({f.node for f in self.files}))
+
+    @property
+    def samples(self) -> int:
+        return sum(len(g) for g in self.gpus)
+
+
+def node_from_name(path: Path) -> str:
+    """``nvml.<node>.jsonl`` -> ``<node>``."""
+    stem = path.name[: -len(".jsonl")]
+    return stem[len("nvml."):] if stem.startswith("nvml.") else stem
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_decoder = msgspec.json.Decoder()
+
+
+def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
+    """Parse one file. Raises DpprofError only when it cannot be opened at all."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DpprofError(f"cannot read {path}: {exc.strerror or exc}") from None
+    header: dict[str, Any] = {}
+    warnings: list[str] = []
+    bad = 0
+    truncated = False
+    # (cuda_index, nvml_index) -> list of (t_ns, values)
+    rows: dict[tuple[int | None, int | None], list[tuple[int, list[float]]]] = {}
+    lines = raw.split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = _decoder.decode(line)
+        except msgspec.DecodeError:
+            if i == last:  # no newline after it: the writer was killed in the middle of this line
+                truncated = True
+            else:
+                bad += 1
+            continue
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == "header" and not header:
+            header = obj
+            warnings.extend(str(w) for w in obj.get("warnings") or [] if isinstance(w, str))
+        elif kind == "warning" and isinstance(obj.get("message"), str):
+            warnings.append(obj["message"])
+        elif kind == "sample" and isinstance(t := obj.get("t_ns"), int) and not isinstance(t, bool):
+            values = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+                      for v in (obj.get(f) for f in FIELDS)]
+            key = (_int_or_none(obj.get("cuda_index")), _int_or_none(obj.get("nvml_index")))
+            rows.setdefault(key, []).append((t, values))
+        else:
+            bad += 1
+    node = node_from_name(path)
+    host = str(header.get("host") or node)
+    info = {(_int_or_none(g.get("cuda_index")), _int_or_none(g.get("nvml_index"))): g
+            for g in header.get("gpus") or [] if isinstance(g, dict)}
+    gpus: list[GpuSamples] = []
+    for (cuda_index, nvml_index), samples in rows.items():
+        t = np.array([s[0] for s in samples], dtype=np.int64)
+        vals = np.array([s[1] for s in samples], dtype=np.float64).reshape(len(samples), len(FIELDS))
+        order = np.argsort(t, kind="stable")
+        meta = info.get((cuda_index, nvml_index), {})
+        gpus.append(GpuSamples(
+            node=node, host=host, cuda_index=cuda_index, nvml_index=nvml_index,
+            uuid=meta.get("uuid"), name=meta.get("name"), t_ns=t[order],
+            fields={f: vals[order, k] for k, f in enumerate(FIELDS)}))
+    n = sum(len(v) for v in rows.values())
+    # header warnings are repeated as lines when they happen mid-run: keep each once, in order
+    nf = NvmlFile(path=str(path), node=node, host=host, header=header, warnings=tuple(dict.fromkeys(warnings)),
+                  samples=n, bad_lines=bad, truncated=truncated)
+    return nf, gpus
+
+
+def _sort_key(g: GpuSamples) -> tuple[str, int, int]:
+    return (g.node, -1 if g.cuda_index is None else g.cuda_index, -1 if g.nvml_index is None else g.nvml_index)
+
+
+def read_nvml(run_dir: Path) -> NvmlData:
+    """All ``nvml*.jsonl`` files directly in ``run_dir`` (or the one file ``run_dir`` names).
+
+    A run without NVML files gives an empty NvmlData (its ``warnings`` say so); a missing ``run_dir``
+    raises DpprofError. ``warnings`` are per file, prefixed with the node, plus one line per file
+    with skipped or cut-short lines.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        paths = [run_dir]
+    elif run_dir.is_dir():
+        paths = sorted(p for p in run_dir.glob(PATTERN) if p.is_file())
+    else:
+        raise DpprofError(f"{run_dir}: no such file or directory")
+    if not paths:
+        return NvmlData(warnings=(f"no NVML samples ({PATTERN}) in {run_dir}",))
+    files: list[NvmlFile] = []
+    gpus: list[GpuSamples] = []
+    warnings: list[str] = []
+    for p in paths:
+        nf, g = read_nvml_file(p)
+        files.append(nf)
+        gpus.extend(g)
+        warnings.extend(f"{nf.node}: {w}" for w in nf.warnings)
+        if nf.bad_lines:
+            warnings.append(f"{p.name}: {nf.bad_lines} unreadable line(s) skipped")
+        if nf.truncated:
+            warnings.append(f"{p.name}: last line cut short (run killed while writing?), ignored")
+    return NvmlData(files=tuple(files), gpus=tuple(sorted(gpus, key=_sort_key)), warnings=tuple(warnings),
+                    bad_lines=sum(f.bad_lines for f in files))
+
