@@ -134,7 +134,10 @@ def with_diagnosis(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml:
 def load_run(paths: Sequence[str | os.PathLike[str]]) -> RunInputs:
     """Resolve ``paths`` (a run directory or trace files), analyze and diagnose them, read the rest."""
     inputs = resolve_inputs(paths)
-    from dpprof.analyze import analyze
+    try:
+        from dpprof.analyze import analyze
+    except ImportError:  # the package's lazy re-export is optional: the pipeline is the source
+        from dpprof.analyze.pipeline import analyze
 
     analysis = analyze([str(p) for p in paths])
     manifest = read_manifest(inputs.run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
 from dpprof.report.svg import (
@@ -201,7 +202,11 @@ def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
     values = sorted(t.wall_ms for t in times)
     median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1]
                                                                 + values[len(values) // 2]) / 2
-    with figure(FIG_W, 3.4, ncols=2, gridspec_kw={"width_ratios": [3, 1]}, sharey=True) as (fig, (ax, ah)):
+    # A histogram says little about a handful of steps: it is drawn from 8 steps on.
+    hist = len(values) >= 8
+    kw: dict[str, Any] = {"ncols": 2, "gridspec_kw": {"width_ratios": [3, 1]}, "sharey": True} if hist else {"ncols": 1}
+    with figure(FIG_W, 3.4, squeeze=False, **kw) as (fig, axes):
+        ax = axes[0][0]
         for i, r in enumerate(ranks):
             color = SERIES_COLORS[i % len(SERIES_COLORS)]
             mine = sorted((t for t in times if t.rank == r), key=lambda t: t.step)
@@ -219,10 +224,12 @@ def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
         ax.set_xlabel("step")
         integer_axis(ax.xaxis)
         ax.set_ylabel("step time (ms)")
-        ax.legend(loc="upper right", ncols=3)
-        bins = max(5, min(30, len(values) // 2))
-        ah.hist(values, bins=bins, orientation="horizontal", color=CATEGORY_COLORS["compute"], alpha=0.8)
-        ah.set_xlabel("steps")
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4)
+        if hist:
+            bins = max(5, min(30, len(values) // 2))
+            axes[0][1].hist(values, bins=bins, orientation="horizontal", color=CATEGORY_COLORS["compute"],
+                            alpha=0.8)
+            axes[0][1].set_xlabel("steps")
         fig.tight_layout()
         note = f"{len(values)} steps from {source}; median {median:.2f} ms (dashed line)."
         return Plot(key, title, to_svg(fig, key, title), note)

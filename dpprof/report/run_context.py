@@ -17,6 +17,8 @@ from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, Diagnosis
 from dpprof.report import fmt
 from dpprof.report.plots import StepTime, device_label
 
+SHORT_NAMES = {"dp": ("DP", "nn.DataParallel"), "ddp": ("DDP", "DistributedDataParallel"),
+               "single": ("single", "one device, no data parallelism"), "unknown": ("unknown", "")}
 STRATEGY_NAMES = {"dp": "DP (nn.DataParallel)", "ddp": "DDP (DistributedDataParallel)",
                   "single": "single device (no data parallelism)", "unknown": "unknown"}
 #: Kernels listed per device in the top-kernels table.
@@ -63,6 +65,11 @@ def throughput(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) ->
     return None, "unknown: the trace does not record the batch size (no manifest)"
 
 
+def _strategy_tile(strategy: str, mode: str | None) -> tuple[str, str]:
+    short, long = SHORT_NAMES.get(strategy, (strategy, ""))
+    return short, " · ".join(x for x in (long, mode) if x)
+
+
 def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequence[StepTime],
              step_source: str) -> dict[str, Any]:
     """Headline sentences and the key-figure tiles at the top of the report."""
@@ -75,7 +82,7 @@ def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequ
     plain = [t.wall_ms for t in times if not t.profiled]
     ips, ips_source = throughput(manifest, times)
     tiles = [
-        ("Strategy", STRATEGY_NAMES.get(analysis.strategy, analysis.strategy), mode or ""),
+        ("Strategy", *_strategy_tile(analysis.strategy, mode)),
         ("Ranks", str(len(analysis.ranks)), f"GPUs with activity: {gpu_text}"),
         ("Profiled step (median)", f"{fmt.num(step_median_ms(analysis))} ms",
          f"{len({(s.rank, s.step) for s in analysis.steps})} rank-steps in the profiler window"),
@@ -137,10 +144,10 @@ def step_table(analysis: Analysis) -> dict[str, Any]:
         if has_overlap:
             cells.append(fmt.ms(s.allreduce_overlapped_us))
         rows.append({"label": f"{device_label(s.rank, s.device, multi)} · step {s.step}", "cells": cells})
-    columns = ["step (ms)"] + [f"{c} (ms)" for c in cats] + ["GPU busy (ms)"]
-    columns += [f"GPU work in {p} (µs)" for p in phase_cols]
-    columns += ["GPU0-only (ms)"] if has_gpu0 else []
-    columns += ["comm. overlapped (ms)"] if has_overlap else []
+    columns = ["step"] + list(cats) + ["GPU busy"]
+    columns += [f"GPU in {p} (µs)" for p in phase_cols]
+    columns += ["GPU0-only"] if has_gpu0 else []
+    columns += ["comm. overlapped"] if has_overlap else []
     more = len(steps) - MAX_STEP_ROWS
     return {"columns": columns, "rows": rows, "categories": cats,
             "note": f"{more} more rows not shown" if more > 0 else ""}

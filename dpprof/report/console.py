@@ -1,0 +1,75 @@
+"""The per-step, per-GPU table on the console (rich), rendered only from an Analysis."""
+
+from __future__ import annotations
+
+from typing import IO
+
+from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
+
+#: Short column headers for the categories (same order as CATEGORIES).
+SHORT: dict[str, str] = {
+    "compute": "compute", "dp_scatter": "scatter", "dp_broadcast": "bcast", "dp_gather": "gather",
+    "dp_reduce": "reduce", "allreduce": "allreduce", "memcpy": "memcpy", "data_loading": "data",
+    "host": "host", "idle": "idle",
+}
+DP_MODE_TEXT: dict[str, str] = {
+    "multi_device": "DP over several devices (scatter, replicate, parallel_apply, gather, reduce)",
+    "one_device": "DP on one device: a Scatter, then the module called directly (no replicas, gather, reduce)",
+    "no_gpu": "DP with no GPU: the module was called directly",
+}
+
+
+def _ms(us: float | None) -> str:
+    return "–" if us is None else f"{us / 1000.0:.2f}"
+
+
+def _shown_categories(steps: tuple[StepBreakdown, ...]) -> list[str]:
+    """Categories with time in some step (the DP ones only when present), in CATEGORIES order."""
+    return [c for c in CATEGORIES if any(s.categories_us.get(c, 0.0) > 0.0005 for s in steps)
+            or c in ("compute", "host", "idle")]
+
+
+def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = None) -> None:
+    """Print the header, the per-step table (ms, with % of the step) and the warnings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, width=width, highlight=False, soft_wrap=False)
+    if width is None and not console.is_terminal:
+        console.width = 160  # pipes and files: do not squeeze the table into 80 columns
+    head = f"strategy: [bold]{analysis.strategy}[/bold]"
+    if analysis.dp_mode:
+        head += f" — {DP_MODE_TEXT.get(analysis.dp_mode, analysis.dp_mode)}"
+    if analysis.output_device is not None:
+        head += f"; output device GPU{analysis.output_device}"
+    console.print(head)
+    for r in analysis.ranks:
+        devs = ", ".join(f"GPU{d}" for d in r.devices) or "no GPU (host timeline)"
+        extra = f", world size {r.world_size} ({r.backend})" if r.world_size else ""
+        console.print(f"rank {r.rank}: {r.path} — {devs}{extra}, {r.events:,} events", markup=False)
+    cats = _shown_categories(analysis.steps)
+    table = Table(title="Per step and GPU: where the time went (ms; the categories sum to the step)",
+                  show_lines=False, header_style="bold", pad_edge=False)
+    for col in ("rank", "GPU", "step", "total", "busy", *(SHORT[c] for c in cats), "AR ovl", "GPU0 only"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in analysis.steps:
+        cells = [str(s.rank), "host" if s.device < 0 else str(s.device), str(s.step), _ms(s.duration_us),
+                 _ms(s.busy_us)]
+        for c in cats:
+            v = s.categories_us.get(c, 0.0)
+            cells.append(_ms(v) if v > 0.0005 else "·")
+        cells += [_ms(s.allreduce_overlapped_us) if s.allreduce_overlapped_us else "·", _ms(s.gpu0_only_us)]
+        table.add_row(*cells)
+    console.print(table)
+    if any(s.dp_phase_gpu_us for s in analysis.steps) and analysis.strategy == "dp":
+        console.print("GPU work launched inside each DP phase (ms per step): " + "; ".join(
+            f"rank {s.rank} GPU{s.device} step {s.step}: " + ", ".join(
+                f"{SHORT[k]} {_ms(v)}" for k, v in s.dp_phase_gpu_us.items())
+            for s in analysis.steps if s.device >= 0), markup=False)
+    if analysis.stragglers:
+        console.print("Collectives matched across ranks: " + "; ".join(
+            f"rank {s.rank} last at {s.times_last}/{s.collectives} (mean lateness {_ms(s.mean_lateness_us)} ms)"
+            for s in analysis.stragglers), markup=False)
+    for w in analysis.warnings:
+        who = f"rank {w.rank}: " if w.rank is not None else ""
+        console.print(f"warning [{w.code}] {who}{w.message}", markup=False, style="yellow")

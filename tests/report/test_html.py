@@ -1,0 +1,81 @@
+"""Run report rendering: content, determinism, escaping, self-containment (hand-built and fixture analyses)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dpprof.report.html import render_inputs, render_run
+from dpprof.report.inputs import RunInputs
+from tests.report.synthetic import dp_two_gpu
+
+TRACE = Path("tests/data/h200/dp_dup00.pt.trace.json.gz")
+
+
+def test_synthetic_report_has_verdicts_numbers_and_plots(tmp_path: Path) -> None:
+    html = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    for verdict in ("supported", "not supported", "inconclusive"):
+        assert f">{verdict}</span>" in html
+    assert "GPU0-centred work is 78.5 % of the 10.0 ms excess" in html
+    # per-step table: GPU0 step 3 is 20.00 ms with 3.00 ms of dp_broadcast and 2.80 ms of dp_reduce
+    row = re.search(r"<td>GPU0 · step 3</td>(.*?)</tr>", html, re.S)
+    assert row and re.findall(r'class="num">([^<]*)<', row.group(1))[:6] == ["20.00", "9.00", "0.50", "3.00",
+                                                                            "0.70", "2.80"]
+    # step breakdown, imbalance, step times, projection present; NVML and DDP overlap absent with a reason
+    assert html.count("<svg ") == 4
+    assert "No NVML samples: a trace file alone carries none" in html
+    assert "Not a DDP run (strategy: dp)" in html
+    assert "differ by 36 %" in html  # GPU0 busy 16.0 ms vs GPU1 10.3 ms
+    assert "112.4 MiB" in html  # evidence bytes shown in binary units
+
+
+def test_rendering_twice_gives_identical_bytes(tmp_path: Path) -> None:
+    a = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    b = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    assert a.encode() == b.encode()
+
+
+def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    html = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    assert "<script" not in html.lower()
+    assert "Host-side time &lt;script&gt;" in html
+    assert not re.search(r'<link\b|src="https?:|@import|url\(https?:', html)
+    # every id is unique although several SVGs are inlined
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)) and len(ids) > 50
+
+
+def test_trace_links_are_relative_to_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "reports" / "r.html"
+    trace = tmp_path / "traces" / "run" / "rank0.1.pt.trace.json.gz"
+    html = render_run(dp_two_gpu(), trace_paths=[trace], out=out)
+    assert 'href="../traces/run/rank0.1.pt.trace.json.gz"' in html
+    assert "ui.perfetto.dev" in html
+
+
+def test_dp_dup00_report_shows_dp_phases_per_step(dup00_run: RunInputs, tmp_path: Path) -> None:
+    html = render_inputs(dup00_run, tmp_path / "r.html")
+    for phase in ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce"):
+        assert f'<th class="num">{phase}</th>' in html
+        assert f"GPU in {phase} (µs)" in html
+    rows = re.findall(r"<td>GPU0 · step (\d+)</td>", html)
+    assert rows == ["3", "4", "5"]
+    steps = {s.step: s for s in dup00_run.analysis.steps}
+    for k, s in steps.items():
+        row = re.search(rf"<td>GPU0 · step {k}</td>(.*?)</tr>", html, re.S)
+        assert row is not None
+        cells = re.findall(r'class="num">([^<]*)<', row.group(1))
+        assert cells[0] == f"{s.duration_us / 1000:,.2f}"
+        assert f"{s.categories_us['dp_broadcast'] / 1000:,.2f}" in cells
+    # the diagnosis' host-bound finding and the three verdicts are on the page
+    assert "host_bound" in html
+    assert html.count('class="verdict ') == 3
+
+
+def test_ddp_report_draws_the_overlap_chart(ddp_gloo_run: RunInputs, tmp_path: Path) -> None:
+    html = render_inputs(ddp_gloo_run, tmp_path / "r.html")
+    assert ddp_gloo_run.analysis.strategy == "ddp"
+    assert 'id="fig-ddp-overlap"' in html
+    fig = html.split('id="fig-ddp-overlap"', 1)[1].split("</figure>", 1)[0]
+    assert "<svg " in fig, fig[:300]
+    assert "rank 1" in html
