@@ -234,18 +234,12 @@ def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analys
 
 def _assign_ranks(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) -> list[int]:
     """distributedInfo rank, else the rank in the file name, else input order; duplicates renumbered."""
-    ranks: list[int] = []
-    guessed = []
-    for i, s in enumerate(sums):
-        r = s.dist_rank
-        if r is None:
-            r = rank_from_name(s.path)
-            how = "its file name" if r is not None else "input order"
-            r = i if r is None else r
-            if len(sums) > 1:
-                guessed.append(f"{Path(s.path).name} -> rank {r} (from {how})")
-        ranks.append(r)
-    if guessed:
+    known: list[int | None] = [s.dist_rank if s.dist_rank is not None else rank_from_name(s.path) for s in sums]
+    free = (r for r in range(len(sums) + len(known)) if r not in set(known))
+    ranks = [r if r is not None else next(free) for r in known]  # unknown: smallest unused, in input order
+    guessed = [f"{Path(s.path).name} -> rank {r} (from {'its file name' if k is not None else 'input order'})"
+               for s, k, r in zip(sums, known, ranks, strict=True) if s.dist_rank is None]
+    if guessed and len(sums) > 1:
         warnings.append(AnalysisWarning("no_distributed_info", "no distributedInfo in " + "; ".join(guessed),
                                         count=len(guessed)))
     seen: set[int] = set()
