@@ -28,7 +28,6 @@ from typing import Any
 from dpprof.analyze.diag_figures import (
     INPUT_BYTES_PER_IMAGE,
     OUTPUT_BYTES_PER_IMAGE,
-    Context,
     distinct_gpus,
     get,
     gpu_rows,
@@ -151,9 +150,4 @@ def _assumptions() -> list[str]:
         "inputs are CIFAR-shaped (3×32×32 fp32), outputs 10 fp32 logits per image",
         "one link bandwidth for every GPU pair; no NVLink/PCIe topology effects, no kernel launch contention",
     ]
-
-
-def projection_for(ctx: Context, measured: Mapping[tuple[str, int], float] | None = None) -> dict[str, Any]:
-    """The projection the diagnosis attaches (measured step times from the sweep when given)."""
-    return project(ctx.analysis, ctx.manifest, measured=measured)
 
