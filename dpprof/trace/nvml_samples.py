@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,28 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-_decoder = msgspec.json.Decoder()
+class _Line(msgspec.Struct):
+    """Any line of the file, decoded into slots (3x faster than dicts); unknown keys are ignored.
+
+    A value of the wrong type (a string where a number belongs) makes the whole line unreadable.
+    """
+
+    type: str | None = None
+    t_ns: int | None = None
+    cuda_index: int | None = None
+    nvml_index: int | None = None
+    util_gpu_pct: float | None = None
+    util_mem_pct: float | None = None
+    mem_used_bytes: float | None = None
+    power_mw: float | None = None
+    sm_clock_mhz: float | None = None
+    pcie_tx_kbps: float | None = None
+    pcie_rx_kbps: float | None = None
+    message: str | None = None
+
+
+_line_decoder = msgspec.json.Decoder(_Line)
+_values = attrgetter(*FIELDS)
 
 
 def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
@@ -116,32 +138,27 @@ def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
     warnings: list[str] = []
     bad = 0
     truncated = False
-    # (cuda_index, nvml_index) -> list of (t_ns, values)
-    rows: dict[tuple[int | None, int | None], list[tuple[int, list[float]]]] = {}
+    rows: dict[tuple[int | None, int | None], list[_Line]] = {}
     lines = raw.split(b"\n")
     last = len(lines) - 1
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            obj = _decoder.decode(line)
+            obj = _line_decoder.decode(line)
         except msgspec.DecodeError:
             if i == last:  # no newline after it: the writer was killed in the middle of this line
                 truncated = True
             else:
                 bad += 1
             continue
-        kind = obj.get("type") if isinstance(obj, dict) else None
-        if kind == "header" and not header:
-            header = obj
-            warnings.extend(str(w) for w in obj.get("warnings") or [] if isinstance(w, str))
-        elif kind == "warning" and isinstance(obj.get("message"), str):
-            warnings.append(obj["message"])
-        elif kind == "sample" and isinstance(t := obj.get("t_ns"), int) and not isinstance(t, bool):
-            values = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
-                      for v in (obj.get(f) for f in FIELDS)]
-            key = (_int_or_none(obj.get("cuda_index")), _int_or_none(obj.get("nvml_index")))
-            rows.setdefault(key, []).append((t, values))
+        if obj.type == "sample" and obj.t_ns is not None:
+            rows.setdefault((obj.cuda_index, obj.nvml_index), []).append(obj)
+        elif obj.type == "header" and not header:
+            header = msgspec.json.decode(line)
+            warnings.extend(w for w in header.get("warnings") or [] if isinstance(w, str))
+        elif obj.type == "warning" and obj.message is not None:
+            warnings.append(obj.message)
         else:
             bad += 1
     node = node_from_name(path)
@@ -150,8 +167,9 @@ def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
             for g in header.get("gpus") or [] if isinstance(g, dict)}
     gpus: list[GpuSamples] = []
     for (cuda_index, nvml_index), samples in rows.items():
-        t = np.array([s[0] for s in samples], dtype=np.int64)
-        vals = np.array([s[1] for s in samples], dtype=np.float64).reshape(len(samples), len(FIELDS))
+        t = np.fromiter((s.t_ns for s in samples), dtype=np.int64, count=len(samples))
+        # None -> NaN in the float conversion
+        vals = np.array(list(map(_values, samples)), dtype=np.float64).reshape(len(samples), len(FIELDS))
         order = np.argsort(t, kind="stable")
         meta = info.get((cuda_index, nvml_index), {})
         gpus.append(GpuSamples(
