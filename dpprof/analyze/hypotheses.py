@@ -175,8 +175,9 @@ def hardware(ctx: Context) -> Hypothesis:
         return Hypothesis("hardware", verdict, HARDWARE_RULE, reason, ev)
 
     if n < 2:
-        return out("inconclusive", f"{n} distinct GPU had activity (ranks sharing one GPU count once): "
-                   "no device-to-device difference to measure")
+        what = "no GPU had activity (a CPU run)" if n == 0 else \
+            "1 distinct GPU had activity (ranks sharing one GPU count once)"
+        return out("inconclusive", f"{what}: no device-to-device difference to measure")
     compute = {f"{r.rank}:{r.device}": r.categories_us["compute"] for r in gpus}
     ev["compute_us"] = {k: _r(v) for k, v in compute.items()}
     ref = reference_row(a)
