@@ -52,6 +52,7 @@ class Collective:
     """What a rank's step generator yields at each collective launch; it is sent back (start, end)."""
 
     name: str  # broadcast | allreduce
+    annotation: str  # the CPU annotation, nccl:broadcast | nccl:all_reduce
     launch_at: float
     parent: Op
     numel: int
@@ -89,7 +90,7 @@ def build_ddp(n_ranks: int, straggler: int | None = None, delay_us: float = 400.
             end = max(starts.values()) + dur
             first = min(starts.values())
             late = [r for r in ranks if starts[r] == max(starts.values())]
-            collectives.append({"index": len(collectives), "name": colls[0].name, "starts_us": starts,
+            collectives.append({"index": len(collectives), "name": colls[0].annotation, "starts_us": starts,
                                 "skew_us": max(starts.values()) - first,
                                 "last_rank": late[0] if len(late) == 1 else None})
             nxt = []
@@ -108,8 +109,8 @@ def build_ddp(n_ranks: int, straggler: int | None = None, delay_us: float = 400.
 
 
 def _bucket(collectives: list[dict[str, Any]]) -> int:
-    """Index of the next gradient bucket: allreduces so far in this step, modulo the bucket count."""
-    return sum(1 for c in collectives if c["name"] == "allreduce") % len(BUCKET_NUMELS)
+    """Index of the next gradient bucket: allreduces so far, modulo the bucket count (3 per step)."""
+    return sum(1 for c in collectives if c["name"] == "nccl:all_reduce") % len(BUCKET_NUMELS)
 
 
 def _collective_ops(tr: RankTrace, tid: int, name: str, at: float, numel: int, n_ranks: int) -> Collective:
@@ -122,7 +123,7 @@ def _collective_ops(tr: RankTrace, tid: int, name: str, at: float, numel: int, n
         "Out split size": "[]", "In split size": "[]", "Process Group Ranks": str(list(range(n_ranks))),
         "Group size": n_ranks, "Global rank start": 0, "In msg nelems": numel})
     ann = tr.annotate(tid, "nccl:" + ("all_reduce" if name == "allreduce" else name), at + 5.0, 20.0)
-    return Collective(name, at + 8.0, ann, numel)
+    return Collective(name, ann.name, at + 8.0, ann, numel)
 
 
 def _launch_collective(tr: RankTrace, tid: int, coll: Collective, start: float, end: float,

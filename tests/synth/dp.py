@@ -27,6 +27,9 @@ MAIN_TID = 4100
 SIDE_STREAM = 13  # comm.scatter's per-device copy streams
 NCCL_STREAM = 21
 STEPS = (3, 4, 5)
+#: dpprof's own DP phase markers (dpprof/collect/strategies.py DP_MARKS), copied to keep torch out.
+MARKS = {"scatter": "dpprof::dp_scatter", "replicate": "dpprof::dp_replicate",
+         "parallel_apply": "dpprof::dp_parallel_apply", "gather": "dpprof::dp_gather"}
 INPUT_BYTES = 128 * 3 * 32 * 32 * 4
 
 
@@ -71,8 +74,14 @@ def _autograd_tid(device: int) -> int:
     return MAIN_TID + 40 + device
 
 
-def build_dp(n_gpus: int, variant: str) -> tuple[RankTrace, dict[int, list[tuple[int, float, float]]]]:
-    """Place three DP steps on ``n_gpus`` GPUs; returns the trace and ``{rank: [(step, start, end)]}``."""
+def build_dp(n_gpus: int, variant: str, marks: bool = False
+             ) -> tuple[RankTrace, dict[int, list[tuple[int, float, float]]]]:
+    """Place three DP steps on ``n_gpus`` GPUs; returns the trace and ``{rank: [(step, start, end)]}``.
+
+    ``marks``: also write dpprof's own phase markers (``dpprof::dp_*``, dpprof/collect/strategies.py) and,
+    inside ``dpprof::dp_replicate``, the rest of replicate that has no torch op of its own: the buffer
+    broadcast (flatten + NCCL broadcast) and 30 µs of replica set-up with no op.
+    """
     if n_gpus < 2:
         raise ValueError("a multi-GPU DP trace needs n_gpus >= 2")
     p = VARIANTS[variant]
@@ -84,13 +93,14 @@ def build_dp(n_gpus: int, variant: str) -> tuple[RankTrace, dict[int, list[tuple
     steps = []
     t = TS0_US + 1000.0
     for k, number in enumerate(STEPS):
-        end = _step(tr, p, devices, number, t, p.data_loading_us[k])
+        end = _step(tr, p, devices, number, t, p.data_loading_us[k], marks)
         steps.append((number, t, end))
         t = end
     return tr, {0: steps}
 
 
-def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0: float, dl_us: float) -> float:
+def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0: float, dl_us: float,
+          marks: bool) -> float:
     m = MAIN_TID
     c = t0 + 10.0  # 10 µs with no op at all: idle
     tr.annotate(m, N.DATALOADER_NEXT, c, dl_us)
@@ -109,6 +119,8 @@ def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0:
     for i in devices[1:]:
         at = c + 8.0 + 3.5 * (i - 1)
         tr.copy(m, at, sc, i, "PtoP", at + 4.0, p.scatter_copy_us, INPUT_BYTES // len(devices), SIDE_STREAM)
+    if marks:
+        tr.annotate(m, MARKS["scatter"], sc.start - 1.0, sc.end - sc.start + 2.0)
     c = sc.end + 5.0
     # Broadcast: flatten on GPU0 (aten::cat), then one NCCL broadcast kernel per GPU, launched in a group.
     cat_end = c + 8.0 + p.bcast_flatten_us
@@ -121,7 +133,12 @@ def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0:
         tr.kernel(m, c + 9.0 + 3.5 * i, bc, i, N.NCCL_BROADCAST, nccl_start, p.bcast_nccl_us, NCCL_STREAM,
                   comm=True, extra={"Collective name": "broadcast", "dtype": "Float"})
     tr.op(m, "aten::unflatten_dense_tensors", nccl_start, 2.0)
-    c = bc.end  # replica threads start right away (no "rest of replicate" gap)
+    c = bc.end  # unmarked: replica threads start right away (no "rest of replicate" to guess)
+    if marks:
+        c = _rest_of_replicate(tr, devices, bc.end + 1.0)
+        tr.annotate(m, MARKS["replicate"], bc.start - 1.0, c - bc.start + 1.0)
+        c += 1.0
+        tr.annotate(m, MARKS["parallel_apply"], c, 4.0 * len(N.FWD_KERNELS) + 1.0)
     # parallel_apply: each replica thread only leaves runtime rows; kernels run back to back with 1 µs gaps.
     k_end = c
     for d in devices:
@@ -133,6 +150,8 @@ def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0:
     g0 = k_end - 20.0
     copy_start = k_end + 2.0
     ga = tr.op(m, "Gather", g0, copy_start + p.gather_copy_us * len(devices) + 3.0 - g0)
+    if marks:
+        tr.annotate(m, MARKS["gather"], g0 - 1.0, ga.end - g0 + 2.0)
     tr.op(m, "aten::empty", g0 + 0.5, 1.0)
     for i in devices:
         tr.copy(m, g0 + 2.0 + 3.5 * i, ga, 0, "DtoD" if i == 0 else "PtoP",
@@ -213,16 +232,30 @@ def _step(tr: RankTrace, p: DpParams, devices: tuple[int, ...], number: int, t0:
     return step_end
 
 
-def write_dp_run(tmp_path: Path, n_gpus: int, variant: str) -> tuple[Path, dict[str, Any]]:
+def _rest_of_replicate(tr: RankTrace, devices: tuple[int, ...], c: float) -> float:
+    """Buffer broadcast (no torch op: flatten, then one NCCL broadcast per GPU launched outside any op) and
+    30 µs of replica set-up with no op; returns its end."""
+    tr.op(MAIN_TID, "aten::flatten_dense_tensors", c, 6.5)
+    tr.kernel(MAIN_TID, c + 3.0, tr.op(MAIN_TID, "aten::cat", c + 2.5, 4.0), 0, N.CAT, c + 7.0, 3.0)
+    start = c + 12.0 + 3.5 * len(devices)
+    for i in devices:
+        tr.kernel(MAIN_TID, c + 8.0 + 3.5 * i, None, i, N.NCCL_BROADCAST, start, 5.0, NCCL_STREAM, comm=True,
+                  extra={"Collective name": "broadcast", "dtype": "Float"})
+    return start + 5.0 + 30.0
+
+
+def write_dp_run(tmp_path: Path, n_gpus: int, variant: str, marks: bool = False) -> tuple[Path, dict[str, Any]]:
     """Write a DP run directory under ``tmp_path``; returns its ``traces/`` folder and the expected figures.
 
-    Expected: see ``tests.synth.expect.expected_figures`` plus ``variant``, ``n_gpus``, ``dp_mode`` and
-    ``params`` (the DpParams as a dict).
+    Expected: see ``tests.synth.expect.expected_figures`` plus ``variant``, ``n_gpus``, ``marks``,
+    ``dp_mode`` and ``params`` (the DpParams as a dict). ``marks``: see ``build_dp``.
     """
     from tests.synth.rundir import write_run
 
-    tr, steps = build_dp(n_gpus, variant)
+    tr, steps = build_dp(n_gpus, variant, marks)
     expected = expected_figures([tr], steps, "dp", output_device=0)
-    expected.update(variant=variant, n_gpus=n_gpus, dp_mode="multi_device", params=vars(VARIANTS[variant]))
-    traces = write_run(tmp_path / f"dp{n_gpus}_{variant}", [tr], strategy="dp", gpus=n_gpus)
+    expected.update(variant=variant, n_gpus=n_gpus, marks=marks, dp_mode="multi_device",
+                    params=vars(VARIANTS[variant]))
+    name = f"dp{n_gpus}_{variant}" + ("_marked" if marks else "")
+    traces = write_run(tmp_path / name, [tr], strategy="dp", gpus=n_gpus)
     return traces, expected

@@ -3,6 +3,9 @@
 This applies issue 3's attribution rule literally to the builder's own record of every op, runtime row and
 GPU activity (not to the written file), with plain interval arithmetic, so it shares no code with dpprof:
 
+- DP phase ops: ``Scatter`` and ``GatherBackward`` → ``dp_scatter``, ``Broadcast`` → ``dp_broadcast``,
+  ``Gather`` → ``dp_gather``, ``BroadcastBackward``/``ReduceAddCoalesced`` → ``dp_reduce``; dpprof's
+  markers ``dpprof::dp_scatter``/``dp_replicate``/``dp_gather`` likewise (``dp_parallel_apply`` only encloses).
 - GPU busy instant, first match wins: work launched (runtime row on the launching thread) inside a DP phase
   op → that ``dp_*``; a compute kernel → ``compute``; a communication kernel, or a copy launched inside a
   collective op → ``allreduce``; other copies and memsets → ``memcpy``.
@@ -25,8 +28,12 @@ from tests.synth.kineto import GpuSpan, Op, RankTrace
 Interval = tuple[float, float]
 CATEGORIES = ("compute", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
               "allreduce", "memcpy", "data_loading", "host", "idle")
-DP_PHASE_OPS = {"Scatter": "dp_scatter", "Broadcast": "dp_broadcast", "Gather": "dp_gather",
-                "BroadcastBackward": "dp_reduce", "ReduceAddCoalesced": "dp_reduce"}
+#: GatherBackward counts as a scatter as a whole (its only work is ``Scatter.apply`` of grad_output), not
+#: only the ``Scatter`` nested in it: the analyzer's classification table says so, and so does torch's code.
+DP_PHASE_OPS = {"Scatter": "dp_scatter", "GatherBackward": "dp_scatter", "Broadcast": "dp_broadcast",
+                "Gather": "dp_gather", "BroadcastBackward": "dp_reduce", "ReduceAddCoalesced": "dp_reduce",
+                "dpprof::dp_scatter": "dp_scatter", "dpprof::dp_replicate": "dp_broadcast",
+                "dpprof::dp_gather": "dp_gather"}
 DP_PHASES = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")
 COLLECTIVE_PREFIXES = ("nccl:", "gloo:", "c10d::")
 _BUSY_ORDER = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce", "compute", "allreduce", "memcpy")
