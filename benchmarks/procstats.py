@@ -11,11 +11,11 @@ import math
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import psutil
+from typing import Any
 
 #: Two-sided 95 % Student-t quantiles by degrees of freedom (1..30); above 30 the normal 1.96 is close.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -36,7 +36,9 @@ class RunResult:
     stderr_tail: str
 
 
-def _tree_rss(root: psutil.Process) -> int:
+def _tree_rss(root: Any) -> int:
+    import psutil
+
     total = 0
     try:
         procs = [root, *root.children(recursive=True)]
@@ -53,8 +55,9 @@ def _tree_rss(root: psutil.Process) -> int:
 def measure(cmd: Sequence[str], interval_s: float = 0.02, timeout_s: float = 600.0,
             cwd: str | None = None, env: dict[str, str] | None = None) -> RunResult:
     """Run ``cmd`` (stdout discarded, stderr kept for the error message) and measure it."""
-    stderr_path = f"/tmp/.procstats-{os.getpid()}-{time.monotonic_ns()}.err"
-    with open(stderr_path, "w+b") as err:
+    import psutil  # here, not at the top: the statistics helpers must work where psutil is absent
+
+    with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=env)
         root = psutil.Process(proc.pid)
@@ -75,12 +78,13 @@ def measure(cmd: Sequence[str], interval_s: float = 0.02, timeout_s: float = 600
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen consistent
         err.seek(0)
         tail = err.read()[-2000:].decode("utf-8", "replace")
-    os.unlink(stderr_path)
     return RunResult(returncode=proc.returncode, wall_s=wall, cpu_s=rusage.ru_utime + rusage.ru_stime,
                      peak_rss_bytes=peak, samples=samples, stderr_tail=tail)
 
 
-def _kill_tree(root: psutil.Process) -> None:
+def _kill_tree(root: Any) -> None:
+    import psutil
+
     try:
         procs = [*root.children(recursive=True), root]
     except psutil.Error:
