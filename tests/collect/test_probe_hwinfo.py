@@ -102,3 +102,73 @@ def test_hardware_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     hw = hwinfo.collect_hardware()
     assert hw["topology"] is None and hw["gpus"][0]["nvml_index"] is None
     assert "not installed" in hw["warnings"][0]
+
+
+class FakeCudaTorch(types.ModuleType):
+    """torch with CUDA faked: every copy's events report ``copy_ms`` (per kind), tensors are dummies."""
+
+    float32 = "float32"
+
+    def __init__(self, copy_ms: dict[str, float], peer: bool = True) -> None:
+        super().__init__("torch")
+        self.copy_ms, self.last_kind = copy_ms, "h2d"
+        fake = self
+
+        class Tensor:
+            def __init__(self, device: str) -> None:
+                self.device = device
+
+            def copy_(self, src: Tensor, non_blocking: bool = False) -> Tensor:
+                on_gpu = (src.device != "cpu", self.device != "cpu")
+                fake.last_kind = {(False, True): "h2d", (True, False): "d2h", (True, True): "p2p"}[on_gpu]
+                return self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                self.t = 0.0
+
+            def record(self) -> None:
+                self.t = fake.copy_ms[fake.last_kind] if self is not fake.pending_start else 0.0
+
+            def synchronize(self) -> None:
+                pass
+
+            def elapsed_time(self, end: Event) -> float:
+                return end.t - self.t
+
+        self.pending_start: Any = None
+
+        def make_event(enable_timing: bool = False) -> Event:
+            ev = Event(enable_timing)
+            if fake.pending_start is None:  # events come in (start, end) pairs
+                fake.pending_start = ev
+            else:
+                fake.pending_start = None
+            return ev
+
+        import contextlib
+        self.empty = lambda n, dtype=None, pin_memory=False, device="cpu": Tensor(device)
+        self.cuda = types.SimpleNamespace(
+            is_available=lambda: True, device=lambda i: contextlib.nullcontext(), synchronize=lambda i=None: None,
+            Event=make_event, can_device_access_peer=lambda a, b: peer, empty_cache=lambda: None)
+
+
+def test_probe_arithmetic_with_fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 MiB in 1.2 ms = 55.92 GB/s; 2.4 ms = 27.96; 0.16 ms = 419.43 (GB = 1e9 bytes)
+    monkeypatch.setitem(sys.modules, "torch", FakeCudaTorch({"h2d": 1.2, "d2h": 2.4, "p2p": 0.16}))
+    r = probe_bandwidth([1, 0, 1])
+    assert r["measured"] is True and r["repeats"] == 5 and r["bytes"] == 64 * 2**20
+    assert (r["h2d_GBps"], r["d2h_GBps"]) == (55.92, 27.96)  # the first listed GPU: cuda:1
+    assert r["per_device"] == {"1": {"h2d_GBps": 55.92, "d2h_GBps": 27.96}, "0": {"h2d_GBps": 55.92, "d2h_GBps": 27.96}}
+    assert r["p2p_GBps"] == {"1->0": 419.43, "0->1": 419.43} and r["peer_access"] == {"1->0": True, "0->1": True}
+
+
+def test_probe_failure_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCudaTorch({"h2d": 1.0, "d2h": 1.0, "p2p": 1.0})
+
+    def oom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 64.00 MiB\nmore detail")
+    fake.empty = oom
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    r = probe_bandwidth([0])
+    assert r["measured"] is False and r["note"] == "bandwidth probe failed: CUDA out of memory. Tried to allocate 64.00 MiB"

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpprof.collect.command import build_config
+from dpprof.collect.config import LR_RULE, RunConfig, default_run_name, scaled_lr
+from dpprof.collect.launch import FailureScan, Topology, torchrun_command
+from dpprof.errors import DpprofError
+
+from .helpers import parse
+
+
+def test_lr_rule_is_linear_in_the_global_batch():
+    assert scaled_lr(0.05, 128) == 0.05 and scaled_lr(0.05, 512) == 0.2
+    assert "global_batch / 128" in LR_RULE
+
+
+def test_config_for_ddp_splits_the_global_batch(tmp_path):
+    cfg, topo = build_config(parse(["--strategy", "ddp", "--nproc", "2", "--batch-size", "64", "--device", "cpu",
+                                    "--out", str(tmp_path)]), ["dpprof", "profile"])
+    assert (cfg.world_size, cfg.per_rank_batch_size, cfg.backend, cfg.steps) == (2, 32, "gloo", 12)
+    assert cfg.lr == 0.025 and topo.nproc_per_node == 2
+    assert cfg.run_dir.startswith(str(tmp_path / "ddp-vgg16-b64-"))
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_config_errors_are_one_line(tmp_path):
+    out = ["--out", str(tmp_path), "--device", "cpu"]
+    with pytest.raises(DpprofError, match="not divisible"):
+        build_config(parse(["--strategy", "ddp", "--nproc", "3", "--batch-size", "64", *out]), [])
+    with pytest.raises(DpprofError, match="--run-name or --rdzv-id"):
+        build_config(parse(["--strategy", "ddp", "--nnodes", "2", "--rdzv-endpoint", "x:1", *out]), [])
+    with pytest.raises(DpprofError, match="--device-ids"):
+        build_config(parse(["--strategy", "ddp", "--device-ids", "0,1", *out]), [])
+    with pytest.raises(DpprofError, match="integers"):
+        build_config(parse(["--strategy", "dp", "--device-ids", "a,b", *out]), [])
+    with pytest.raises(DpprofError, match="--steps"):
+        build_config(parse(["--steps", "-1", *out]), [])
+
+
+def test_multi_node_run_name_comes_from_the_rendezvous_id(tmp_path):
+    args = ["--strategy", "ddp", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1234", "--rdzv-id", "job/7",
+            "--device", "cpu", "--out", str(tmp_path)]
+    cfg, _ = build_config(parse(args), [])
+    assert cfg.run_dir == str(tmp_path / "ddp-vgg16-b128-job_7")
+    cfg2, _ = build_config(parse(args), [])
+    assert cfg2.run_dir == cfg.run_dir  # every node derives the same directory
+    assert default_run_name(cfg, None, 0) == "ddp-vgg16-b128-19700101T000000"
+
+
+def test_existing_run_directory_gets_a_suffix(tmp_path):
+    args = parse(["--run-name", "r", "--out", str(tmp_path), "--device", "cpu"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "manifest.json").write_text("{}")
+    with pytest.raises(DpprofError, match="already exists"):
+        build_config(args, [])
+
+
+def test_torchrun_command():
+    cfg = RunConfig(strategy="ddp", model="tiny")
+    single = torchrun_command(cfg, Topology(nproc_per_node=2), python="py")
+    assert single[:7] == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "0"]
+    assert "--standalone" in single and single[-3:-1] == ["-m", "dpprof.collect.worker"]
+    assert json.loads(single[-1])["model"] == "tiny"
+    multi = torchrun_command(cfg, Topology(2, nnodes=2, node_rank=1, rdzv_endpoint="h:29500", rdzv_id="x"))
+    assert "--standalone" not in multi
+    i = multi.index("--rdzv-endpoint")
+    assert multi[i + 1] == "h:29500" and multi[multi.index("--rdzv-backend") + 1] == "c10d"
+    with pytest.raises(DpprofError, match="rdzv-endpoint"):
+        torchrun_command(cfg, Topology(1, nnodes=2))
+
+
+def test_failure_scan_names_the_dead_rank():
+    scan = FailureScan()
+    text = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+dpprof.collect.worker FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-27_17:00:00
+  host      : vm
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 1234)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 1234
+"""
+    for line in text.splitlines(keepends=True):
+        scan.feed(line)
+    assert scan.failed == {1: -9}
+    assert scan.describe() == "rank 1 (killed by SIGKILL)"
+    assert FailureScan().describe().startswith("rank unknown")
