@@ -149,7 +149,7 @@ def import_nvml() -> tuple[ModuleType | None, str | None]:
     try:
         nv.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded / anything from ctypes
-        return None, f"NVML did not start ({describe_error(exc)}): no NVIDIA driver on this machine?"
+        return None, f"{describe_error(exc)} (no NVIDIA driver on this machine?)"
     return nv, None
 
 

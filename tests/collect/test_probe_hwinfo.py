@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import types
@@ -105,13 +106,13 @@ def test_hardware_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeCudaTorch(types.ModuleType):
-    """torch with CUDA faked: every copy's events report ``copy_ms`` (per kind), tensors are dummies."""
+    """torch with CUDA faked: a device clock advances by ``copy_ms[kind]`` per copy; events read it."""
 
     float32 = "float32"
 
     def __init__(self, copy_ms: dict[str, float], peer: bool = True) -> None:
         super().__init__("torch")
-        self.copy_ms, self.last_kind = copy_ms, "h2d"
+        self.clock_ms = 0.0
         fake = self
 
         class Tensor:
@@ -120,7 +121,7 @@ class FakeCudaTorch(types.ModuleType):
 
             def copy_(self, src: Tensor, non_blocking: bool = False) -> Tensor:
                 on_gpu = (src.device != "cpu", self.device != "cpu")
-                fake.last_kind = {(False, True): "h2d", (True, False): "d2h", (True, True): "p2p"}[on_gpu]
+                fake.clock_ms += copy_ms[{(False, True): "h2d", (True, False): "d2h", (True, True): "p2p"}[on_gpu]]
                 return self
 
         class Event:
@@ -128,7 +129,7 @@ class FakeCudaTorch(types.ModuleType):
                 self.t = 0.0
 
             def record(self) -> None:
-                self.t = fake.copy_ms[fake.last_kind] if self is not fake.pending_start else 0.0
+                self.t = fake.clock_ms
 
             def synchronize(self) -> None:
                 pass
@@ -136,21 +137,10 @@ class FakeCudaTorch(types.ModuleType):
             def elapsed_time(self, end: Event) -> float:
                 return end.t - self.t
 
-        self.pending_start: Any = None
-
-        def make_event(enable_timing: bool = False) -> Event:
-            ev = Event(enable_timing)
-            if fake.pending_start is None:  # events come in (start, end) pairs
-                fake.pending_start = ev
-            else:
-                fake.pending_start = None
-            return ev
-
-        import contextlib
         self.empty = lambda n, dtype=None, pin_memory=False, device="cpu": Tensor(device)
         self.cuda = types.SimpleNamespace(
             is_available=lambda: True, device=lambda i: contextlib.nullcontext(), synchronize=lambda i=None: None,
-            Event=make_event, can_device_access_peer=lambda a, b: peer, empty_cache=lambda: None)
+            Event=Event, can_device_access_peer=lambda a, b: peer, empty_cache=lambda: None)
 
 
 def test_probe_arithmetic_with_fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
