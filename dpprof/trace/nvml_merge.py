@@ -36,6 +36,7 @@ import numpy as np
 from dpprof.errors import DpprofError, TraceError
 from dpprof.fileio import write_bytes_atomic
 from dpprof.rundir import (
+    MANIFEST,
     MERGED_DIR,
     NODES_DIR,
     TRACES_DIR,
@@ -43,6 +44,7 @@ from dpprof.rundir import (
     rank_from_name,
     read_json,
     read_manifest,
+    write_json,
 )
 from dpprof.trace.nvml_samples import GpuSamples, NvmlData, node_from_name, read_nvml
 
@@ -276,7 +278,20 @@ def merge_run_detailed(run_dir: Path) -> tuple[list[MergeResult], NvmlData]:
         raise DpprofError(f"{run_dir}: no NVML samples to merge ({why})")
     node_of = nodes_for_ranks(run_dir, nvml.nodes)
     results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of) for path in traces]
+    _list_in_manifest(run_dir)
     return results, nvml
+
+
+def _list_in_manifest(run_dir: Path) -> None:
+    """Record the merged files in ``manifest.json``'s ``files.merged`` (when there is a manifest)."""
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        return
+    merged = sorted(str(p.relative_to(run_dir)) for p in (run_dir / MERGED_DIR).glob("*.pt.trace.json*")
+                    if not p.name.startswith("."))
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    manifest["files"] = {**files, "merged": merged}
+    write_json(run_dir / MANIFEST, manifest)
 
 
 def merge_run(run_dir: Path) -> list[Path]:

@@ -157,6 +157,9 @@ def test_rank_to_node_from_manifest(tmp_path: Path, h200: dict[str, Path]) -> No
         {"host": "h", "node_rank": 1, "file": "nodes/h-node1.json"}]}))
     results, _ = merge_run_detailed(run)
     assert [(r.rank, r.node) for r in results] == [(0, "h-node0"), (1, "h-node1")]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["files"]["merged"] == ["merged/rank0.1.pt.trace.json.gz", "merged/rank1.1.pt.trace.json.gz"]
+    assert manifest["config"] == {"nproc": 1}  # the rest kept
 
 
 def test_unplaced_rank_and_no_samples_in_span(tmp_path: Path, h200: dict[str, Path]) -> None:
