@@ -15,13 +15,14 @@ timestamps above 1e17, which only epoch nanoseconds reach) are converted to µs.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import zlib
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 import numpy as np
@@ -50,20 +51,32 @@ class _Args(msgspec.Struct, gc=False):
     device: int | None = None
     stream: int | None = None
     bytes: int | float | None = None
-    collective: str | None = msgspec.field(default=None, name="Collective name")
-    pg_name: str | None = msgspec.field(default=None, name="Process Group Name")
 
 
-class _Event(msgspec.Struct, gc=False):
-    ph: str = ""
+class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """A complete event (``ph: X``): every span the analysis uses."""
+
     cat: str | None = None
     name: str = ""
     pid: int | str | None = None
     tid: int | str | None = None
     ts: float | None = None
     dur: float | None = None
-    id: int | str | None = None
     args: _Args | None = None
+
+
+def _light(tag: str) -> type:
+    # Other Chrome phases decode into a small Struct (flows need cat/ts/tid/id); tagging on "ph" lets
+    # msgspec skip their other keys and lets the loader split phases by type.
+    return msgspec.defstruct(f"_Phase_{tag}", [("cat", str | None, None), ("ts", float | None, None),
+                                              ("tid", int | str | None, None), ("id", int | str | None, None)],
+                             tag_field="ph", tag=tag, gc=False)
+
+
+#: Every phase of the Chrome trace event format besides X; an unknown phase sends the file to the tolerant path.
+_OTHER_PHASES = {tag: _light(tag) for tag in "BEiICbneSTpsftPNODMVvRc()"}
+_FLOW_START, _FLOW_END = _OTHER_PHASES["s"], _OTHER_PHASES["f"]
+_AnyEvent = Union[(_Event, *_OTHER_PHASES.values())]  # noqa: UP007 (built at run time)
 
 
 class _PG(msgspec.Struct):
@@ -86,7 +99,7 @@ class _DevProp(msgspec.Struct):
 
 
 class _Trace(msgspec.Struct):
-    traceEvents: list[_Event] | None = None  # noqa: N815 (Kineto's key)
+    traceEvents: list[_AnyEvent] | None = None  # noqa: N815 (Kineto's key)
     distributedInfo: _Dist | None = None  # noqa: N815
     baseTimeNanoseconds: int | None = None  # noqa: N815
     displayTimeUnit: str | None = None  # noqa: N815
@@ -106,22 +119,18 @@ class RankTrace:
     name_id: np.ndarray  # int32 into names
     ts: np.ndarray  # float64 µs
     dur: np.ndarray  # float64 µs
-    pid: np.ndarray  # int32 into pids
-    tid: np.ndarray  # int32 into tids
+    tid: np.ndarray  # int32 into tids (OS thread ids are unique across the processes of one trace)
     device: np.ndarray  # int32, GPU index for GPU events, -1 otherwise
     stream: np.ndarray  # int64, -1 when absent
     correlation: np.ndarray  # int64, -1 when absent
     external_id: np.ndarray  # int64, -1 when absent
     nbytes: np.ndarray  # int64 bytes moved by copies/memsets, 0 otherwise
-    pids: list[Any]
     tids: list[Any]
     #: ``ac2g`` flow events (start 's' / finish 'f'): id, ts (µs), tid id, is_start.
     flow_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     flow_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     flow_tid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     flow_start: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    collective_names: dict[int, str] = field(default_factory=dict)  # row -> "Collective name"
-    pg_names: dict[int, str] = field(default_factory=dict)  # row -> "Process Group Name"
     rank: int | None = None  # from distributedInfo
     world_size: int | None = None
     backend: str | None = None
@@ -151,7 +160,16 @@ def read_bytes(path: Path) -> bytes:
 
 def load_trace(path: str | Path) -> RankTrace:
     """Load one trace file into columns. Raises TraceError (one line) when it cannot be read at all."""
-    path = Path(path)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # millions of new objects, no cycles: collector passes would only cost time
+    try:
+        return _load(Path(path))
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _load(path: Path) -> RankTrace:
     raw = read_bytes(path)
     tolerant = False
     try:
@@ -164,7 +182,7 @@ def load_trace(path: str | Path) -> RankTrace:
         # msgspec rejects NaN/Infinity literals that Python's json writes; try the stdlib before giving up.
         tolerant = True
         doc, events, bad = _decode_tolerant(path, raw)
-    del raw
+    del raw  # the JSON text is not needed once decoded
     if not events:
         raise TraceError(f"{path}: no trace events (not a Chrome/Kineto trace?)")
     rt = _columns(path, events, skipped=bad if tolerant else 0)
@@ -173,7 +191,7 @@ def load_trace(path: str | Path) -> RankTrace:
     return rt
 
 
-def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[_Event], int]:
+def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
     """Generic decode, then convert each event on its own with lax typing ("12" -> 12)."""
     try:
         data = msgspec.json.decode(raw)
@@ -193,20 +211,20 @@ def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[_Event], int]
         doc = msgspec.convert(meta, _Trace, strict=False)
     except msgspec.ValidationError:
         doc = _Trace()
-    events: list[_Event] = []
+    events: list[Any] = []
     bad = 0
     for ev in raw_events:
         if not isinstance(ev, dict):
             bad += 1
             continue
         try:
-            events.append(msgspec.convert(ev, _Event, strict=False))
+            events.append(msgspec.convert(ev, _AnyEvent, strict=False))
         except msgspec.ValidationError:
             args = ev.get("args")
             # A bad value inside args should not cost the event its time: keep it without args.
             try:
                 ev2 = dict(ev, args=None) if args is not None else ev
-                events.append(msgspec.convert(ev2, _Event, strict=False))
+                events.append(msgspec.convert(ev2, _AnyEvent, strict=False))
             except msgspec.ValidationError:
                 bad += 1
     return doc, events, bad
@@ -220,57 +238,59 @@ def _ids(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
 
 
 def _opt_int(values: list[int | None]) -> np.ndarray:
-    try:  # fast path: no missing value
-        return np.array(values, dtype=np.int64)
-    except TypeError:
-        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+    """int64 column, -1 where missing. Goes through float64 (exact below 2**53) so None is one C pass."""
+    a = np.array(values, dtype=np.float64)
+    return np.nan_to_num(a, nan=-1.0).astype(np.int64)
 
 
 _get = attrgetter
 
 
-def _columns(path: Path, events: list[_Event], skipped: int) -> RankTrace:
-    # Per-field passes use map(attrgetter) so the per-event work stays in C.
-    phs = list(map(_get("ph"), events))
-    xs = [e for e, ph in zip(events, phs, strict=True) if ph == "X"]
+def _columns(path: Path, events: list[Any], skipped: int) -> RankTrace:
+    # One C-level pass per field (map + attrgetter): per-event Python work is what costs here.
+    xs = [e for e in events if e.__class__ is _Event]
     n = len(xs)
-    cat_id, cats = _ids(list(map(_get("cat"), xs)))
-    cat_kind = np.array([_KIND_OF_CAT.get((c or "").lower(), K_OTHER) for c in cats] or [0], np.int8)
-    kind = cat_kind[cat_id] if n else np.zeros(0, np.int8)
+    cats = list(map(_get("cat"), xs))
+    cat_kind = {c: _KIND_OF_CAT.get((c or "").lower(), K_OTHER) for c in set(cats)}
+    kind = np.fromiter(map(cat_kind.__getitem__, cats), np.int8, n)
     name_id, names = _ids(list(map(_get("name"), xs)))
-    pid, pids = _ids(list(map(_get("pid"), xs)))
     tid, tids = _ids(list(map(_get("tid"), xs)))
     ts = np.array(list(map(_get("ts"), xs)), dtype=np.float64)  # None -> nan
     dur = np.array(list(map(_get("dur"), xs)), dtype=np.float64)
-    no = _Args()
-    args = [no if a is None else a for a in map(_get("args"), xs)]
+    args = list(map(_get("args"), xs))
+    if None in args:  # events without args (rare in Kineto traces) get an empty one
+        no = _Args()
+        args = [no if a is None else a for a in args]
     correlation = _opt_int(list(map(_get("correlation"), args)))
     external_id = _opt_int(list(map(_get("external_id"), args)))
-    stream = _opt_int(list(map(_get("stream"), args)))
-    dev_arg = _opt_int(list(map(_get("device"), args)))
-    nb = np.array(list(map(_get("bytes"), args)), dtype=np.float64)
     is_gpu = np.isin(kind, GPU_KINDS)
-    # GPU index: args.device, else the GPU pid (Kineto's "GPU N" processes use pid N).
-    pid_as_int = np.array([p if isinstance(p, int) else -1 for p in pids] or [-1], dtype=np.int64)
-    device = np.where(dev_arg >= 0, dev_arg, pid_as_int[pid] if n else -1)
-    device = np.where(is_gpu, device, -1).astype(np.int32)
-    colls = {i: a.collective for i, a in enumerate(args) if a.collective is not None}
-    pgs = {i: a.pg_name for i, a in enumerate(args) if a.pg_name is not None}
+    gpu = np.flatnonzero(is_gpu)
+    # Device, stream and bytes only matter for GPU activities: read them for those rows only.
+    gargs = [args[i] for i in gpu.tolist()]
+    stream = np.full(n, -1, dtype=np.int64)
+    stream[gpu] = _opt_int(list(map(_get("stream"), gargs)))
+    nb = np.zeros(n, dtype=np.int64)
+    nb[gpu] = np.nan_to_num(np.array(list(map(_get("bytes"), gargs)), dtype=np.float64)).astype(np.int64)
+    dev = _opt_int(list(map(_get("device"), gargs)))
+    if np.any(dev < 0):  # no args.device: the GPU pid is the device (Kineto's "GPU N" processes use pid N)
+        pid = [xs[i].pid for i in gpu.tolist()]
+        dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
+    device = np.full(n, -1, dtype=np.int32)
+    device[gpu] = dev
 
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
     n_bad = int(n - np.count_nonzero(good))
     rt = RankTrace(
-        path=str(path), names=names, kind=kind, name_id=name_id, ts=ts, dur=dur, pid=pid, tid=tid,
+        path=str(path), names=names, kind=kind, name_id=name_id, ts=ts, dur=dur, tid=tid,
         device=device, stream=stream, correlation=correlation, external_id=external_id,
-        nbytes=np.nan_to_num(nb).astype(np.int64), pids=pids, tids=tids,
-        collective_names=colls, pg_names=pgs, events=len(events) + skipped, skipped=skipped + n_bad,
+        nbytes=nb, tids=tids, events=len(events) + skipped, skipped=skipped + n_bad,
     )
     if n_bad:
         _keep_rows(rt, good)
     # Flows are only needed to link GPU events that carry no correlation id (rare): skip them otherwise.
     gpu_rows = np.isin(rt.kind, GPU_KINDS)
     if np.any(rt.correlation[gpu_rows] < 0):
-        flows = [e for e, ph in zip(events, phs, strict=True) if (ph == "s" or ph == "f") and e.cat == "ac2g"]
+        flows = [e for e in events if (e.__class__ is _FLOW_START or e.__class__ is _FLOW_END) and e.cat == "ac2g"]
         fts = np.array(list(map(_get("ts"), flows)), dtype=np.float64)
         fid = np.array([_int_or(e.id) for e in flows], dtype=np.int64)
         ok = np.isfinite(fts) & (fid >= 0)
@@ -279,7 +299,7 @@ def _columns(path: Path, events: list[_Event], skipped: int) -> RankTrace:
                            len(flows))
         rt.tids = list(index)
         rt.flow_ts, rt.flow_id, rt.flow_tid = fts[ok], fid[ok], ftid[ok]
-        rt.flow_start = np.array([e.ph == "s" for e in flows], dtype=bool)[ok]
+        rt.flow_start = np.array([e.__class__ is _FLOW_START for e in flows], dtype=bool)[ok]
     return rt
 
 
@@ -290,17 +310,14 @@ def _int_or(v: Any, default: int = -1) -> int:
         return default
 
 
-_ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "pid", "tid", "device", "stream", "correlation",
+_ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "tid", "device", "stream", "correlation",
                 "external_id", "nbytes")
 
 
 def _keep_rows(rt: RankTrace, keep: np.ndarray) -> None:
-    """Drop rows (bad events); row-keyed dicts are renumbered."""
-    new_index = np.cumsum(keep) - 1
+    """Drop rows (bad events)."""
     for col in _ROW_COLUMNS:
         setattr(rt, col, getattr(rt, col)[keep])
-    rt.collective_names = {int(new_index[i]): v for i, v in rt.collective_names.items() if keep[i]}
-    rt.pg_names = {int(new_index[i]): v for i, v in rt.pg_names.items() if keep[i]}
 
 
 def _fill_metadata(rt: RankTrace, doc: _Trace) -> None:

@@ -122,7 +122,7 @@ def test_string_pids_and_numbers_as_strings(tmp_path: Path) -> None:
     doc["traceEvents"][3]["ts"] = "130"  # a number written as a string: tolerant path
     rt = load_trace(write(tmp_path, "s.json", doc))
     assert rt.tolerant and rt.skipped == 0
-    assert "host" in rt.pids
+    assert "main" in rt.tids
     a = analyze([tmp_path / "s.json"])
     assert a.steps[0].busy_us == pytest.approx(41.0)
 
