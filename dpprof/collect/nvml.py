@@ -195,7 +195,7 @@ class NvmlSampler:
         self._start_nvml()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+            self._fh = open(self.path, "w", encoding="utf-8")  # closed by stop()
             self._write_line(self._header_obj())
         except OSError as exc:
             self._warn(f"cannot write NVML samples to {self.path}: {exc.strerror or exc}; sampling disabled")
@@ -283,8 +283,8 @@ class NvmlSampler:
         while not self._stop.is_set():
             try:
                 self._poll()
-            except OSError as exc:  # the file, not NVML: nothing more can be recorded
-                self._warn(f"writing NVML samples failed ({exc.strerror or exc}); sampling stopped")
+            except (OSError, ValueError) as exc:  # the file (full disk; closed by a timed-out stop)
+                self._warn(f"writing NVML samples failed ({exc}); sampling stopped")
                 return
             if self._gave_up:
                 return

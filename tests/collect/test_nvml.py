@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dpprof.collect import nvml
 from dpprof.collect.nvml import NvmlSampler, map_cuda_indices
 
 UUIDS = ["GPU-aaaa1111-0000-0000-0000-000000000000", "GPU-bbbb2222-0000-0000-0000-000000000000",
@@ -124,15 +125,20 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def run_sampler(path: Path, seconds: float = 0.12, period_ms: int = 10) -> NvmlSampler:
+def run_sampler(path: Path, seconds: float = 0.12, period_ms: int = 10, until: Any = None) -> NvmlSampler:
+    """Sample for ``seconds``, or (with ``until``) until ``until(sampler)`` holds, at most 20 s."""
     with NvmlSampler(path, "hostA", period_ms=period_ms) as s:
-        time.sleep(seconds)
+        deadline = time.monotonic() + (20 if until else seconds)
+        while time.monotonic() < deadline and not (until and until(s)):
+            time.sleep(0.01)
     return s
 
 
-def test_samples_values_and_header(tmp_path: Path, fake_nvml: FakeNvml) -> None:
+def test_samples_values_and_header(tmp_path: Path, fake_nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fake's PCIe read is instant, but a loaded machine can stretch it past 5 % of a 10 ms period
+    monkeypatch.setattr(nvml, "PCIE_BUDGET_SHARE", 10.0)
     path = tmp_path / "nvml.hostA.jsonl"
-    s = run_sampler(path)
+    s = run_sampler(path, until=lambda s: len(s._costs_ns) >= 3)
     assert s.available and s.warnings == []
     rows = lines(path)
     header, samples = rows[0], [r for r in rows if r["type"] == "sample"]
@@ -140,8 +146,7 @@ def test_samples_values_and_header(tmp_path: Path, fake_nvml: FakeNvml) -> None:
     assert [g["cuda_index"] for g in header["gpus"]] == [0, 1, 2]
     assert header["gpus"][1]["uuid"] == UUIDS[1] and header["driver"] == "580.159.04"
     assert header["pcie"]["sampled"] is True
-    # ~12 polls in 120 ms at 10 ms; a loaded CI machine may do fewer, never zero
-    assert header["polls"] >= 2 and header["samples"] == 3 * header["polls"] == len(samples)
+    assert header["polls"] >= 3 and header["samples"] == 3 * header["polls"] == len(samples)
     assert header["poll_cost_us_median"] > 0 and header["sample_cost_us_median"] > 0
     first = {r["cuda_index"]: r for r in samples[:3]}
     assert first[2] == {"type": "sample", "t_ns": first[2]["t_ns"], "nvml_index": 2, "cuda_index": 2,
@@ -157,7 +162,7 @@ def test_cuda_visible_devices_uuid_and_index(tmp_path: Path, fake_nvml: FakeNvml
     # CUDA sees NVML GPU 2 as cuda:0 and NVML GPU 0 as cuda:1; NVML GPU 1 is hidden (not polled)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-cccc3333,0")
     path = tmp_path / "nvml.hostA.jsonl"
-    run_sampler(path, seconds=0.05)
+    run_sampler(path, until=lambda s: len(s._costs_ns) >= 1)
     rows = lines(path)
     assert [(g["nvml_index"], g["cuda_index"]) for g in rows[0]["gpus"]] == [(2, 0), (0, 1)]
     by_cuda = {r["cuda_index"]: r for r in rows if r["type"] == "sample"}
@@ -197,7 +202,7 @@ def test_map_cuda_indices_exact_and_mixed_models() -> None:
 def test_failure_mid_run_is_a_warning_and_file_stays_readable(tmp_path: Path, fake_nvml: FakeNvml) -> None:
     fake_nvml.fail_after = 6  # two good polls of 3 GPUs, then "GPU is lost" forever
     path = tmp_path / "nvml.hostA.jsonl"
-    s = run_sampler(path, seconds=0.2)
+    s = run_sampler(path, until=lambda s: s._gave_up)
     rows = lines(path)
     warnings = [r for r in rows if r["type"] == "warning"]
     assert len([r for r in rows if r["type"] == "sample"]) == 6
@@ -210,7 +215,7 @@ def test_failure_mid_run_is_a_warning_and_file_stays_readable(tmp_path: Path, fa
 def test_unsupported_field_is_null_and_noted_once(tmp_path: Path, fake_nvml: FakeNvml) -> None:
     fake_nvml.power_supported = False
     path = tmp_path / "nvml.hostA.jsonl"
-    s = run_sampler(path, seconds=0.05)
+    s = run_sampler(path, until=lambda s: len(s._costs_ns) >= 2)
     samples = [r for r in lines(path) if r["type"] == "sample"]
     assert samples and all(r["power_mw"] is None and r["util_gpu_pct"] is not None for r in samples)
     assert len(s.warnings) == 3 and all("power" in w for w in s.warnings)  # once per GPU
@@ -219,7 +224,7 @@ def test_unsupported_field_is_null_and_noted_once(tmp_path: Path, fake_nvml: Fak
 def test_slow_pcie_is_skipped(tmp_path: Path, fake_nvml: FakeNvml) -> None:
     fake_nvml.pcie_delay_s = 0.004  # 8 ms per GPU for TX+RX, over 5 % of a 100 ms period
     path = tmp_path / "nvml.hostA.jsonl"
-    run_sampler(path, seconds=0.05, period_ms=100)
+    run_sampler(path, period_ms=100, until=lambda s: len(s._costs_ns) >= 1)
     rows = lines(path)
     assert rows[0]["pcie"]["sampled"] is False and "skipped" in rows[0]["pcie"]["note"]
     assert all(r["pcie_tx_kbps"] is None for r in rows if r["type"] == "sample")

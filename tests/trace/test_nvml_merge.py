@@ -250,8 +250,10 @@ def test_sampler_output_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(n=2))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with NvmlSampler(tmp_path / "nvml.hostA.jsonl", "hostA", period_ms=10):
-        time.sleep(0.05)
+    with NvmlSampler(tmp_path / "nvml.hostA.jsonl", "hostA", period_ms=10) as s:
+        deadline = time.monotonic() + 20
+        while len(s._costs_ns) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
     data = read_nvml(tmp_path)
     assert data.files[0].bad_lines == 0 and not data.files[0].truncated
     g0, g1 = data.gpus
