@@ -36,9 +36,9 @@ def mean_categories(analysis: Analysis) -> dict[str, float]:
 
 
 def _step_ms(run: RunInputs) -> tuple[float | None, str]:
-    plain = [t.wall_ms for t in run.step_times if not t.profiled]
+    plain, _ = run_context.unprofiled_ms(run.manifest, run.step_times)
     if plain:
-        return fmt.median(plain), "unprofiled"
+        return plain, "unprofiled"
     return run_context.step_median_ms(run.analysis), "profiled"
 
 
@@ -137,11 +137,11 @@ def compare_context(a: RunInputs, b: RunInputs, out: Path | None = None) -> dict
     if ca or cb:
         cat_rows.append(["step", fmt.ms(sum(ca.values())), fmt.ms(sum(cb.values())),
                          fmt.ms(sum(cb.values()) - sum(ca.values()))])
-    hyp_ids = []
+    hyp_ids: list[str] = []
     for run in (a, b):
-        for h in (run.analysis.diagnosis.hypotheses if run.analysis.diagnosis else ()):
-            if h.id not in hyp_ids:
-                hyp_ids.append(h.id)
+        for hyp in (run.analysis.diagnosis.hypotheses if run.analysis.diagnosis else ()):
+            if hyp.id not in hyp_ids:
+                hyp_ids.append(hyp.id)
     verdicts = []
     for hid in hyp_ids:
         cells = []

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dpprof import __version__
-from dpprof.analyze.model import CATEGORIES, Analysis
+from dpprof.analyze.model import Analysis
 from dpprof.report import plots, run_context
 from dpprof.report.inputs import (
     RunInputs,
@@ -95,7 +95,6 @@ def run_page_context(analysis: Analysis, manifest: Mapping[str, Any] | None, nvm
         "warnings": run_context.warnings(analysis, manifest, nvml, notes),
         "traces": [{"name": p.name, "href": run_context.link(p, out)} for p in traces],
         "merged": [{"name": p.name, "href": run_context.link(p, out)} for p in merged],
-        "categories": [c for c in CATEGORIES],
     }
 
 

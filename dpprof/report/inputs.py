@@ -66,7 +66,8 @@ def read_step_times(run_dir: Path | None) -> tuple[tuple[StepTime, ...], list[st
             try:
                 rec = json.loads(line)
                 out.append(StepTime(rank=int(rec["rank"]), step=int(rec["step"]), wall_ms=float(rec["wall_ms"]),
-                                    profiled=bool(rec.get("profiled", False))))
+                                    # steps of the profiler's wait/warmup phases are slowed too
+                                    profiled=bool(rec.get("profiled") or rec.get("profiler_on"))))
             except (ValueError, KeyError, TypeError):
                 bad += 1  # a cut-short last line of a killed run, or garbage
     notes = [f"{bad} unreadable line(s) in steps.rank*.jsonl were skipped"] if bad else []
@@ -133,7 +134,7 @@ def with_diagnosis(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml:
 
 def load_run(paths: Sequence[str | os.PathLike[str]]) -> RunInputs:
     """Resolve ``paths`` (a run directory or trace files), analyze and diagnose them, read the rest."""
-    inputs = resolve_inputs(paths)
+    inputs = resolve_inputs([Path(p) for p in paths])
     try:
         from dpprof.analyze import analyze
     except ImportError:  # the package's lazy re-export is optional: the pipeline is the source

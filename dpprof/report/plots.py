@@ -125,8 +125,8 @@ def imbalance(analysis: Analysis, nvml_mean_util: Mapping[str, float] | None = N
         if s.device >= 0:
             per[(s.rank, s.device)].append(s)
     if len(per) < 2:
-        what = "one GPU" if len(per) == 1 else "no GPU"
-        return absent(key, title, f"Only {what} had activity in the profiled steps, so there is nothing to "
+        what = "Only one GPU" if len(per) == 1 else "No GPU (a CPU-only run)"
+        return absent(key, title, f"{what} had activity in the profiled steps, so there is nothing to "
                                   "balance across GPUs.")
     multi = len({r for r, _ in per}) > 1
     labels = [device_label(r, d, multi) for r, d in sorted(per)]
@@ -194,7 +194,7 @@ def ddp_overlap(analysis: Analysis) -> Plot:
 
 
 def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
-    """Step wall time (ms) per step and its histogram; profiled steps marked apart (the profiler slows them)."""
+    """Step wall time (ms) per step and its histogram; steps with the profiler on marked apart (it slows them)."""
     key, title = "step-times", "Step time distribution"
     if not times:
         return absent(key, title, "No step times were recorded (no steps.rank*.jsonl and no profiled step).")
@@ -219,7 +219,7 @@ def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
             if prof:
                 ax.scatter([t.step for t in prof], [t.wall_ms for t in prof], s=30, facecolors="none",
                            edgecolors="#e4572e", linewidths=1.2,
-                           label="profiled (slower)" if r == ranks[0] else None)
+                           label="profiler on (slower)" if r == ranks[0] else None)
         ax.axhline(median, color="#4a5568", linewidth=0.8, linestyle="--")
         ax.set_xlabel("step")
         integer_axis(ax.xaxis)

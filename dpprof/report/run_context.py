@@ -52,16 +52,25 @@ def step_median_ms(analysis: Analysis) -> float | None:
     return None if m is None else m / 1000.0
 
 
+def unprofiled_ms(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) -> tuple[float | None, str]:
+    """Median step time without the profiler (ms) and where it comes from."""
+    m = _get(manifest, "profiler", "unprofiled_step_ms_median")
+    if isinstance(m, (int, float)) and m > 0:
+        basis = _get(manifest, "profiler", "unprofiled_basis")
+        return float(m), f"manifest profiler section ({basis or 'steps without the profiler'})"
+    plain = [t.wall_ms for t in times if not t.profiled]
+    return fmt.median(plain), "steps.rank*.jsonl, steps with the profiler off"
+
+
 def throughput(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) -> tuple[float | None, str]:
-    """Images per second (global) and where the figure comes from."""
+    """Images per second (global) without the profiler, and where the figure comes from."""
+    batch = _get(manifest, "config", "batch_size")
+    med, _ = unprofiled_ms(manifest, times)
+    if isinstance(batch, int) and med:
+        return batch / (med / 1000.0), f"global batch {batch} ÷ unprofiled median step"
     ips = _get(manifest, "summary", "images_per_s_median")
     if isinstance(ips, (int, float)) and ips > 0:
         return float(ips), "manifest summary (median over all steps)"
-    batch = _get(manifest, "config", "batch_size")
-    plain = [t.wall_ms for t in times if not t.profiled] or [t.wall_ms for t in times]
-    med = fmt.median(plain)
-    if isinstance(batch, int) and med:
-        return batch / (med / 1000.0), "global batch size ÷ median step time"
     return None, "unknown: the trace does not record the batch size (no manifest)"
 
 
@@ -79,15 +88,15 @@ def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequ
         sentences.append(fmt.DP_MODE_SENTENCES[mode])
     devices = sorted({(r.rank, d) for r in analysis.ranks for d in r.devices})
     gpu_text = ", ".join(device_label(r, d, len(analysis.ranks) > 1) for r, d in devices) or "none (CPU only)"
-    plain = [t.wall_ms for t in times if not t.profiled]
+    plain, plain_source = unprofiled_ms(manifest, times)
     ips, ips_source = throughput(manifest, times)
     tiles = [
         ("Strategy", *_strategy_tile(analysis.strategy, mode)),
         ("Ranks", str(len(analysis.ranks)), f"GPUs with activity: {gpu_text}"),
         ("Profiled step (median)", f"{fmt.num(step_median_ms(analysis))} ms",
          f"{len({(s.rank, s.step) for s in analysis.steps})} rank-steps in the profiler window"),
-        ("Step, unprofiled (median)", f"{fmt.num(fmt.median(plain))} ms" if plain else "–",
-         step_source if plain else "no unprofiled step records"),
+        ("Step, unprofiled (median)", f"{fmt.num(plain)} ms" if plain else "–",
+         plain_source if plain else "no step recorded without the profiler"),
         ("Throughput", f"{fmt.num(ips)} img/s" if ips else "–", ips_source),
     ]
     ratio = _get(manifest, "profiler", "overhead_ratio")
@@ -137,7 +146,7 @@ def step_table(analysis: Analysis) -> dict[str, Any]:
     rows = []
     for s in steps[:MAX_STEP_ROWS]:
         cells = [fmt.ms(s.duration_us)] + [fmt.ms(s.categories_us.get(c, 0.0)) for c in cats]
-        cells.append(fmt.ms(s.busy_us))
+        cells.append(fmt.ms(s.busy_us) if s.device >= 0 else "–")  # a host row has no GPU
         cells += [fmt.num(s.dp_phase_gpu_us.get(p), 4) if p in s.dp_phase_gpu_us else "–" for p in phase_cols]
         if has_gpu0:
             cells.append(fmt.ms(s.gpu0_only_us))

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 #: rcParams used for every figure: fixed hash salt (stable clip-path ids), text kept as text.
 RC: dict[str, Any] = {
@@ -91,7 +91,7 @@ def figure(width_in: float, height_in: float, nrows: int = 1, ncols: int = 1, **
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context(cast(Any, RC)):
         fig, axes = plt.subplots(nrows, ncols, figsize=(width_in, height_in), **kw)
         try:
             yield fig, axes
@@ -111,7 +111,7 @@ def to_svg(fig: Any, key: str, title: str) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context(cast(Any, RC)):
         fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.08,
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = _PROLOGUE.sub("", buf.getvalue(), count=1)

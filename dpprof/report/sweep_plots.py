@@ -91,14 +91,14 @@ def accuracy(result: SweepResult) -> Plot:
     key, title = "sweep-accuracy", "Accuracy per epoch: DP vs DDP at the same global batch"
     pairs: list[tuple[SweepPoint, SweepPoint]] = []
     for batch in sorted({p.batch_size for p in done(result)}):
-        dp = {(p.gpus, p.workers): p for p in done(result) if p.strategy == "dp" and p.batch_size == batch
-              and p.epochs}
-        ddp = {(p.gpus, p.workers): p for p in done(result) if p.strategy == "ddp" and p.batch_size == batch
-               and p.epochs}
-        common = sorted(set(dp) & set(ddp))
+        dp_at = {(p.gpus, p.workers): p for p in done(result) if p.strategy == "dp" and p.batch_size == batch
+                 and p.epochs}
+        ddp_at = {(p.gpus, p.workers): p for p in done(result) if p.strategy == "ddp" and p.batch_size == batch
+                  and p.epochs}
+        common = sorted(set(dp_at) & set(ddp_at))
         if common:
             gw = max(common)  # the most GPUs both ran: where their batch splitting differs most
-            pairs.append((dp[gw], ddp[gw]))
+            pairs.append((dp_at[gw], ddp_at[gw]))
     if not pairs:
         return absent(key, title, "No DP and DDP configuration with the same global batch both recorded "
                                   "per-epoch accuracy (run the sweep with --epochs).")
