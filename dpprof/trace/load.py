@@ -65,18 +65,21 @@ class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
     args: _Args | None = None
 
 
-def _light(tag: str) -> type:
-    # Other Chrome phases decode into a small Struct (flows need cat/ts/tid/id); tagging on "ph" lets
-    # msgspec skip their other keys and lets the loader split phases by type.
-    return msgspec.defstruct(f"_Phase_{tag}", [("cat", str | None, None), ("ts", float | None, None),
-                                              ("tid", int | str | None, None), ("id", int | str | None, None)],
-                             tag_field="ph", tag=tag, gc=False)
+def _phase_struct(tag: str, fields: bool) -> type:
+    # Other Chrome phases decode into small Structs; tagging on "ph" lets msgspec skip their keys and lets
+    # the loader split phases by type. Flow fields (cat/ts/tid/id) are decoded only when needed.
+    spec = [("cat", str | None, None), ("ts", float | None, None), ("tid", int | str | None, None),
+            ("id", int | str | None, None)] if fields else []
+    return msgspec.defstruct(f"_Phase_{tag}", spec, tag_field="ph", tag=tag, gc=False)
 
 
 #: Every phase of the Chrome trace event format besides X; an unknown phase sends the file to the tolerant path.
-_OTHER_PHASES = {tag: _light(tag) for tag in "BEiICbneSTpsftPNODMVvRc()"}
-_FLOW_START, _FLOW_END = _OTHER_PHASES["s"], _OTHER_PHASES["f"]
-_AnyEvent = Union[(_Event, *_OTHER_PHASES.values())]  # noqa: UP007 (built at run time)
+_PHASES = "BEiICbneSTpsftPNODMVvRc()"
+_LIGHT = {tag: _phase_struct(tag, fields=False) for tag in _PHASES}
+_FULL = {tag: _phase_struct(tag, fields=True) for tag in _PHASES}
+_FLOW_START, _FLOW_END = _FULL["s"], _FULL["f"]
+_AnyEvent = Union[(_Event, *_LIGHT.values())]  # noqa: UP007 (built at run time)
+_AnyEventFull = Union[(_Event, *_FULL.values())]  # noqa: UP007
 
 
 class _PG(msgspec.Struct):
@@ -106,7 +109,12 @@ class _Trace(msgspec.Struct):
     deviceProperties: list[_DevProp] | None = None  # noqa: N815
 
 
+class _FlowTrace(msgspec.Struct):
+    traceEvents: list[_AnyEventFull] | None = None  # noqa: N815
+
+
 _DECODER = msgspec.json.Decoder(_Trace)
+_FLOW_DECODER = msgspec.json.Decoder(_FlowTrace)
 
 
 @dataclass
@@ -218,13 +226,13 @@ def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
             bad += 1
             continue
         try:
-            events.append(msgspec.convert(ev, _AnyEvent, strict=False))
+            events.append(msgspec.convert(ev, _AnyEventFull, strict=False))
         except msgspec.ValidationError:
             args = ev.get("args")
             # A bad value inside args should not cost the event its time: keep it without args.
             try:
                 ev2 = dict(ev, args=None) if args is not None else ev
-                events.append(msgspec.convert(ev2, _AnyEvent, strict=False))
+                events.append(msgspec.convert(ev2, _AnyEventFull, strict=False))
             except msgspec.ValidationError:
                 bad += 1
     return doc, events, bad
@@ -290,6 +298,11 @@ def _columns(path: Path, events: list[Any], skipped: int) -> RankTrace:
     # Flows are only needed to link GPU events that carry no correlation id (rare): skip them otherwise.
     gpu_rows = np.isin(rt.kind, GPU_KINDS)
     if np.any(rt.correlation[gpu_rows] < 0):
+        if not any(e.__class__ is _FLOW_START for e in events):  # fast path decoded flows without fields
+            try:
+                events = _FLOW_DECODER.decode(read_bytes(path)).traceEvents or []
+            except msgspec.DecodeError:  # the tolerant path already kept every field it could
+                events = []
         flows = [e for e in events if (e.__class__ is _FLOW_START or e.__class__ is _FLOW_END) and e.cat == "ac2g"]
         fts = np.array(list(map(_get("ts"), flows)), dtype=np.float64)
         fid = np.array([_int_or(e.id) for e in flows], dtype=np.int64)

@@ -178,3 +178,19 @@ def test_no_profiler_steps_whole_trace_is_one_step(tmp_path: Path) -> None:
     (step,) = a.steps
     assert step.step == 0 and step.start_us == 110.0 and step.duration_us == pytest.approx(71.0)
     assert "no_profiler_steps" in {w.code for w in a.warnings}
+
+
+def test_flow_links_gpu_events_without_correlation(tmp_path: Path) -> None:
+    """A kernel with no correlation id is linked to its launch through the ac2g flow pair."""
+    ev = [X("ProfilerStep#1", "user_annotation", 0, 100),
+          X("Scatter", "cpu_op", 10, 20),
+          X("cudaLaunchKernel", "cuda_runtime", 12, 3),
+          {"ph": "s", "id": 9, "pid": 1, "tid": 1, "ts": 12, "cat": "ac2g", "name": "ac2g"},
+          X("copy_kernel", "kernel", 40, 10, pid=0, tid=7, device=0),
+          {"ph": "f", "id": 9, "pid": 0, "tid": 7, "ts": 40, "cat": "ac2g", "name": "ac2g", "bp": "e"},
+          X("DataParallel.forward", "user_annotation", 5, 80)]
+    a = analyze([write(tmp_path, "flows.json", {"traceEvents": ev})])
+    (step,) = a.steps
+    assert step.dp_phase_gpu_us["dp_scatter"] == pytest.approx(10.0)
+    assert step.categories_us["dp_scatter"] == pytest.approx(10.0 + 20.0)  # GPU work + host span
+    assert "unlinked_gpu_events" not in {w.code for w in a.warnings}
