@@ -109,6 +109,7 @@ def nvml_timelines(series: Sequence[GpuSeries], why_absent: str = "") -> Plot:
         ax_u.set_ylim(-3, 103)
         ax_u.set_title("utilization.gpu: percent of time a kernel was running", loc="left", fontweight="normal")
         ax_m.set_ylabel("memory used (GiB)")
+        ax_m.set_ylim(bottom=0)
         ax_m.set_xlabel("time since first sample (s)")
         ax_u.legend(loc="upper right", ncols=min(len(usable), 4))
         fig.tight_layout()
