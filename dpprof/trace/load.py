@@ -113,7 +113,15 @@ class _FlowTrace(msgspec.Struct):
     traceEvents: list[_AnyEventFull] | None = None  # noqa: N815
 
 
-_DECODER = msgspec.json.Decoder(_Trace)
+class _RawTrace(_Trace):
+    traceEvents: list[msgspec.Raw] | None = None  # type: ignore[assignment]  # noqa: N815
+
+
+#: Events decoded per chunk: bounds the Python objects alive at once. Measured on a 78 MB rank trace
+#: (339k events): 50k -> 184 MB peak RSS, 5k -> 143 MB and also ~15 % less CPU (cache-friendly); 1k -> no better.
+CHUNK_EVENTS = 4_000
+_RAW_DECODER = msgspec.json.Decoder(_RawTrace)
+_CHUNK_DECODER = msgspec.json.Decoder(list[_AnyEvent])
 _FLOW_DECODER = msgspec.json.Decoder(_FlowTrace)
 
 
@@ -179,24 +187,42 @@ def load_trace(path: str | Path) -> RankTrace:
 
 def _load(path: Path) -> RankTrace:
     raw = read_bytes(path)
-    tolerant = False
+    full_events: list[Any] | None = None
     try:
-        doc = _DECODER.decode(raw)
-        events = doc.traceEvents
-    except msgspec.ValidationError:
+        # Split the events without decoding them (Raw views into ``raw``), then decode CHUNK_EVENTS at a
+        # time into columns: only one chunk's Python objects are alive at once, which bounds memory.
+        doc: Any = _RAW_DECODER.decode(raw)
+        raws = doc.traceEvents or []
+        chunks = [_chunk(raws[i:i + CHUNK_EVENTS]) for i in range(0, len(raws), CHUNK_EVENTS)]
+        tolerant = any(c.tolerant for c in chunks)
+        del raws
+        doc.traceEvents = None
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        # Not the shape expected (or NaN literals, which msgspec rejects): decode generically.
+        doc, full_events, bad = _decode_tolerant(path, raw)
+        chunks = [_chunk_columns(full_events, bad)]
         tolerant = True
-        doc, events, bad = _decode_tolerant(path, raw)
-    except msgspec.DecodeError:
-        # msgspec rejects NaN/Infinity literals that Python's json writes; try the stdlib before giving up.
-        tolerant = True
-        doc, events, bad = _decode_tolerant(path, raw)
     del raw  # the JSON text is not needed once decoded
-    if not events:
+    if not sum(c.events for c in chunks):
         raise TraceError(f"{path}: no trace events (not a Chrome/Kineto trace?)")
-    rt = _columns(path, events, skipped=bad if tolerant else 0)
+    rt = _merge(path, chunks)
     rt.tolerant = tolerant
+    if np.any(rt.correlation[np.isin(rt.kind, GPU_KINDS)] < 0):
+        _add_flows(rt, path, full_events)
     _fill_metadata(rt, doc)
     return rt
+
+
+def _chunk(raws: list[msgspec.Raw]) -> _Chunk:
+    """Decode a slice of the events (typed; per event with lax typing when the typed decode fails)."""
+    buf = b"[" + b",".join(raws) + b"]"
+    try:
+        return _chunk_columns(_CHUNK_DECODER.decode(buf), 0)
+    except msgspec.ValidationError:
+        events, bad = _convert_tolerant(msgspec.json.decode(buf))
+        chunk = _chunk_columns(events, bad)
+        chunk.tolerant = True
+        return chunk
 
 
 def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
@@ -219,6 +245,12 @@ def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
         doc = msgspec.convert(meta, _Trace, strict=False)
     except msgspec.ValidationError:
         doc = _Trace()
+    events, bad = _convert_tolerant(raw_events)
+    return doc, events, bad
+
+
+def _convert_tolerant(raw_events: list[Any]) -> tuple[list[Any], int]:
+    """Convert generic event dicts one by one with lax typing; (events, how many could not be used)."""
     events: list[Any] = []
     bad = 0
     for ev in raw_events:
@@ -235,7 +267,7 @@ def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
                 events.append(msgspec.convert(ev2, _AnyEventFull, strict=False))
             except msgspec.ValidationError:
                 bad += 1
-    return doc, events, bad
+    return events, bad
 
 
 def _ids(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -254,7 +286,19 @@ def _opt_int(values: list[int | None]) -> np.ndarray:
 _get = attrgetter
 
 
-def _columns(path: Path, events: list[Any], skipped: int) -> RankTrace:
+@dataclass
+class _Chunk:
+    """Columns of a slice of the events; ``names``/``tids`` are the slice's own tables."""
+
+    cols: dict[str, np.ndarray]
+    names: list[str]
+    tids: list[Any]
+    events: int
+    skipped: int
+    tolerant: bool = False
+
+
+def _chunk_columns(events: list[Any], skipped: int) -> _Chunk:
     # One C-level pass per field (map + attrgetter): per-event Python work is what costs here.
     xs = [e for e in events if e.__class__ is _Event]
     n = len(xs)
@@ -271,8 +315,7 @@ def _columns(path: Path, events: list[Any], skipped: int) -> RankTrace:
         args = [no if a is None else a for a in args]
     correlation = _opt_int(list(map(_get("correlation"), args)))
     external_id = _opt_int(list(map(_get("external_id"), args)))
-    is_gpu = np.isin(kind, GPU_KINDS)
-    gpu = np.flatnonzero(is_gpu)
+    gpu = np.flatnonzero(np.isin(kind, GPU_KINDS))
     # Device, stream and bytes only matter for GPU activities: read them for those rows only.
     gargs = [args[i] for i in gpu.tolist()]
     stream = np.full(n, -1, dtype=np.int64)
@@ -285,35 +328,45 @@ def _columns(path: Path, events: list[Any], skipped: int) -> RankTrace:
         dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
     device = np.full(n, -1, dtype=np.int32)
     device[gpu] = dev
-
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
+    cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
+            "stream": stream, "correlation": correlation, "external_id": external_id, "nbytes": nb}
     n_bad = int(n - np.count_nonzero(good))
-    rt = RankTrace(
-        path=str(path), names=names, kind=kind, name_id=name_id, ts=ts, dur=dur, tid=tid,
-        device=device, stream=stream, correlation=correlation, external_id=external_id,
-        nbytes=nb, tids=tids, events=len(events) + skipped, skipped=skipped + n_bad,
-    )
     if n_bad:
-        _keep_rows(rt, good)
-    # Flows are only needed to link GPU events that carry no correlation id (rare): skip them otherwise.
-    gpu_rows = np.isin(rt.kind, GPU_KINDS)
-    if np.any(rt.correlation[gpu_rows] < 0):
-        if not any(e.__class__ is _FLOW_START for e in events):  # fast path decoded flows without fields
-            try:
-                events = _FLOW_DECODER.decode(read_bytes(path)).traceEvents or []
-            except msgspec.DecodeError:  # the tolerant path already kept every field it could
-                events = []
-        flows = [e for e in events if (e.__class__ is _FLOW_START or e.__class__ is _FLOW_END) and e.cat == "ac2g"]
-        fts = np.array(list(map(_get("ts"), flows)), dtype=np.float64)
-        fid = np.array([_int_or(e.id) for e in flows], dtype=np.int64)
-        ok = np.isfinite(fts) & (fid >= 0)
-        index = {v: i for i, v in enumerate(tids)}
-        ftid = np.fromiter((index.setdefault(t, len(index)) for t in map(_get("tid"), flows)), np.int32,
-                           len(flows))
-        rt.tids = list(index)
-        rt.flow_ts, rt.flow_id, rt.flow_tid = fts[ok], fid[ok], ftid[ok]
-        rt.flow_start = np.array([e.__class__ is _FLOW_START for e in flows], dtype=bool)[ok]
-    return rt
+        cols = {k: v[good] for k, v in cols.items()}
+    return _Chunk(cols, names, tids, events=len(events) + skipped, skipped=skipped + n_bad)
+
+
+def _merge(path: Path, chunks: list[_Chunk]) -> RankTrace:
+    """One RankTrace from the chunks: concatenated columns, one string table and one thread table."""
+    names: dict[str, int] = {}
+    tids: dict[Any, int] = {}
+    for c in chunks:  # re-number each chunk's local ids into the shared tables
+        c.cols["name_id"] = np.array([names.setdefault(x, len(names)) for x in c.names] or [0],
+                                     dtype=np.int32)[c.cols["name_id"]]
+        c.cols["tid"] = np.array([tids.setdefault(x, len(tids)) for x in c.tids] or [0],
+                                 dtype=np.int32)[c.cols["tid"]]
+    cols = {k: np.concatenate([c.cols[k] for c in chunks]) for k in _ROW_COLUMNS}
+    return RankTrace(path=str(path), names=list(names), tids=list(tids), events=sum(c.events for c in chunks),
+                     skipped=sum(c.skipped for c in chunks), **cols)
+
+
+def _add_flows(rt: RankTrace, path: Path, events: list[Any] | None) -> None:
+    """Read the ``ac2g`` flow events (only when some GPU event has no correlation id: rare)."""
+    if events is None:
+        try:
+            events = _FLOW_DECODER.decode(read_bytes(path)).traceEvents or []
+        except msgspec.DecodeError:
+            events = []
+    flows = [e for e in events if (e.__class__ is _FLOW_START or e.__class__ is _FLOW_END) and e.cat == "ac2g"]
+    fts = np.array(list(map(_get("ts"), flows)), dtype=np.float64)
+    fid = np.array([_int_or(e.id) for e in flows], dtype=np.int64)
+    ok = np.isfinite(fts) & (fid >= 0)
+    index = {v: i for i, v in enumerate(rt.tids)}
+    ftid = np.fromiter((index.setdefault(t, len(index)) for t in map(_get("tid"), flows)), np.int32, len(flows))
+    rt.tids = list(index)
+    rt.flow_ts, rt.flow_id, rt.flow_tid = fts[ok], fid[ok], ftid[ok]
+    rt.flow_start = np.array([e.__class__ is _FLOW_START for e in flows], dtype=bool)[ok]
 
 
 def _int_or(v: Any, default: int = -1) -> int:
@@ -325,12 +378,6 @@ def _int_or(v: Any, default: int = -1) -> int:
 
 _ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "tid", "device", "stream", "correlation",
                 "external_id", "nbytes")
-
-
-def _keep_rows(rt: RankTrace, keep: np.ndarray) -> None:
-    """Drop rows (bad events)."""
-    for col in _ROW_COLUMNS:
-        setattr(rt, col, getattr(rt, col)[keep])
 
 
 def _fill_metadata(rt: RankTrace, doc: _Trace) -> None:
