@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -150,9 +151,11 @@ def test_ddp_rank_dies(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the launcher did not exit within 120 s of rank 1 dying")
     assert proc.returncode != 0
-    assert "Traceback" not in err, err[-3000:]
+    # The workers' and torchrun's own stderr pass through (rank 0's gloo error, torchrun's summary);
+    # dpprof's verdict is its last line, one line naming the rank that died.
     last = err.strip().splitlines()[-1] if err.strip() else ""
-    assert "rank 1" in last.lower(), f"the launcher's last line must name rank 1: {last!r}"
+    assert last.startswith("dpprof profile: error:") and "rank 1" in last.lower(), \
+        f"the launcher's last line must name rank 1: {last!r}"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] in ("failed", "incomplete"), manifest["status"]
     rank0 = [t for t in traces(run) if t.name.startswith("rank0.")]
@@ -182,25 +185,27 @@ def test_nvml_failing_mid_run(tmp_path: Path) -> None:
 
 
 def _fill(folder: Path) -> None:
-    """Fill a filesystem to the last byte."""
-    with open(folder / "ballast", "wb") as fh:
-        try:
+    """Fill a filesystem to the last byte (unbuffered writes, so the failure is ours to catch)."""
+    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (4096, 1):
             while True:
-                fh.write(b"\0" * 4096)
-                fh.flush()
-        except OSError:
-            pass
-    with open(folder / "ballast2", "wb") as fh:  # the page-sized remainder
-        try:
-            while True:
-                fh.write(b"\0")
-                fh.flush()
-        except OSError:
-            pass
+                try:
+                    if os.write(fd, b"\0" * chunk) < chunk:
+                        break
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
+#: libkineto's own C++ log lines (``USDT:…``, ``ERROR:2026-… DeviceProperties.cpp…`` on a machine
+#: without CUDA): printed by torch, not by dpprof, so not counted as dpprof's output.
+KINETO_LOG = re.compile(r"^(USDT|ERROR|WARNING|INFO|STAGE):\d{4}-\d\d-\d\d ")
 
 
 def _one_line(p: subprocess.CompletedProcess[str], fragment: str) -> None:
-    lines = p.stderr.strip().splitlines()
+    lines = [x for x in p.stderr.strip().splitlines() if not KINETO_LOG.match(x)]
     assert p.returncode == 2, f"exit {p.returncode}: {p.stderr[-2000:]}"
     assert len(lines) == 1 and "Traceback" not in p.stderr, lines
     assert fragment.lower() in lines[0].lower(), lines[0]
@@ -208,6 +213,7 @@ def _one_line(p: subprocess.CompletedProcess[str], fragment: str) -> None:
 
 def test_profile_into_full_dir(tmpfs: Callable[..., Path]) -> None:
     mnt = tmpfs(size="64k")
+    (mnt / "ballast").write_bytes(bytes(48 * 1024))  # 16 KiB left: less than a tiny run writes (~35 KiB)
     p = dpprof(*PROFILE, "--strategy", "single", "--steps", "8", "--out", str(mnt / "runs"), timeout=300)
     _one_line(p, "no space left")
 
