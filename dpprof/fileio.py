@@ -54,6 +54,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
                     text.detach()
             raw.flush()
             os.fsync(raw.fileno())
+            os.fchmod(raw.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; files get the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
@@ -61,6 +62,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink(path: str) -> None:
