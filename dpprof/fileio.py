@@ -54,7 +54,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
                     text.detach()
             raw.flush()
             os.fsync(raw.fileno())
-            os.fchmod(raw.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; files get the usual mode
+            os.fchmod(raw.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; files get the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
@@ -64,10 +64,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe
 
 
 def _unlink(path: str) -> None:
