@@ -166,8 +166,11 @@ def test_bad_trace(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert rc == 2, f"{name}: expected exit 2, got {rc}: {stderr.strip()}"
         assert len(lines) == 1, f"{name}: expected one line on stderr, got {lines}"
         assert lines[0].startswith("dpprof analyze: error:"), lines[0]
-        assert next(folder.iterdir()).name in lines[0], f"{name}: message does not name the file: {lines[0]}"
-        assert re.search(expect.pattern, lines[0], re.IGNORECASE), f"{name}: {lines[0]!r} !~ {expect.pattern!r}"
+        fname = next(folder.iterdir()).name
+        assert fname in lines[0], f"{name}: message does not name the file: {lines[0]}"
+        # Judge the words after the file name: the case's folder name must not satisfy the pattern.
+        why = lines[0].split(fname, 1)[1]
+        assert re.search(expect.pattern, why, re.IGNORECASE), f"{name}: {why!r} !~ {expect.pattern!r}"
         assert not out.exists()
         return
     assert rc == 0, f"{name}: expected it to analyze, got exit {rc}: {stderr.strip()}"
