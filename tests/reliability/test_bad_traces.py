@@ -15,6 +15,7 @@ damaged *file* is an error when it is the only input, and a warning when other r
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import math
 import re
@@ -252,5 +253,9 @@ def test_report_on_bad_trace(name: str, tmp_path: Path, capsys: pytest.CaptureFi
         return
     assert rc == 0, err
     page = html.read_text(encoding="utf-8")
+    assert main(["analyze", str(next(folder.iterdir())), "--json", str(tmp_path / "a.json")]) == 0
+    warnings = json.loads((tmp_path / "a.json").read_text())["warnings"]
     for pattern in expect.codes:
-        assert re.search(pattern, page), f"{name}: warning {pattern!r} not shown in the report"
+        hits = [w for w in warnings if re.search(pattern, w["code"])]
+        assert hits and all(w["code"] in page and w["message"] in html_lib.unescape(page) for w in hits), \
+            f"{name}: warning {pattern!r} not shown in the report"
