@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         for w in analysis.warnings:
-            print(f"warning [{w.code}] {w.message}", file=sys.stderr)
+            who = f"rank {w.rank}: " if w.rank is not None else ""
+            print(f"warning [{w.code}] {who}{w.message}", file=sys.stderr)
     else:
         render(analysis)
     out: Path | None = None

@@ -26,6 +26,7 @@ from dpprof.analyze.model import (
     RankInfo,
     StepBreakdown,
 )
+from dpprof.errors import TraceError
 from dpprof.rundir import rank_from_name, read_manifest, resolve_inputs
 from dpprof.trace import classify as C
 from dpprof.trace.link import host_class, link
@@ -172,11 +173,25 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _summaries(paths: Sequence[str], jobs: int) -> list[RankSummary]:
+def _summarize_or_error(path: str) -> RankSummary | TraceError:
+    try:
+        return summarize(path)
+    except TraceError as exc:  # one unreadable rank must not hide the others
+        return exc
+
+
+def _summaries(paths: Sequence[str], jobs: int) -> tuple[list[RankSummary], list[TraceError]]:
+    """Summaries of the readable files and the errors of the unreadable ones (raises when none is readable)."""
     if jobs <= 1 or len(paths) <= 1:
-        return [summarize(p) for p in paths]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-        return list(pool.map(summarize, paths))
+        results = [_summarize_or_error(p) for p in paths]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
+            results = list(pool.map(_summarize_or_error, paths))
+    good = [r for r in results if isinstance(r, RankSummary)]
+    bad = [r for r in results if isinstance(r, TraceError)]
+    if not good:
+        raise bad[0]
+    return good, bad
 
 
 def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis:
@@ -188,8 +203,16 @@ def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis
     files = [str(p) for p in inputs.traces]
     if jobs is None:
         jobs = min(2, len(files), os.cpu_count() or 1)
-    sums = _summaries(files, max(1, jobs))
-    return combine(sums, manifest=read_manifest(inputs.run_dir))
+    sums, errors = _summaries(files, max(1, jobs))
+    manifest = read_manifest(inputs.run_dir)
+    analysis = combine(sums, manifest=manifest)
+    notes = [AnalysisWarning("unreadable_trace", f"skipped: {e}") for e in errors]
+    if inputs.run_dir is not None and manifest is None:
+        notes.append(AnalysisWarning("no_manifest", f"{inputs.run_dir}: manifest.json is missing or unreadable "
+                                     "(run still starting, or killed): analysed the trace files present"))
+    if notes:
+        analysis = replace(analysis, warnings=(*notes, *analysis.warnings))
+    return analysis
 
 
 def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analysis:
@@ -212,6 +235,7 @@ def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analys
     if len(sizes) > 1:
         warnings.append(AnalysisWarning("mixed_world_sizes", f"traces disagree on the world size: {sorted(sizes)}; "
                                         "are they from the same run?", count=len(sizes)))
+    _same_run(sums, warnings)
     strat = strategy.combine(s.strategy for s in sums)
     if strat == "unknown" and len({s.strategy for s in sums}) > 1:
         warnings.append(AnalysisWarning("mixed_strategies", "ranks show different strategies: "
@@ -254,6 +278,25 @@ def _assign_ranks(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) 
         warnings.append(AnalysisWarning("duplicate_ranks", "several traces claim the same rank; renumbered: "
                                         + "; ".join(dups), count=len(dups)))
     return ranks
+
+
+#: Ranks of one run profile the same steps: step windows further apart than this are from different runs.
+SAME_RUN_GAP_S = 60.0
+
+
+def _same_run(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) -> None:
+    backends = {s.backend for s in sums if s.backend}
+    if len(backends) > 1:
+        warnings.append(AnalysisWarning("mixed_backends", f"traces disagree on the backend: {sorted(backends)}; "
+                                        "are they from the same run?", count=len(backends)))
+    spans = [((s.base_time_ns or 0) / 1e3 + s.steps_start_us, (s.base_time_ns or 0) / 1e3 + s.steps_end_us)
+             for s in sums if s.steps_start_us is not None and s.steps_end_us is not None]
+    if len(spans) > 1:
+        gap_s = (max(a for a, _ in spans) - min(b for _, b in spans)) / 1e6
+        if gap_s > SAME_RUN_GAP_S:
+            warnings.append(AnalysisWarning("different_runs", f"the ranks' profiled steps are {gap_s:,.0f} s apart "
+                                            "on the wall clock: these traces look like different runs; "
+                                            "cross-rank figures are meaningless"))
 
 
 def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict | None,

@@ -53,11 +53,11 @@ class _Args(msgspec.Struct, gc=False):
     bytes: int | float | None = None
 
 
-class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False, kw_only=True):
     """A complete event (``ph: X``): every span the analysis uses."""
 
     cat: str | None = None
-    name: str = ""
+    name: str  # an event without a name cannot be classified: it is skipped and counted
     pid: int | str | None = None
     tid: int | str | None = None
     ts: float | None = None
@@ -171,6 +171,8 @@ def read_bytes(path: Path) -> bytes:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
             raise TraceError(f"{path}: not a readable gzip file ({exc})") from None
+    if raw[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (editors on Windows) is not JSON
+        raw = raw[3:]
     return raw
 
 
@@ -197,7 +199,7 @@ def _load(path: Path) -> RankTrace:
         tolerant = any(c.tolerant for c in chunks)
         del raws
         doc.traceEvents = None
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         # Not the shape expected (or NaN literals, which msgspec rejects): decode generically.
         doc, full_events, bad = _decode_tolerant(path, raw)
         chunks = [_chunk_columns(full_events, bad)]
@@ -206,6 +208,8 @@ def _load(path: Path) -> RankTrace:
     if not sum(c.events for c in chunks):
         raise TraceError(f"{path}: no trace events (not a Chrome/Kineto trace?)")
     rt = _merge(path, chunks)
+    if len(rt.ts) == 0:
+        raise TraceError(f"{path}: no complete events with a usable time (only metadata, or every event damaged)")
     rt.tolerant = tolerant
     if np.any(rt.correlation[np.isin(rt.kind, GPU_KINDS)] < 0):
         _add_flows(rt, path, full_events)
@@ -218,8 +222,9 @@ def _chunk(raws: list[msgspec.Raw]) -> _Chunk:
     buf = b"[" + b",".join(raws) + b"]"
     try:
         return _chunk_columns(_CHUNK_DECODER.decode(buf), 0)
-    except msgspec.ValidationError:
-        events, bad = _convert_tolerant(msgspec.json.decode(buf))
+    except (msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        # Invalid UTF-8 inside a name should not cost the events: replace the bad bytes.
+        events, bad = _convert_tolerant(msgspec.json.decode(buf.decode("utf-8", errors="replace")))
         chunk = _chunk_columns(events, bad)
         chunk.tolerant = True
         return chunk
@@ -229,10 +234,13 @@ def _decode_tolerant(path: Path, raw: bytes) -> tuple[_Trace, list[Any], int]:
     """Generic decode, then convert each event on its own with lax typing ("12" -> 12)."""
     try:
         data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            # Invalid UTF-8 inside a name should not cost the whole file: replace the bad bytes.
+            data = json.loads(raw.decode("utf-8", errors="replace"))
+        except RecursionError:
+            raise TraceError(f"{path}: JSON nested too deeply to read (recursion limit)") from None
+        except ValueError:
             raise TraceError(f"{path}: not valid JSON (truncated or corrupt file)") from None
     if isinstance(data, list):  # a bare JSON array of events is valid Chrome trace format
         data = {"traceEvents": data}

@@ -29,6 +29,7 @@ def test_run_directory_default_json_and_missing_manifest(h200: dict[str, Path], 
     captured = capsys.readouterr().out
     assert rc == 0
     assert "missing_ranks" in captured  # world size 2, rank 1 not written (yet)
+    assert "no_manifest" in captured
     assert json.loads((run / "analysis.json").read_text())["strategy"] == "ddp"
 
 
