@@ -14,6 +14,7 @@ import copy
 import gzip
 import io
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,43 @@ def gz(data: bytes) -> bytes:
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0, filename="") as fh:
         fh.write(data)
     return buf.getvalue()
+
+
+# --- building blocks of the cases -------------------------------------------------------------
+
+TRACE = "trace.pt.trace.json.gz"  # name of the one file of single-file cases
+DAMAGED = 4  # events damaged per "skip and count" case
+Files = dict[str, bytes]
+Trace = dict[str, Any]
+
+
+def _one(trace: Trace | list[Any], name: str = TRACE) -> Files:
+    data = dumps(trace)
+    return {name: gz(data) if name.endswith(".gz") else data}
+
+
+def _victims(trace: Trace, cat: str = "kernel", n: int = DAMAGED) -> list[dict[str, Any]]:
+    """``n`` events of category ``cat`` spread over the trace (deterministic)."""
+    pool = [e for e in trace["traceEvents"] if e.get("cat") == cat]
+    return pool[:: max(1, len(pool) // n)][:n]
+
+
+def _damage(fn: Callable[[dict[str, Any]], None], cat: str = "kernel") -> Callable[[], Files]:
+    def build() -> Files:
+        t = base_trace()
+        for e in _victims(t, cat):
+            fn(e)
+        return _one(t)
+    return build
+
+
+def _ranked(rank: int, world: int, **extra: Any) -> Trace:
+    t = base_trace()
+    t["distributedInfo"] = {"backend": "gloo", "rank": rank, "world_size": world}
+    t.update(extra)
+    return t
+
+
+def _two_ranks(t0: Trace, t1: Trace, n0: str = "rank0.pt.trace.json.gz",
+               n1: str = "rank1.pt.trace.json.gz") -> Files:
+    return {**_one(t0, n0), **_one(t1, n1)}
