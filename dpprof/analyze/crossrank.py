@@ -8,7 +8,8 @@ themselves require (collectives are issued in the same order on every rank of a 
 on one clock with ``baseTimeNanoseconds`` (epoch ns = base + ts * 1000).
 
 The rank that started a collective last is the one everyone waited for; its lateness is the skew
-(latest start - earliest start).
+(latest start - earliest start). When every rank started at the same instant (skew under 1 ns) nobody
+waited: ``last_rank`` is -1 and no rank is counted as last.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dpprof.analyze.model import CollectiveSkew, Straggler
 
 #: (group, name, start epoch µs)
 Collective = tuple[str, str, float]
+#: Starts closer than this (µs) are a tie: nobody waited.
+TIE_US = 0.001
 
 
 def match(per_rank: Mapping[int, Sequence[Collective]]) -> tuple[list[CollectiveSkew], list[Straggler]]:
@@ -37,8 +40,11 @@ def match(per_rank: Mapping[int, Sequence[Collective]]) -> tuple[list[Collective
             starts = {r: v[k] for r, v in by_rank.items()}
             last = max(sorted(starts), key=lambda r: starts[r])
             first_t = min(starts.values())
+            skew = starts[last] - first_t
+            if skew < TIE_US:
+                last = -1
             skews.append((first_t, CollectiveSkew(group=group, index=k, name=name,
-                                                  start_skew_us=starts[last] - first_t, last_rank=last,
+                                                  start_skew_us=skew, last_rank=last,
                                                   ranks=tuple(sorted(starts)))))
     skews.sort(key=lambda x: (x[0], x[1].group, x[1].name, x[1].index))
     collectives = [s for _, s in skews]
@@ -52,7 +58,8 @@ def stragglers(collectives: Sequence[CollectiveSkew]) -> list[Straggler]:
     for c in collectives:
         for r in c.ranks:
             seen[r] += 1
-        last[c.last_rank].append(c.start_skew_us)
+        if c.last_rank >= 0:
+            last[c.last_rank].append(c.start_skew_us)
     return [Straggler(rank=r, times_last=len(last[r]), collectives=seen[r],
                       mean_lateness_us=(sum(last[r]) / len(last[r])) if last[r] else 0.0)
             for r in sorted(seen)]

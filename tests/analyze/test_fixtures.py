@@ -99,3 +99,13 @@ def test_output_is_deterministic(h200: dict[str, Path]) -> None:
     two = dumps_json(analyze([h200["dp_1dev"]], jobs=1).to_json())
     assert one == two
     assert Analysis.from_json(__import__("json").loads(one)).to_json() == __import__("json").loads(one)
+
+
+def test_crossrank_matching_by_order_ties_and_straggler() -> None:
+    from dpprof.analyze.crossrank import match
+
+    colls, strag = match({0: [("0", "nccl:all_reduce", 100.0), ("0", "nccl:all_reduce", 200.0)],
+                          1: [("0", "nccl:all_reduce", 100.0), ("0", "nccl:all_reduce", 230.0)]})
+    assert [(c.index, c.start_skew_us, c.last_rank) for c in colls] == [(0, 0.0, -1), (1, 30.0, 1)]
+    assert [(s.rank, s.times_last, s.collectives, s.mean_lateness_us) for s in strag] == [(0, 0, 2, 0.0),
+                                                                                          (1, 1, 2, 30.0)]
