@@ -408,9 +408,5 @@ def _fill_metadata(rt: RankTrace, doc: _Trace) -> None:
 
 def clock_offset_us(rt: RankTrace) -> float:
     """Add to a ts of this trace to get epoch µs (0 when the trace has absolute µs)."""
-    return (rt.base_time_ns or 0) / 1000.0 if rt.base_time_ns is not None else 0.0
+    return (rt.base_time_ns or 0) / 1000.0
 
-
-__all__ = ["RankTrace", "load_trace", "read_bytes", "clock_offset_us", "KIND_NAMES", "GPU_KINDS",
-           "K_OTHER", "K_CPU_OP", "K_USER_ANN", "K_RUNTIME", "K_KERNEL", "K_MEMCPY", "K_MEMSET",
-           "K_GPU_ANN", "K_PYTHON"]
