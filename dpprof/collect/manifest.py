@@ -41,13 +41,19 @@ class StepsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             return
-        self._fh.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # full disk mid-run: one clear line, not a traceback
+            raise DpprofError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:  # already reported by write(); what was flushed is on disk
+                pass
 
 
 def median_or_none(values: list[float]) -> float | None:

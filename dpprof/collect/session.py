@@ -142,7 +142,7 @@ def finalize(manifest: Manifest, cfg: RunConfig, result: LoopResult | None, stat
              signal_name: str | None, warnings: list[str], per_rank: list[dict[str, Any]]) -> None:
     """Rank 0's last manifest write: summary, profiler overhead, peak memory, status."""
     steps = result.steps if result is not None else []
-    epochs = result.epochs if result is not None else manifest.data["epochs"]
+    epochs = result.epochs if result is not None and result.epochs else manifest.data["epochs"]
     walls = [s["wall_ms"] for s in steps]
     rates = [s["images_per_s"] for s in steps if s["images_per_s"]]
     last = epochs[-1] if epochs else {}

@@ -134,17 +134,18 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, distributed: b
 def train_loop(setup: LoopSetup, wrapped: nn.Module, plain: nn.Module, loaders: Any, input_device: torch.device,
                output_device: torch.device, window: Any | None, stop: StopRequest,
                on_step: Callable[[dict[str, Any]], None], on_epoch: Callable[[dict[str, Any]], None],
-               distributed: bool = False) -> LoopResult:
+               distributed: bool = False, result: LoopResult | None = None) -> LoopResult:
     """Train until ``steps`` steps or ``epochs`` epochs, whichever comes first, or until ``stop``.
 
     ``on_step`` receives each step's record (``rank, epoch, step, wall_ms, images_per_s, profiled,
     loss``) once its time is known; ``on_epoch`` each epoch's (``epoch, steps, partial, train_acc,
     test_acc, loss, time_s, images_per_s``). ``images_per_s`` is global: ``global_batch / wall``.
+    ``result`` (optional) is filled as the loop goes, so a caller keeps the finished steps if it raises.
     """
     criterion = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(wrapped.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=5e-4)
     clock = StepClock(output_device, exact=setup.exact_timing)
-    result = LoopResult()
+    result = LoopResult() if result is None else result
     meta: dict[int, tuple[int, float | None]] = {}
     t_run = time.perf_counter()
     step = 0

@@ -25,7 +25,7 @@ import torch
 from dpprof.collect.config import RunConfig
 from dpprof.collect.manifest import Manifest, StepsWriter, steps_file_name, write_node_file
 from dpprof.collect.session import finalize, make_placement, open_nvml, start_manifest, window_for
-from dpprof.collect.train import LoopSetup, StopRequest, train_loop
+from dpprof.collect.train import LoopResult, LoopSetup, StopRequest, train_loop
 from dpprof.rundir import TRACES_DIR
 
 
@@ -137,7 +137,8 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
     steps_writer = StepsWriter(run_dir / steps_file_name(ctx.rank))
     sampler, nvml_file = open_nvml(cfg, ctx, run_dir, warnings)
     status = "failed"
-    result = None
+    result = LoopResult()
+    t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
             if sampler is not None:
@@ -169,15 +170,25 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
                 if progress is not None:
                     progress.epoch(rec)
 
-            result = train_loop(setup, placement.module, plain, loaders, placement.input_device,
-                                placement.output_device, window, stop, on_step, on_epoch, ctx.distributed)
+            train_loop(setup, placement.module, plain, loaders, placement.input_device,
+                       placement.output_device, window, stop, on_step, on_epoch, ctx.distributed, result)
         if sampler is not None:
             warnings.extend(getattr(sampler, "warnings", []))
         status = "incomplete" if result.stopped_by else "complete"
     except KeyboardInterrupt:
         status = "incomplete"
         stop.signal_name = stop.signal_name or "SIGINT"
+    except Exception as exc:
+        if not stop.requested:
+            raise
+        # After a signal, peers leave at slightly different steps; the collective this rank was in then
+        # fails. That is the interruption, not a new fault.
+        status = "incomplete"
+        print(f"dpprof worker rank {ctx.rank}: stopped by {stop.signal_name} while a peer was leaving "
+              f"({type(exc).__name__})", file=sys.stderr, flush=True)
     finally:
+        if not result.wall_s:
+            result.wall_s = time.perf_counter() - t0
         steps_writer.close()
         peak = _peak_memory(cfg, ctx)
         node = {"host": ctx.host, "node_rank": ctx.node_rank, "node_key": ctx.node_key,

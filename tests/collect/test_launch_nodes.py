@@ -99,3 +99,21 @@ def test_sigterm_mid_run_keeps_the_trace_and_marks_incomplete(tmp_path):
     assert [r["step"] for r in recs] == list(range(len(recs)))
     (trace,) = (run / "traces").iterdir()
     assert trace_json(trace)["traceEvents"]
+
+
+def test_ctrl_c_on_a_ddp_run_marks_it_incomplete(tmp_path):
+    proc = spawn(["--strategy", "ddp", "--nproc", "2", "--steps", "100000", "--loss-every", "0",
+                  "--out", str(tmp_path), *FAST], start_new_session=True)
+    try:
+        _wait_for(lambda: any(_lines(p) >= 8 for p in tmp_path.glob("*/steps.rank1.jsonl")), 120)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    run = next(tmp_path.iterdir())
+    m = manifest(run)
+    assert m["status"] == "incomplete", (m["status"], m["warnings"])
+    assert m["summary"]["steps"] >= 8
+    assert len(list((run / "traces").iterdir())) == 2
