@@ -109,7 +109,7 @@ class CollectiveSkew:
     index: int
     name: str
     start_skew_us: float  # latest start - earliest start across ranks
-    last_rank: int  # the rank everyone waited for
+    last_rank: int  # the rank everyone waited for; -1 when all started together (a tie)
     ranks: tuple[int, ...] = ()
 
 

@@ -126,8 +126,6 @@ def test_builders_place_what_they_say(tmp_path: Path) -> None:
         "compute"] == 400.0
 
 
-@pytest.mark.xfail(strict=True, reason="analyzer names rank 0 'last' at collectives whose starts tie (skew 0 µs): "
-                   "in ddp2 without a straggler Straggler(rank=0, times_last=12) though nobody waited")
 def test_tied_collectives_have_no_straggler(tmp_path: Path) -> None:
     traces, expected = write_ddp_run(tmp_path, 2, straggler=None)
     a = pipeline.analyze([traces.parent])
