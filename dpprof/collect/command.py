@@ -18,8 +18,13 @@ _LR_HELP = ("base learning rate for a global batch of 128; the run uses base_lr 
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
+    from dpprof.collect.config import LR_RULE
     from dpprof.collect.models import MODEL_NAMES
 
+    p.epilog = (f"Learning rate: {LR_RULE}. --steps and --epochs: whichever limit comes first "
+                "(--steps 0 with --epochs: no step limit). Output: OUT/<strategy>-<model>-b<batch>-<UTC stamp>/ "
+                "with traces/ (one trace per rank), manifest.json, nvml.<host>.jsonl, steps.rank<R>.jsonl "
+                "(docs/run-format.md). SIGINT/SIGTERM: the current step finishes, the run is kept, marked incomplete.")
     g = p.add_argument_group("what to train")
     g.add_argument("--strategy", choices=("single", "dp", "ddp"), default="dp",
                    help="single device, nn.DataParallel, or DistributedDataParallel via torchrun (default dp)")

@@ -126,8 +126,8 @@ def build_loaders(kind: str, *, root: str | None, download: bool, train_size: in
                           f"({batch_size * world_size})")
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory,
                               "persistent_workers": workers > 0}
-    sampler = None
-    test_sampler = None
+    sampler: Any = None
+    test_sampler: Any = None
     generator = torch.Generator().manual_seed(seed)
     if world_size > 1:
         sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,

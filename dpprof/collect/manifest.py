@@ -107,7 +107,7 @@ def collect_versions_and_hardware(warnings: list[str]) -> tuple[dict[str, Any], 
 
 def probe_links(cuda_indices: list[int], warnings: list[str]) -> dict[str, Any]:
     """The manifest's ``link_bandwidth`` (dpprof.collect.probe), or an unmeasured section saying why."""
-    unmeasured = {"h2d_GBps": None, "d2h_GBps": None, "p2p_GBps": {}, "measured": False}
+    unmeasured: dict[str, Any] = {"h2d_GBps": None, "d2h_GBps": None, "p2p_GBps": {}, "measured": False}
     try:
         from dpprof.collect.probe import probe_bandwidth
     except ImportError:
