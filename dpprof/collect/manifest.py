@@ -105,6 +105,16 @@ def collect_versions_and_hardware(warnings: list[str]) -> tuple[dict[str, Any], 
         return fallback_versions(), fallback_hardware()
 
 
+def node_gpus() -> list[dict[str, Any]]:
+    """This node's GPUs as the manifest's ``hardware.gpus`` lists them (for ``nodes/<node>.json``)."""
+    try:
+        from dpprof.collect import hwinfo
+
+        return list(hwinfo.collect_hardware().get("gpus", []))
+    except Exception:  # ImportError or a discovery failure: torch's view is enough here
+        return list(fallback_hardware()["gpus"])
+
+
 def probe_links(cuda_indices: list[int], warnings: list[str]) -> dict[str, Any]:
     """The manifest's ``link_bandwidth`` (dpprof.collect.probe), or an unmeasured section saying why."""
     unmeasured: dict[str, Any] = {"h2d_GBps": None, "d2h_GBps": None, "p2p_GBps": {}, "measured": False}

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dpprof.collect.config import RunConfig
-from dpprof.collect.manifest import Manifest, StepsWriter, steps_file_name, write_node_file
+from dpprof.collect.manifest import Manifest, StepsWriter, node_gpus, steps_file_name, write_node_file
 from dpprof.collect.session import finalize, make_placement, open_nvml, start_manifest, window_for
 from dpprof.collect.train import LoopResult, LoopSetup, StopRequest, train_loop
 from dpprof.rundir import TRACES_DIR
@@ -202,6 +202,7 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
             merged = dict(node, ranks=sorted(r for n in mine for r in n["ranks"]),
                           peak_memory_bytes={k: v for n in mine for k, v in n["peak_memory_bytes"].items()},
                           peak_rss_bytes=max(n["peak_rss_bytes"] for n in mine))
+            merged["gpus"] = node_gpus()
             write_node_file(run_dir, ctx.node_key, merged)
         if manifest is not None:
             finalize(manifest, cfg, result, status, stop.signal_name, warnings, per_rank)
