@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -190,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         nfiles = sum(1 for f in trace_dir.iterdir() if f.name.endswith((".json", ".gz")))
         print(f"{trace_dir}: {nfiles} files, {nbytes / 1e6:.1f} MB of JSON; {args.repeat} runs per tool",
               file=sys.stderr)
+        load_before = os.getloadavg()
         summary = summarize(run_tools(trace_dir, tools, args.repeat, args.timeout), nbytes)
+        # Other users' load explains most of the spread of wall times on a shared machine: record it.
+        load = [round(x, 2) for x in (*load_before, *os.getloadavg())]
         report = {"dir": str(trace_dir), "files": nfiles, "json_bytes": nbytes, "repeat": args.repeat,
-                  "tools": summary, "ratios": ratios(summary), "targets": TARGETS}
-        print(table(f"\n{trace_dir.name}: {nfiles} ranks, {nbytes / 1e6:.0f} MB JSON (medians)", summary))
+                  "tools": summary, "ratios": ratios(summary), "targets": TARGETS,
+                  "machine": {"cpus": os.cpu_count(), "loadavg_1_5_15_before_after": load}}
+        print(table(f"\n{trace_dir.name}: {nfiles} ranks, {nbytes / 1e6:.0f} MB JSON (medians); "
+                    f"{os.cpu_count()} CPUs, load average {load[0]:.1f} before, {load[3]:.1f} after", summary))
         print_ratios(report["ratios"], summary)
         if not args.no_stretch and "dpprof" in tools:
             report["stretch"] = stretch(args.repeat, args.timeout)

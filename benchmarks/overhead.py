@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -261,6 +262,10 @@ def run(args: argparse.Namespace, only: list[str]) -> dict:
     report: dict[str, Any] = {"model": args.model, "batch": batch, "steps_per_block": steps,
                               "device": device, "torch": torch.__version__, "targets": TARGETS}
     print(f"overhead: model {args.model}, batch {batch}, {steps} steps/block, {args.pairs} pairs, {device}")
+    # One untimed block of each kind first: one-off costs (allocator growth, first-use kernel selection,
+    # the optimizer's momentum buffers) would otherwise land in the first pair only.
+    bench.bare_block()
+    bench.harness_ms()
     with tempfile.TemporaryDirectory(prefix="dpprof-overhead-") as tmp_name:
         tmp = Path(tmp_name)
         if "harness" in only:
@@ -279,6 +284,9 @@ def run(args: argparse.Namespace, only: list[str]) -> dict:
                 r["period_ms"] = bench.cfg.nvml_period_ms
             print(line("nvml", r, TARGETS["nvml_ratio_max"]) + f"   ({what}, every {r['period_ms']} ms)")
     report["wall_s"] = round(time.perf_counter() - t0, 1)
+    report["loadavg_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"  ({report['wall_s']:.0f} s; load average now {report['loadavg_1_5_15_after'][0]:.1f} "
+          f"on {os.cpu_count()} CPUs)")
     return report
 
 
