@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STRATEGY ?= dp
 MODEL ?= vgg16
 GPUS ?=
-NPROC ?= 2
+NPROC ?=
 STEPS ?= 12
 EPOCHS ?=
 BATCH ?= 128
@@ -36,7 +36,7 @@ venv: $(VENV)/.installed ## create .venv and install dpprof with its dependencie
 
 profile: venv ## profile one run (STRATEGY=dp by default), then write its report
 	$(DPPROF) profile --strategy $(STRATEGY) --model $(MODEL) --steps $(STEPS) --batch-size $(BATCH) \
-		--nproc $(NPROC) $(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --out $(OUT) --report $(ARGS)
+		$(if $(NPROC),--nproc $(NPROC)) $(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --out $(OUT) --report $(ARGS)
 
 report: venv ## write the HTML report of RUN=DIR
 	@test -n "$(RUN)" || { echo "usage: make report RUN=traces/<run>"; exit 2; }
