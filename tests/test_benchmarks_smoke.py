@@ -97,13 +97,18 @@ def test_analyze_vs_hta_runs_and_writes_json(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
     mld.make_large_dir(traces, ranks=2, rank_mb=1, sources=DDP)
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "analyze_vs_hta.py"), str(traces), "--tools", "naive",
-                           "--repeat", "1", "--no-stretch", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(BENCH / "analyze_vs_hta.py"), str(traces), "--tools",
+                           "dpprof,naive", "--repeat", "1", "--no-stretch", "--json", str(out)],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
-    naive = report["tools"]["naive"]
-    assert naive["ok"] and naive["runs"] == 1 and naive["peak_rss_bytes_median"] > 10e6
+    for tool in ("dpprof", "naive"):
+        r = report["tools"][tool]
+        assert r["ok"], r
+        assert r["runs"] == 1 and r["peak_rss_bytes_median"] > 10e6 and r["wall_s_median"] > 0
+    assert report["ratios"] == {}  # no HTA row: no ratio is claimed
+    assert sorted(p.name for p in traces.iterdir()) == [  # nothing written into the trace folder
+        "rank0.1790857026000000000.pt.trace.json", "rank1.1790857026000000000.pt.trace.json"]
     assert report["json_bytes"] == sum(f.stat().st_size for f in traces.iterdir())
     assert "naive" in proc.stdout
 
