@@ -18,20 +18,23 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
                    "(default for a run directory: RUN/analysis.json)")
     p.add_argument("--no-json", action="store_true", help="do not write the analysis JSON")
     p.add_argument("--merge-nvml", action="store_true", help="also write NVML-merged traces into RUN/merged/")
+    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
+                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N "
+                   "(otherwise the ideal is estimated and labelled so)")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes (default min(2, ranks))")
     p.add_argument("--quiet", action="store_true", help="print only warnings")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dpprof.analyze.pipeline import analyze
+    from dpprof.analyze.rundata import load_run_data
     from dpprof.errors import DpprofError
     from dpprof.report.console import render
-    from dpprof.rundir import ANALYSIS, resolve_inputs, write_json
+    from dpprof.rundir import ANALYSIS, write_json
 
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
-    inputs = resolve_inputs(args.inputs)
-    analysis = analyze(args.inputs, jobs=args.jobs)
+    data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs)
+    inputs, analysis = data.inputs, data.analysis
     if args.quiet:
         import sys
 

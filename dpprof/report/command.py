@@ -24,6 +24,8 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
                    "or trace files (*.pt.trace.json[.gz])")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="the HTML file to write (default: reports/<run>.html; a folder: <folder>/<run>.html)")
+    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
+                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N")
 
 
 def output_path(out: Path | None, name: str) -> Path:
@@ -35,13 +37,14 @@ def output_path(out: Path | None, name: str) -> Path:
     return out
 
 
-def write_report(paths: Sequence[str | os.PathLike[str]], out: Path | None = None) -> tuple[Path, RunInputs]:
+def write_report(paths: Sequence[str | os.PathLike[str]], out: Path | None = None,
+                 baseline: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, RunInputs]:
     """Analyze ``paths``, render the page, write it atomically; returns (path written, the RunInputs)."""
     from dpprof.fileio import write_text_atomic
     from dpprof.report.html import render_inputs
     from dpprof.report.inputs import load_run
 
-    run = load_run(paths)
+    run = load_run(paths, baseline=baseline)
     target = output_path(out, run.name)
     html = render_inputs(run, target)  # fully rendered before the file is touched
     write_text_atomic(target, html)
@@ -57,7 +60,7 @@ def report_run(run_dir: Path, out: Path | None = None) -> Path:
 def run(args: argparse.Namespace) -> int:
     from dpprof.report.fmt import HYPOTHESIS_TITLES, VERDICT_LABELS
 
-    target, run_inputs = write_report(args.inputs, args.out)
+    target, run_inputs = write_report(args.inputs, args.out, baseline=args.baseline)
     analysis = run_inputs.analysis
     if analysis.diagnosis is not None:
         for h in analysis.diagnosis.hypotheses:

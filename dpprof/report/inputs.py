@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.model import Analysis
-from dpprof.errors import DpprofError
+from dpprof.analyze.rundata import load_run_data
 from dpprof.report.plots import GpuSeries, StepTime
-from dpprof.rundir import MERGED_DIR, read_manifest, resolve_inputs
+from dpprof.rundir import MERGED_DIR
 
 _TRACE_SUFFIX = re.compile(r"(\.pt)?\.trace\.json(\.gz)?$|\.json(\.gz)?$|\.gz$")
 
@@ -82,20 +82,6 @@ def profiled_step_times(analysis: Analysis) -> tuple[StepTime, ...]:
     return tuple(StepTime(rank=r, step=k, wall_ms=d / 1000.0, profiled=True) for (r, k), d in sorted(seen.items()))
 
 
-def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
-    """NVML samples of the run (None when there are none), with a note when they cannot be read."""
-    if run_dir is None or not any(run_dir.glob("nvml*.jsonl")):
-        return None, []
-    try:
-        from dpprof.trace.nvml_samples import read_nvml
-    except ImportError:
-        return None, ["NVML samples present but the NVML reader (dpprof.trace.nvml_samples) is missing"]
-    try:
-        return read_nvml(run_dir), []
-    except DpprofError as exc:
-        return None, [f"NVML samples not shown: {exc}"]
-
-
 def nvml_series(nvml: Any | None) -> list[GpuSeries]:
     """Per-GPU series of an ``NvmlData`` for the timeline plot (seconds from the run's first sample)."""
     gpus = [g for g in (getattr(nvml, "gpus", None) or ()) if len(g.t_ns)]
@@ -123,27 +109,11 @@ def nvml_mean_util(series: Sequence[GpuSeries]) -> dict[str, float]:
     return out
 
 
-def with_diagnosis(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any | None) -> Analysis:
-    """The analysis with its diagnosis (and projection) attached; unchanged when one is already there."""
-    if analysis.diagnosis is not None:
-        return analysis
-    from dpprof.analyze.diagnosis import diagnose
-
-    return analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml))
-
-
-def load_run(paths: Sequence[str | os.PathLike[str]]) -> RunInputs:
+def load_run(paths: Sequence[str | os.PathLike[str]], baseline: Sequence[str | os.PathLike[str]] = ()) -> RunInputs:
     """Resolve ``paths`` (a run directory or trace files), analyze and diagnose them, read the rest."""
-    inputs = resolve_inputs([Path(p) for p in paths])
-    try:
-        from dpprof.analyze import analyze
-    except ImportError:  # the package's lazy re-export is optional: the pipeline is the source
-        from dpprof.analyze.pipeline import analyze
-
-    analysis = analyze([str(p) for p in paths])
-    manifest = read_manifest(inputs.run_dir)
-    nvml, notes = read_nvml_data(inputs.run_dir)
-    analysis = with_diagnosis(analysis, manifest, nvml)
+    data = load_run_data(paths, baseline=baseline)
+    inputs, analysis, manifest = data.inputs, data.analysis, data.manifest
+    notes = list(data.notes)
     step_times, more = read_step_times(inputs.run_dir)
     notes += more
     source = "steps.rank*.jsonl (every step of the run)"
@@ -153,5 +123,5 @@ def load_run(paths: Sequence[str | os.PathLike[str]]) -> RunInputs:
     if inputs.run_dir is not None and (inputs.run_dir / MERGED_DIR).is_dir():
         merged = tuple(sorted(p for p in (inputs.run_dir / MERGED_DIR).iterdir() if p.name.endswith(".json.gz")))
     return RunInputs(name=run_name(inputs.run_dir, inputs.traces, manifest), analysis=analysis,
-                     manifest=manifest, nvml=nvml, run_dir=inputs.run_dir, traces=inputs.traces, merged=merged,
+                     manifest=manifest, nvml=data.nvml, run_dir=inputs.run_dir, traces=inputs.traces, merged=merged,
                      step_times=step_times, step_source=source, notes=tuple(notes))

@@ -1,0 +1,65 @@
+"""One run's analysis with its diagnosis attached, read once for `analyze`, `report` and `compare`.
+
+Reads the manifest and NVML samples beside the traces (when the input is a run directory) and, when a
+baseline run is given (a single-GPU run of the same configuration), analyses it too so the diagnosis
+can take the ideal step time from it instead of estimating it. No torch, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dpprof.analyze.model import Analysis
+from dpprof.errors import DpprofError
+from dpprof.rundir import Inputs, read_manifest, resolve_inputs
+
+
+@dataclass(frozen=True)
+class RunData:
+    """An analysed, diagnosed run and what was read beside it. ``notes``: problems met while reading."""
+
+    inputs: Inputs
+    analysis: Analysis
+    manifest: Mapping[str, Any] | None = None
+    nvml: Any | None = None  # dpprof.trace.nvml_samples.NvmlData
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
+    """NVML samples of the run (None when there are none), with a note when they cannot be read."""
+    if run_dir is None or not any(run_dir.glob("nvml*.jsonl")):
+        return None, []
+    from dpprof.trace.nvml_samples import read_nvml
+
+    try:
+        return read_nvml(run_dir), []
+    except DpprofError as exc:
+        return None, [f"NVML samples not shown: {exc}"]
+
+
+def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
+                  jobs: int | None = None) -> RunData:
+    """Resolve ``paths`` (a run directory or trace files), analyse them and attach the diagnosis.
+
+    ``baseline``: a single-GPU run of the same configuration (its step time / N is DP's ideal).
+    """
+    from dpprof.analyze.diagnosis import diagnose
+    from dpprof.analyze.pipeline import analyze
+
+    inputs = resolve_inputs([Path(p) for p in paths])
+    analysis = analyze([str(p) for p in paths], jobs=jobs)
+    manifest = read_manifest(inputs.run_dir)
+    nvml, notes = read_nvml_data(inputs.run_dir)
+    base_analysis = base_manifest = None
+    if baseline:
+        base_inputs = resolve_inputs([Path(p) for p in baseline])
+        base_analysis = analyze([str(p) for p in baseline], jobs=jobs)
+        base_manifest = read_manifest(base_inputs.run_dir)
+    if analysis.diagnosis is None:
+        analysis = analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml, baseline=base_analysis,
+                                                    baseline_manifest=base_manifest))
+    return RunData(inputs=inputs, analysis=analysis, manifest=manifest, nvml=nvml, notes=tuple(notes))
