@@ -2,7 +2,8 @@
 CPU, ``--nproc`` gloo processes; several nodes meet through torchrun's c10d rendezvous.
 
 The launcher passes the run configuration as JSON to every worker, streams torchrun's stderr through
-while reading its failure summary, and when a rank dies exits non-zero naming it (and marks the
+while reading its failure summary (torchrun's own traceback and summary are kept off the console unless
+DPPROF_DEBUG=1), and when a rank dies exits non-zero naming the rank that failed first (and marks the
 manifest ``failed``). Ctrl-C reaches the workers directly (same process group); this process waits for
 torchrun to wind them down rather than dying first.
 """
@@ -23,9 +24,14 @@ from dpprof.collect.config import RunConfig
 from dpprof.collect.manifest import mark_unfinished
 from dpprof.errors import DpprofError
 
+#: libkineto's log level for workers unless the user set one (5: fatal only; 2 would keep errors).
+KINETO_QUIET = "5"
 #: torchrun's failure summary: "rank      : 1 (local_rank: 1)" then "exitcode  : -9 (pid: 123)".
 _RANK_LINE = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
 _EXIT_LINE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+_RULE = re.compile(r"^={10,}\s*$")
+#: Lines between the parts of a chained Python traceback.
+_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 
 
 @dataclass
@@ -55,43 +61,114 @@ def torchrun_command(cfg: RunConfig, topo: Topology, python: str = sys.executabl
 
 @dataclass
 class FailureScan:
-    """Ranks torchrun reported as failed, with their exit codes, read from its stderr as it passes."""
+    """Ranks torchrun reported as failed, with their exit codes, read from its stderr as it passes.
+
+    torchrun's summary lists the rank that failed first under "Root Cause (first observed failure)" and
+    the ranks it then stopped itself (SIGTERM) under "Failures"; the root cause is named first.
+    """
 
     failed: dict[int, int | None] = field(default_factory=dict)
+    root: int | None = None
     _last_rank: int | None = None
+    _in_root: bool = False
 
     def feed(self, line: str) -> None:
+        if line.startswith("Root Cause"):
+            self._in_root = True
+            return
+        if line.startswith(("Failures:", "Other Failures:")):
+            self._in_root = False
+            return
         m = _RANK_LINE.match(line)
         if m:
             self._last_rank = int(m.group(1))
             self.failed.setdefault(self._last_rank, None)
+            if self._in_root and self.root is None:
+                self.root = self._last_rank
             return
         m = _EXIT_LINE.match(line)
         if m and self._last_rank is not None:
             self.failed[self._last_rank] = int(m.group(1))
 
+    def _first(self) -> int:
+        if self.root is not None and self.root in self.failed:
+            return self.root
+        # No root-cause section: a rank torchrun did not stop with SIGTERM itself is the likelier culprit.
+        return min(self.failed, key=lambda r: (self.failed[r] == -signal.SIGTERM, r))
+
     def describe(self) -> str:
         if not self.failed:
             return "rank unknown (see torchrun's output above)"
-        parts = []
-        for rank, code in sorted(self.failed.items()):
-            if code is None:
-                parts.append(f"rank {rank}")
-            elif code < 0:
-                try:
-                    parts.append(f"rank {rank} (killed by {signal.Signals(-code).name})")
-                except ValueError:
-                    parts.append(f"rank {rank} (signal {-code})")
-            else:
-                parts.append(f"rank {rank} (exit code {code})")
-        return ", ".join(parts)
+        first = self._first()
+        text = _rank_text(first, self.failed[first])
+        others = sorted(r for r in self.failed if r != first)
+        if others:
+            names = ", ".join(str(r) for r in others)
+            text += f" failed first; torchrun then stopped rank{'s' if len(others) > 1 else ''} {names}"
+        return text
 
 
-def _pump(src: IO[str], sink: IO[str], scan: FailureScan) -> None:
+def _rank_text(rank: int, code: int | None) -> str:
+    if code is None:
+        return f"rank {rank}"
+    if code < 0:
+        try:
+            return f"rank {rank} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f"rank {rank} (signal {-code})"
+    return f"rank {rank} (exit code {code})"
+
+
+class StderrFilter:
+    """Passes torchrun's stderr through, minus torchrun's own Python traceback ending in
+    ``ChildFailedError`` and the failure summary after it (the launcher condenses both into its closing
+    error line). Workers' own tracebacks pass unchanged. ``keep_all`` (DPPROF_DEBUG=1) passes everything.
+    """
+
+    def __init__(self, sink: IO[str], keep_all: bool = False) -> None:
+        self.sink = sink
+        self.keep_all = keep_all
+        self._held: list[str] = []
+        self._rules_left = 0  # '=====' lines still to drop of torchrun's summary block
+
+    def _out(self, lines: list[str]) -> None:
+        for x in lines:
+            self.sink.write(x)
+        self.sink.flush()
+
+    def feed(self, line: str) -> None:
+        if self.keep_all:
+            self._out([line])
+            return
+        if self._rules_left:
+            if _RULE.match(line):
+                self._rules_left -= 1
+            return
+        if line.startswith("Traceback (most recent call last)"):
+            self._held.append(line)
+            return
+        if self._held:
+            if not line.strip() or line[0].isspace() or line.startswith(_CHAIN):
+                self._held.append(line)
+                return
+            held, self._held = self._held, []
+            if "ChildFailedError" in line:
+                self._rules_left = 2  # the summary opens and closes with a rule of '='
+                return
+            self._out([*held, line])
+            return
+        self._out([line])
+
+    def close(self) -> None:
+        held, self._held = self._held, []
+        self._out(held)
+
+
+def _pump(src: IO[str], out: StderrFilter, scan: FailureScan) -> None:
     for line in src:
         scan.feed(line)
-        sink.write(line)
-        sink.flush()
+        out.feed(line)
+    out.close()
 
 
 def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = None) -> int:
@@ -100,12 +177,15 @@ def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = Non
     full_env = dict(os.environ if env is None else env)
     # torchrun would set 1 thread per worker anyway (and warn); say it here so the run is reproducible.
     full_env.setdefault("OMP_NUM_THREADS", "1")
+    # libkineto logs "ERROR: ... gpuGetDeviceCount failed" on machines without CUDA: keep its fatal lines only.
+    full_env.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
     try:
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=full_env, bufsize=1)
     except OSError as exc:
         raise DpprofError(f"cannot start torchrun: {exc}") from None
     scan = FailureScan()
-    pump = threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, scan), daemon=True)
+    out = StderrFilter(sys.stderr, keep_all=full_env.get("DPPROF_DEBUG") == "1")
+    pump = threading.Thread(target=_pump, args=(proc.stderr, out, scan), daemon=True)
     pump.start()
     interrupted: list[str] = []
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
 from dpprof.collect.command import build_config
 from dpprof.collect.config import LR_RULE, RunConfig, default_run_name, scaled_lr
-from dpprof.collect.launch import FailureScan, Topology, torchrun_command
+from dpprof.collect.launch import FailureScan, StderrFilter, Topology, torchrun_command
 from dpprof.errors import DpprofError
 
 from .helpers import parse
@@ -95,3 +96,77 @@ Root Cause (first observed failure):
     assert scan.failed == {1: -9}
     assert scan.describe() == "rank 1 (killed by SIGKILL)"
     assert FailureScan().describe().startswith("rank unknown")
+
+
+#: torchrun's closing output when rank 1 was killed and torchrun then stopped rank 0 (format of
+#: torch.distributed.elastic.multiprocessing.errors.ChildFailedError, torch 2.14).
+TORCHRUN_FAILURE = """Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/venv/lib/python3.12/site-packages/torch/distributed/run.py", line 936, in <module>
+    main()
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+dpprof.collect.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-27_17:00:01
+  host      : vm
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 1233)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 1233
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-27_17:00:00
+  host      : vm
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 1234)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 1234
+============================================================
+"""
+
+
+def test_failure_scan_names_the_root_cause_first_and_the_others_as_stopped():
+    scan = FailureScan()
+    for line in TORCHRUN_FAILURE.splitlines(keepends=True):
+        scan.feed(line)
+    assert scan.failed == {0: -15, 1: -9} and scan.root == 1
+    assert scan.describe() == "rank 1 (killed by SIGKILL) failed first; torchrun then stopped rank 0"
+
+
+def test_failure_scan_without_root_cause_prefers_a_rank_not_stopped_by_sigterm():
+    scan = FailureScan()
+    for line in ["  rank      : 0 (local_rank: 0)\n", "  exitcode  : -15 (pid: 1)\n",
+                 "  rank      : 2 (local_rank: 2)\n", "  exitcode  : 1 (pid: 2)\n"]:
+        scan.feed(line)
+    assert scan.describe().startswith("rank 2 (exit code 1) failed first; torchrun then stopped rank 0")
+
+
+def _filtered(text: str, keep_all: bool = False) -> str:
+    sink = io.StringIO()
+    f = StderrFilter(sink, keep_all=keep_all)
+    for line in text.splitlines(keepends=True):
+        f.feed(line)
+    f.close()
+    return sink.getvalue()
+
+
+def test_stderr_filter_drops_torchruns_traceback_and_summary_only():
+    worker_tb = ("Traceback (most recent call last):\n  File \"w.py\", line 3, in f\n    boom()\n"
+                 "RuntimeError: worker said no\n")
+    text = "step 3\n" + worker_tb + TORCHRUN_FAILURE + "after\n"
+    out = _filtered(text)
+    assert out == "step 3\n" + worker_tb + "after\n"
+    assert _filtered(text, keep_all=True) == text
+
+
+def test_stderr_filter_keeps_a_chained_worker_traceback_and_an_unfinished_one():
+    chained = ("Traceback (most recent call last):\n  File \"a\", line 1\nKeyError: 1\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\n  File \"b\", line 2\nValueError: 2\n")
+    assert _filtered(chained) == chained
+    cut = "Traceback (most recent call last):\n  File \"a\", line 1\n"
+    assert _filtered(cut) == cut

@@ -73,6 +73,7 @@ def test_a_dead_rank_is_named_and_the_run_marked_failed(tmp_path):
             proc.kill()
     assert proc.returncode == 1, err
     assert "rank 1 (killed by SIGKILL)" in err
+    assert "ChildFailedError" not in err and "Root Cause" not in err, err[-3000:]
     run = next(tmp_path.iterdir())
     m = manifest(run)
     assert m["status"] == "failed" and m["complete"] is False
