@@ -143,7 +143,7 @@ class Manifest:
             "schema": MANIFEST_SCHEMA, "run_id": run_id, "status": "running", "complete": False,
             "command": list(command), "created_unix_ns": int(created_unix_ns), "config": config,
             "dp_mode": None, "model_info": None, "data_info": None, "versions": None, "hardware": None,
-            "link_bandwidth": None, "profiler": None, "summary": None, "epochs": [],
+            "link_bandwidth": None, "profiler": None, "summary": None, "epochs": [], "ddp": None,
             "peak_memory_bytes": {}, "nodes": [], "files": {"traces": [], "nvml": [], "steps": [], "merged": []},
             "warnings": [],
         }

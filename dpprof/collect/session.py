@@ -118,24 +118,37 @@ def window_for(cfg: RunConfig, ctx: Context, run_dir: Path, placement: Placement
                        with_stack=cfg.with_stack, distributed_info=dist_info, extra_metadata=meta)
 
 
-def profiler_section(cfg: RunConfig, steps: list[dict[str, Any]], all_threads: bool) -> dict[str, Any]:
-    """Median wall time of profiled (active) steps vs unprofiled ones, and their ratio.
+def unprofiled_steps(cfg: RunConfig, steps: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    """The steps that ran without the profiler and stand for the run's speed, and which they are.
 
-    Unprofiled = steps after the window; when the run ends with the window, the wait steps except the
-    first (cold caches, DDP bucket rebuild).
+    ``"after_window"``: steps after the profiler window; ``"before_window"``: when none follows it, the
+    wait steps except step 0 (cold caches, DDP bucket rebuild); ``"no_profiler"`` (``--no-profile``):
+    every step but step 0 (all of them in a one-step run). ``(None, [])`` when there is no such step.
+    Warm-up and active steps never count: the profiler inflates them (several-fold for small models
+    on a CPU).
     """
-    end = cfg.profiler_window_end
+    if not cfg.profile:
+        later = [s for s in steps if s["step"] >= 1]
+        return "no_profiler", later or list(steps)
+    after = [s for s in steps if s["step"] >= cfg.profiler_window_end]
+    before = [s for s in steps if 1 <= s["step"] < cfg.profile_wait]
+    if after:
+        return "after_window", after
+    return ("before_window", before) if before else (None, [])
+
+
+def profiler_section(cfg: RunConfig, steps: list[dict[str, Any]], all_threads: bool) -> dict[str, Any]:
+    """Median wall time of profiled (active) steps vs unprofiled ones (:func:`unprofiled_steps`), and
+    their ratio."""
     profiled = [s["wall_ms"] for s in steps if s["profiled"]]
-    after = [s["wall_ms"] for s in steps if s["step"] >= end]
-    before = [s["wall_ms"] for s in steps if 1 <= s["step"] < cfg.profile_wait]
-    unprofiled, basis = (after, "after_window") if after else (before, "before_window")
-    p, u = median_or_none(profiled), median_or_none(unprofiled)
+    basis, plain = unprofiled_steps(cfg, steps) if cfg.profile else (None, [])
+    p, u = median_or_none(profiled), median_or_none([s["wall_ms"] for s in plain])
     return {"wait": cfg.profile_wait, "warmup": cfg.profile_warmup, "active": cfg.profile_active,
             "profile_all_threads": all_threads, "enabled": cfg.profile,
             "profiled_step_ms_median": p, "unprofiled_step_ms_median": u,
             "overhead_ratio": round(p / u, 4) if p and u else None,
-            "profiled_steps": len(profiled), "unprofiled_steps": len(unprofiled),
-            "unprofiled_basis": basis if unprofiled else None}
+            "profiled_steps": len(profiled), "unprofiled_steps": len(plain),
+            "unprofiled_basis": basis}
 
 
 def finalize(manifest: Manifest, cfg: RunConfig, result: LoopResult | None, status: str,
@@ -143,13 +156,17 @@ def finalize(manifest: Manifest, cfg: RunConfig, result: LoopResult | None, stat
     """Rank 0's last manifest write: summary, profiler overhead, peak memory, status."""
     steps = result.steps if result is not None else []
     epochs = result.epochs if result is not None and result.epochs else manifest.data["epochs"]
-    walls = [s["wall_ms"] for s in steps]
-    rates = [s["images_per_s"] for s in steps if s["images_per_s"]]
+    # The run's speed from steps without the profiler, the same steps as the profiler section's
+    # unprofiled median; every step only when none ran without it (basis "all_steps").
+    basis, timed = unprofiled_steps(cfg, steps)
+    if not timed:
+        basis, timed = "all_steps", list(steps)
     last = epochs[-1] if epochs else {}
     manifest.data["epochs"] = epochs
     manifest.data["summary"] = {
-        "steps": len(steps), "step_ms_median": median_or_none(walls),
-        "images_per_s_median": median_or_none(rates), "epochs": len(epochs),
+        "steps": len(steps), "step_ms_median": median_or_none([s["wall_ms"] for s in timed]),
+        "images_per_s_median": median_or_none([s["images_per_s"] for s in timed if s["images_per_s"]]),
+        "median_steps": len(timed), "median_basis": basis, "epochs": len(epochs),
         "final_train_acc": last.get("train_acc"), "final_test_acc": last.get("test_acc"),
         "wall_s": round(result.wall_s, 3) if result is not None else None}
     all_threads = cfg.profile_all_threads and _all_threads_supported()

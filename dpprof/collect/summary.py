@@ -12,6 +12,15 @@ def _fmt(value: Any, spec: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+def _basis(summary: dict[str, Any]) -> str:
+    basis, n = summary.get("median_basis"), summary.get("median_steps")
+    if basis in ("after_window", "before_window", "no_profiler"):
+        return f" over {n} unprofiled step(s)"
+    if basis == "all_steps":
+        return " over all steps (none ran without the profiler)"
+    return ""
+
+
 def summary_lines(run_dir: Path) -> list[str]:
     """Plain lines: status, figures, and where every output is."""
     m = read_manifest(run_dir)
@@ -23,7 +32,8 @@ def summary_lines(run_dir: Path) -> list[str]:
     lines = [
         f"run:        {run_dir}  [{m.get('status')}]",
         f"steps:      {s.get('steps')}   median {_fmt(s.get('step_ms_median'), '.1f', ' ms')}/step   "
-        f"{_fmt(s.get('images_per_s_median'), '.0f', ' img/s')} (global)",
+        f"{_fmt(s.get('images_per_s_median'), '.0f', ' img/s')} (global)"
+        + _basis(s),
         f"accuracy:   train {_fmt(s.get('final_train_acc'), '.3f')}   held-out {_fmt(s.get('final_test_acc'), '.3f')}"
         f"   ({s.get('epochs')} epoch(s))",
         f"profiler:   profiled {_fmt(prof.get('profiled_step_ms_median'), '.1f', ' ms')} vs unprofiled "

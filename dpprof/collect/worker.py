@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dpprof.collect.config import RunConfig
+from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.manifest import Manifest, StepsWriter, node_gpus, steps_file_name, write_node_file
 from dpprof.collect.session import finalize, make_placement, open_nvml, start_manifest, window_for
 from dpprof.collect.train import LoopResult, LoopSetup, StopRequest, train_loop
@@ -114,6 +115,10 @@ def threading_main() -> bool:
 
 def run_worker(cfg: RunConfig, progress: Any | None = None) -> int:
     """Run one rank. Returns 0 when complete, 130 when stopped by a signal (run marked incomplete)."""
+    from dpprof.collect.launch import KINETO_QUIET
+
+    # Read by libkineto when the profiler starts; torchrun workers already inherit it from the launcher.
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
     run_dir = Path(cfg.run_dir)
     stop = StopRequest()
     with stop_on_signals(stop):
@@ -138,12 +143,15 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
     sampler, nvml_file = open_nvml(cfg, ctx, run_dir, warnings)
     status = "failed"
     result = LoopResult()
+    watch: BucketWatch | None = None
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
             if sampler is not None:
                 stack.enter_context(sampler)
             placement, plain, loaders = make_placement(cfg, ctx, manifest, warnings)
+            if cfg.strategy == "ddp" and manifest is not None:
+                watch = BucketWatch(placement.module)
             window = window_for(cfg, ctx, run_dir, placement)
             if window is not None:
                 stack.enter_context(window)
@@ -160,6 +168,10 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
 
             def on_step(rec: dict[str, Any]) -> None:
                 steps_writer.write(rec)
+                # Between steps (outside the timed part): the buckets as soon as DDP has rebuilt them.
+                if watch is not None and manifest is not None and watch.poll(rec["step"]):
+                    manifest.data["ddp"] = watch.section
+                    manifest.write()
                 if progress is not None:
                     progress.advance(rec)
 
@@ -205,6 +217,8 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
             merged["gpus"] = node_gpus()
             write_node_file(run_dir, ctx.node_key, merged)
         if manifest is not None:
+            if watch is not None:
+                manifest.data["ddp"] = watch.section
             finalize(manifest, cfg, result, status, stop.signal_name, warnings, per_rank)
     return 0 if status == "complete" else 130
 

@@ -70,7 +70,10 @@ def throughput(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) ->
         return batch / (med / 1000.0), f"global batch {batch} ÷ unprofiled median step"
     ips = _get(manifest, "summary", "images_per_s_median")
     if isinstance(ips, (int, float)) and ips > 0:
-        return float(ips), "manifest summary (median over all steps)"
+        # Manifests before summary.median_basis took the median over all steps, profiled ones included.
+        basis = _get(manifest, "summary", "median_basis")
+        over = "all steps, profiled ones included" if basis in (None, "all_steps") else "unprofiled steps"
+        return float(ips), f"manifest summary (median over {over})"
     return None, "unknown: the trace does not record the batch size (no manifest)"
 
 

@@ -23,6 +23,10 @@ def _check_common(run: Path, strategy: str, n_steps: int, ranks: int) -> dict:
     assert m["model_info"]["params"] == 1610 and m["data_info"]["kind"] == "synthetic"
     assert m["summary"]["steps"] == n_steps and m["summary"]["step_ms_median"] > 0
     prof = m["profiler"]
+    # The run's speed: the same unprofiled steps as the profiler section (8 steps, window 2+1+3: 6, 7)
+    assert m["summary"]["median_basis"] == prof["unprofiled_basis"] == "after_window"
+    assert m["summary"]["median_steps"] == prof["unprofiled_steps"] == n_steps - 6
+    assert m["summary"]["step_ms_median"] == prof["unprofiled_step_ms_median"]
     assert prof["profiled_steps"] == 3 and prof["overhead_ratio"] > 0
     assert prof["overhead_ratio"] == pytest.approx(prof["profiled_step_ms_median"] / prof["unprofiled_step_ms_median"],
                                                    rel=1e-3)
@@ -48,7 +52,7 @@ def test_single(tmp_path):
     run = only_run_dir(tmp_path)
     assert run.name.startswith("single-tiny-b16-")
     m = _check_common(run, "single", 8, 1)
-    assert m["dp_mode"] is None
+    assert m["dp_mode"] is None and m["ddp"] is None
     data = trace_json(next((run / "traces").iterdir()))
     assert data["distributedInfo"]["rank"] == 0 and data["distributedInfo"]["world_size"] == 1
 
@@ -79,6 +83,12 @@ def test_ddp_two_gloo_processes_through_torchrun(ddp_run):
     for r, path in enumerate(sorted((ddp_run / "traces").iterdir())):
         info = trace_json(path)["distributedInfo"]
         assert (info["rank"], info["world_size"], info["backend"]) == (r, 2, "gloo")
+    # The tiny model's gradients (1610 fp32 parameters) fit one bucket; DDP rebuilt it after step 1.
+    ddp = m["ddp"]
+    assert ddp["bucket_sizes_source"] == "rebuilt" and ddp["bucket_sizes_bytes"] == [1610 * 4]
+    assert ddp["buckets"] == 1 and ddp["bucket_cap_mb"] == 25.0 and 1 <= ddp["read_after_step"] < 8
+    assert (ddp["gradient_as_bucket_view"], ddp["broadcast_buffers"], ddp["static_graph"],
+            ddp["find_unused_parameters"]) == (False, True, False, False)
 
 
 def test_hta_reads_both_ranks_without_rank_warnings(ddp_run, monkeypatch):
