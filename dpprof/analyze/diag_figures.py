@@ -142,6 +142,20 @@ def gpu0_bytes_per_step(analysis: Analysis, manifest: Mapping[str, Any] | None, 
     return {"total_bytes": int(total), "source": "trace peer copies (lower bound: NCCL kernels carry no bytes)"}
 
 
+def allreduce_per_step(analysis: Analysis) -> dict[str, Any] | None:
+    """Allreduce collectives per profiled step, counted in ``Analysis.collectives`` (matched across ranks,
+    so only with 2+ ranks), over the profiled steps of the lowest rank. DDP issues one gradient allreduce
+    per bucket per step; other allreduces (a metric, an epoch's accuracy) inside the window count too,
+    so the figure is an upper bound on the buckets. None without allreduce collectives or steps."""
+    colls = [c for c in analysis.collectives if "all_reduce" in c.name or "allreduce" in c.name]
+    if not colls or not analysis.steps:
+        return None
+    rank = min(s.rank for s in analysis.steps)
+    steps = len({s.step for s in analysis.steps if s.rank == rank})
+    return {"allreduce_collectives": len(colls), "profiled_steps": steps,
+            "allreduce_per_step": round(len(colls) / steps, 2)}
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a hypothesis reads."""
@@ -152,8 +166,6 @@ class Context:
     baseline: Analysis | None = None
     baseline_manifest: Mapping[str, Any] | None = None
     sweep: SweepResult | None = None
-
-
 
 
 @dataclass(frozen=True)

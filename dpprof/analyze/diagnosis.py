@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpprof.analyze.diag_figures import Context, get, nvml_per_gpu, reference_row
-from dpprof.analyze.findings import EXPOSED_ALLREDUCE_PCT, findings
+from dpprof.analyze.findings import EXPOSED_ALLREDUCE_PCT, bucket_advice, findings
 from dpprof.analyze.hypotheses import data_path, hardware, hyperparameters
 from dpprof.analyze.model import Analysis, Diagnosis, Finding, Hypothesis
 from dpprof.analyze.projection import project
@@ -100,11 +100,18 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
             out.append("DDP with world size 1 communicates nothing and only adds wrappers: train the plain "
                        "module on one GPU, DDP from 2 processes up.")
         ex = f.get("ddp_exposed_allreduce")
+        shape = f["ddp_buckets"].evidence.get("shape") if "ddp_buckets" in f else None
         if ex is not None and ex.evidence["exposed_allreduce_pct"] >= EXPOSED_ALLREDUCE_PCT:
+            # The bucket finding, when present, says which way bucket_cap_mb should move.
+            cap = "" if shape in ("one_bucket", "few_large", "many_small", "balanced") else \
+                "a smaller bucket_cap_mb (default 25) so communication starts earlier, "
             out.append(f"{ex.evidence['exposed_allreduce_pct']} % of the DDP step is allreduce not hidden behind "
-                       f"backward (overlap {ex.evidence['overlap_ratio']:.0%}): try a smaller bucket_cap_mb "
-                       "(default 25) so communication starts earlier, gradient_as_bucket_view=True, "
-                       "static_graph=True for a fixed graph, and check the GPU links (NVLink/P2P vs PCIe).")
+                       f"backward (overlap {ex.evidence['overlap_ratio']:.0%}): try {cap}"
+                       "gradient_as_bucket_view=True, static_graph=True for a fixed graph, and check the GPU "
+                       "links (NVLink/P2P vs PCIe).")
+        tip = bucket_advice(f["ddp_buckets"]) if "ddp_buckets" in f and "ddp_no_allreduce" not in f else None
+        if tip:
+            out.append(tip)
     if a.strategy in ("single", "unknown") or (a.strategy == "ddp" and "ddp_no_allreduce" in f):
         r1, r2 = _proj_row(proj, "dp", 2), _proj_row(proj, "ddp", 2)
         if r1 and r2:

@@ -3,14 +3,26 @@
 Thresholds (shares are % of the mean step on the row named in evidence):
 host-bound ≥ 50 % of the step in ``host`` (critical ≥ 80 %); DDP exposed allreduce ≥ 10 % is a warning;
 data-loading bound ≥ 20 % (critical ≥ 50 %); a straggler arrives last at ≥ 60 % of the collectives;
-profiler distortion when profiled steps are ≥ 1.2× the unprofiled ones.
+profiler distortion when profiled steps are ≥ 1.2× the unprofiled ones. DDP buckets (from the manifest's
+reducer figures, else the allreduce count per step in the trace): one bucket, or one holding ≥ 60 % of
+the gradients, is "few/large"; ≥ 16 per step under 1 MiB each on average is "many/small"; gradients
+under 2 MiB get no bucket advice; a warning only when exposed allreduce is ≥ 10 % of the step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dpprof.analyze.diag_figures import Context, Row, get, gpu_rows, mean, reference_row, rows
+from dpprof.analyze.diag_figures import (
+    Context,
+    Row,
+    allreduce_per_step,
+    get,
+    gpu_rows,
+    mean,
+    reference_row,
+    rows,
+)
 from dpprof.analyze.model import Finding
 
 HOST_BOUND_PCT = 50.0
@@ -20,6 +32,13 @@ DATA_LOADING_PCT = 20.0
 DATA_LOADING_CRITICAL_PCT = 50.0
 STRAGGLER_SHARE = 0.6
 PROFILER_OVERHEAD_RATIO = 1.2
+#: DDP buckets: gradients under this need no bucketing advice; a bucket holding at least this share of
+#: them is "large"; at least this many collectives per step of under SMALL_BUCKET_BYTES each is "many small"
+#: (1 MiB is DDP's own first-bucket size).
+SMALL_MODEL_BYTES = 2 * 2**20
+LARGE_BUCKET_SHARE_PCT = 60.0
+MANY_BUCKETS = 16
+SMALL_BUCKET_BYTES = 2**20
 
 
 def _r(x: float, nd: int = 1) -> float:
@@ -123,17 +142,113 @@ def _ddp(ctx: Context) -> list[Finding]:
     ]
 
 
+def _mib(b: float) -> str:
+    return f"{b / 2**20:.1f} MiB"
+
+
+def _bucket_sizes(ctx: Context) -> tuple[list[int] | None, dict[str, Any] | None, str]:
+    """(sizes in bytes, per-step collective counts, source in words): the manifest's reducer figures
+    first; else, for traces without them, the allreduce collectives per step in the trace."""
+    ddp = get(ctx.manifest, "ddp")
+    sizes = get(ddp, "bucket_sizes_bytes")
+    if isinstance(sizes, list) and sizes and all(isinstance(x, int) for x in sizes):
+        how = "rebuilt" if get(ddp, "bucket_sizes_source") == "rebuilt" else "initial, not yet rebuilt"
+        return list(sizes), None, f"manifest ddp section (DDP reducer, {how} buckets)"
+    counts = allreduce_per_step(ctx.analysis)
+    if counts is not None:
+        return None, counts, ("trace: allreduce collectives per profiled step (counted, sizes unknown; "
+                              "other allreduces in the window would count too)")
+    return None, None, ""
+
+
+def bucket_shape(n: float, total: float | None, largest: float | None, cap: float | None) -> tuple[str, str]:
+    """(shape, why) of a step's gradient buckets: ``one_bucket`` | ``few_large`` | ``many_small`` |
+    ``balanced`` | ``unknown``. ``n`` buckets per step, ``total`` gradient bytes (bucket sum or model
+    parameters), ``largest`` bucket bytes, ``cap`` DDP's bucket_cap in bytes; None where unknown."""
+    if total is not None and total < SMALL_MODEL_BYTES:
+        return "balanced", f"the gradients ({_mib(total)}) are too small for bucketing to matter"
+    if round(n) <= 1:
+        return "one_bucket", "all gradients go in one allreduce, which can start only once backward has ended"
+    if largest is not None and total:
+        share = 100 * largest / total
+        if share >= LARGE_BUCKET_SHARE_PCT:
+            why = (f"the largest bucket holds {share:.0f} % of the gradients: its allreduce waits for most of "
+                   "backward and little of it can overlap")
+            if cap and largest > 2 * cap:
+                why += (f"; it is over twice bucket_cap ({_mib(cap)}), so it holds one parameter larger than "
+                        "the cap, which no bucket_cap_mb can split")
+            return "few_large", why
+    if n >= MANY_BUCKETS and (total is None or total / n < SMALL_BUCKET_BYTES):
+        per = f" of {_mib(total / n)} on average" if total else ""
+        return "many_small", (f"{n:g} allreduces per step{per}: each collective pays a fixed launch and "
+                              "latency cost, which many small ones multiply")
+    if largest is None:
+        return "unknown", (f"{n:g} per step is neither one bucket nor many small ones; without their sizes "
+                           "nothing more is said")
+    return "balanced", "no bucket dominates and there are few enough collectives"
+
+
 def _buckets(ctx: Context) -> list[Finding]:
-    """DDP bucket sizes when the analysis or the manifest carries them (never guessed)."""
-    if ctx.analysis.strategy != "ddp":
+    """DDP gradient buckets: sizes from the manifest, or the allreduce count per step from the trace."""
+    a = ctx.analysis
+    if a.strategy != "ddp":
         return []
-    sizes = getattr(ctx.analysis, "bucket_bytes", None) or get(ctx.manifest, "ddp", "bucket_bytes")
-    if not sizes:
+    sizes, counts, source = _bucket_sizes(ctx)
+    if sizes is None and counts is None:
         return []
-    mib = [round(s / 2**20, 1) for s in sizes]
-    return [Finding("ddp_buckets", "info", "DDP gradient buckets",
-                    f"{len(mib)} buckets per step: {', '.join(f'{x} MiB' for x in mib)}.",
-                    {"bucket_bytes": list(sizes)})]
+    params = get(ctx.manifest, "model_info", "param_bytes")
+    params = params if isinstance(params, int) and params > 0 else None
+    cap = get(ctx.manifest, "ddp", "bucket_cap_bytes")
+    cap = cap if isinstance(cap, int) and cap > 0 else None
+    ev: dict[str, Any] = {"source": source, "param_bytes": params, "bucket_cap_bytes": cap}
+    if sizes is not None:
+        n: float = len(sizes)
+        total: float | None = float(sum(sizes))
+        largest: float | None = float(max(sizes))
+        ev.update(bucket_sizes_bytes=sizes, buckets_per_step=len(sizes), gradient_bytes=int(sum(sizes)),
+                  largest_bucket_pct=_r(100 * max(sizes) / sum(sizes)) if sum(sizes) else None)
+        listed = ", ".join(_mib(x) for x in sizes)
+        what = f"{len(sizes)} gradient bucket(s) per step: {listed} (total {_mib(sum(sizes))})"
+    else:
+        assert counts is not None
+        n, total, largest = counts["allreduce_per_step"], (float(params) if params else None), None
+        ev.update(counts, buckets_per_step=n)
+        what = (f"{n:g} allreduce collectives per profiled step ({counts['allreduce_collectives']} over "
+                f"{counts['profiled_steps']} steps): about one per gradient bucket")
+    shape, why = bucket_shape(n, total, largest, cap)
+    ev["shape"] = shape
+    o = ddp_overlap(ctx)
+    exposed_pct = 100 * o["exposed_us"] / o["step_us"] if o and o["step_us"] else None
+    ev["exposed_allreduce_pct"] = _r(exposed_pct) if exposed_pct is not None else None
+    unbalanced = shape in ("one_bucket", "few_large", "many_small")
+    sev = "warning" if unbalanced and exposed_pct is not None and exposed_pct >= EXPOSED_ALLREDUCE_PCT else "info"
+    basis = f" Based on: {source}" + (f"; model parameters {_mib(params)}" if params else "") + "."
+    return [Finding("ddp_buckets", sev, "DDP gradient buckets", f"{what}; {why}.{basis}", ev)]
+
+
+def bucket_advice(f: Finding) -> str | None:
+    """Advice on bucket_cap_mb from a ``ddp_buckets`` finding, with the figures it rests on; None when the
+    buckets are balanced or their sizes unknown."""
+    ev = f.evidence
+    shape, exposed = ev.get("shape"), ev.get("exposed_allreduce_pct")
+    total = ev.get("gradient_bytes") or ev.get("param_bytes")
+    target = max(1, round(total / 4 / 2**20)) if total else None
+    size = f" (e.g. bucket_cap_mb={target}, a quarter of the {_mib(total)} of gradients)" if total else ""
+    cost = f" ({exposed} % of the step is allreduce not hidden behind backward)" if exposed is not None else ""
+    basis = f" [based on {ev.get('source')}]"
+    if shape in ("one_bucket", "few_large"):
+        unsplittable = ev.get("bucket_cap_bytes") and ev.get("bucket_sizes_bytes") and \
+            max(ev["bucket_sizes_bytes"]) > 2 * ev["bucket_cap_bytes"]
+        if unsplittable:
+            return (f"DDP buckets: one parameter is larger than bucket_cap_mb and fills a bucket by itself{cost}; "
+                    "a smaller cap cannot split it: overlap comes from the other buckets, or shrink that layer "
+                    f"(e.g. a smaller classifier).{basis}")
+        return (f"DDP buckets are few and large{cost}: lower bucket_cap_mb{size} so allreduces start while "
+                f"backward still runs.{basis}")
+    if shape == "many_small":
+        return (f"DDP runs many small allreduces per step{cost}: raise bucket_cap_mb{size} so fewer, larger "
+                f"collectives carry the gradients.{basis}")
+    return None
 
 
 def _stragglers(ctx: Context) -> list[Finding]:
