@@ -72,6 +72,8 @@ class RunConfig:
     command: list[str] = field(default_factory=list)
     created_unix_ns: int = 0
     quiet: bool = False
+    #: intra-op CPU threads per process (torch.set_num_threads); None = torch's default.
+    threads: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -91,7 +93,8 @@ class RunConfig:
                 "device_ids", "nproc", "nnodes", "world_size", "epochs", "steps", "lr", "base_lr", "lr_rule",
                 "momentum", "workers", "seed", "profile_wait", "profile_warmup", "profile_active",
                 "profile_all_threads", "record_shapes", "with_stack", "nvml_period_ms", "loss_every",
-                "exact_timing", "device", "backend", "train_size", "test_size", "cudnn_benchmark", "profile")
+                "exact_timing", "device", "backend", "train_size", "test_size", "cudnn_benchmark", "profile",
+                "threads")
         d = dataclasses.asdict(self)
         return {k: d[k] for k in keep}
 

@@ -176,6 +176,7 @@ def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = Non
     that failed otherwise (exit code 1)."""
     full_env = dict(os.environ if env is None else env)
     # torchrun would set 1 thread per worker anyway (and warn); say it here so the run is reproducible.
+    # Each worker then applies the run's own --threads (RunConfig.threads) with torch.set_num_threads.
     full_env.setdefault("OMP_NUM_THREADS", "1")
     # libkineto logs "ERROR: ... gpuGetDeviceCount failed" on machines without CUDA: keep its fatal lines only.
     full_env.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)

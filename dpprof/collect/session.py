@@ -3,6 +3,7 @@ and data, profiler window. Kept apart from worker.py so each step reads on its o
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +39,13 @@ def start_manifest(cfg: RunConfig, ctx: Context, run_dir: Path, warnings: list[s
     """Write manifest.json with status ``running``: config, versions, hardware, link bandwidth."""
     versions, hardware = collect_versions_and_hardware(warnings)
     versions.setdefault("dpprof", __version__)
+    config = cfg.manifest_section()
+    # Intra-op threads of this process (DDP: each worker's, from OMP_NUM_THREADS set by the launcher).
+    config["torch_threads"] = torch.get_num_threads()
+    config["omp_num_threads_env"] = os.environ.get("OMP_NUM_THREADS")
     manifest = Manifest.start(run_dir, run_id=cfg.run_id, command=cfg.command,
                               created_unix_ns=cfg.created_unix_ns or time.time_ns(),
-                              config=cfg.manifest_section(), versions=versions, hardware=hardware,
+                              config=config, versions=versions, hardware=hardware,
                               nodes=ctx.nodes or [])
     if cfg.probe:
         # Short (a few hundred ms on a GPU); other DDP ranks wait for it in DDP's first broadcast.

@@ -135,6 +135,8 @@ def run_worker(cfg: RunConfig, progress: Any | None = None) -> int:
 
 def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progress: Any | None) -> int:
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     (run_dir / TRACES_DIR).mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []

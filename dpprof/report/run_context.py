@@ -218,6 +218,10 @@ def environment(analysis: Analysis, manifest: Mapping[str, Any] | None) -> list[
         sections.append({"title": "Link bandwidth (measured at collection)",
                          "rows": fmt.rows(_get(manifest, "link_bandwidth"))})
         sections.append({"title": "Profiler window and distortion", "rows": fmt.rows(_get(manifest, "profiler"))})
+        # Run speed over unprofiled steps (summary.median_basis says which); DDP's buckets and settings.
+        sections.append({"title": "Run summary", "rows": fmt.rows(_get(manifest, "summary"))})
+        sections.append({"title": "DDP buckets and settings (from the reducer)",
+                         "rows": fmt.rows(_get(manifest, "ddp"))})
         sections.append({"title": "Model and data", "rows": fmt.rows(_get(manifest, "model_info"))
                          + fmt.rows(_get(manifest, "data_info"))})
         peak = _get(manifest, "peak_memory_bytes")

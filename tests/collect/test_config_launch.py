@@ -170,3 +170,20 @@ def test_stderr_filter_keeps_a_chained_worker_traceback_and_an_unfinished_one():
     assert _filtered(chained) == chained
     cut = "Traceback (most recent call last):\n  File \"a\", line 1\n"
     assert _filtered(cut) == cut
+
+
+def test_threads_one_rule_for_every_strategy(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def threads(*argv: str) -> int | None:
+        cfg, _ = build_config(parse([*argv, "--out", str(tmp_path)]), [])
+        return cfg.threads
+
+    # CPU: one intra-op thread per process for single, DP and DDP alike (torchrun's per-worker default)
+    assert threads("--strategy", "dp", "--device", "cpu") == threads("--strategy", "ddp", "--device", "cpu") == 1
+    assert threads("--strategy", "single", "--device", "cpu", "--threads", "3") == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads("--strategy", "dp", "--device", "cpu") == 2
+    with pytest.raises(DpprofError, match="--threads"):
+        threads("--strategy", "dp", "--device", "cpu", "--threads", "0")
+    assert RunConfig(threads=2).manifest_section()["threads"] == 2

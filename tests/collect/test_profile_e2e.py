@@ -21,6 +21,8 @@ def _check_common(run: Path, strategy: str, n_steps: int, ranks: int) -> dict:
     assert m["config"]["strategy"] == strategy and m["config"]["model"] == "tiny"
     assert m["config"]["world_size"] == ranks and m["config"]["batch_size"] == 16
     assert m["model_info"]["params"] == 1610 and m["data_info"]["kind"] == "synthetic"
+    # one intra-op thread per process on the CPU, whatever the strategy (set in every rank, read by rank 0)
+    assert m["config"]["torch_threads"] == m["config"]["threads"] >= 1
     assert m["summary"]["steps"] == n_steps and m["summary"]["step_ms_median"] > 0
     prof = m["profiler"]
     # The run's speed: the same unprofiled steps as the profiler section (8 steps, window 2+1+3: 6, 7)
