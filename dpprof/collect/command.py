@@ -53,9 +53,9 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
     d.add_argument("--gpus", type=int, help="dp: GPUs to use (default all); ddp on GPUs: processes per node")
     d.add_argument("--device-ids", help="dp: explicit CUDA device list, e.g. 0,1 or 0,0 (repeats allowed)")
     d.add_argument("--threads", type=int,
-                   help="intra-op CPU threads per process (default: OMP_NUM_THREADS if set; else 1 per process on "
-                        "the CPU for every strategy, so parallelism comes from the strategy alone, and on GPUs "
-                        "torch's default for single/dp, 1 per DDP worker as torchrun sets)")
+                   help="intra-op CPU threads per process (default: OMP_NUM_THREADS if set; on the CPU the cores "
+                        "split evenly over the processes of a node, so every strategy gets the same cores; on "
+                        "GPUs torch's default for single/dp, 1 per DDP worker as torchrun sets)")
     d.add_argument("--nproc", type=int, default=2, help="ddp: processes per node (gloo on CPU; default 2)")
     d.add_argument("--backend", choices=("nccl", "gloo"), help="ddp backend (default nccl on GPU, gloo on CPU)")
     d.add_argument("--nnodes", type=int, default=1, help="ddp: number of nodes (torchrun c10d rendezvous)")
@@ -99,10 +99,14 @@ def _device_ids(text: str | None) -> list[int] | None:
         raise DpprofError(f"--device-ids {text!r}: expected integers separated by commas, e.g. 0,1") from None
 
 
-def _threads(given: int | None, strategy: str, device: str) -> int | None:
-    """Intra-op threads per process; None = torch's default. On a shared 2-core CPU, in-process DP at
-    torch's default (2 threads) ran 1.7x slower than at 1 thread (22.1 vs 12.7 ms/step, tiny model,
-    one competing busy process) while torchrun gave DDP workers 1 thread: one rule for every strategy."""
+def _threads(given: int | None, strategy: str, device: str, nproc: int) -> int | None:
+    """Intra-op threads per process; None = torch's default.
+
+    On the CPU every strategy gets the same cores in total: cores // processes per node (single and DP
+    run one process, DDP ``--nproc``), so DP-vs-DDP comparisons are not a comparison of thread counts
+    (oversubscribing cores made in-process DP 1.7x slower on a busy 2-core machine: 22.1 vs 12.7 ms/step).
+    On GPUs: torch's default for single/DP, 1 per DDP worker as torchrun sets it.
+    """
     if given is not None:
         if given < 1:
             raise DpprofError("--threads must be at least 1")
@@ -110,7 +114,10 @@ def _threads(given: int | None, strategy: str, device: str) -> int | None:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    return 1 if device == "cpu" or strategy == "ddp" else None
+    if device == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // (max(1, nproc) if strategy == "ddp" else 1))
+    return 1 if strategy == "ddp" else None
 
 
 def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
@@ -136,7 +143,7 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
                     with_stack=args.with_stack, nvml_period_ms=args.nvml_period_ms, loss_every=args.loss_every,
                     exact_timing=args.exact_timing, device=device, cudnn_benchmark=not args.no_cudnn_benchmark,
                     probe=not args.no_probe, command=argv, created_unix_ns=time.time_ns(), quiet=args.quiet,
-                    threads=_threads(args.threads, args.strategy, device))
+                    threads=_threads(args.threads, args.strategy, device, args.nproc))
     topo = None
     if cfg.strategy == "dp":
         cfg.device_ids = ids

@@ -174,13 +174,16 @@ def test_stderr_filter_keeps_a_chained_worker_traceback_and_an_unfinished_one():
 
 def test_threads_one_rule_for_every_strategy(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
 
     def threads(*argv: str) -> int | None:
         cfg, _ = build_config(parse([*argv, "--out", str(tmp_path)]), [])
         return cfg.threads
 
-    # CPU: one intra-op thread per process for single, DP and DDP alike (torchrun's per-worker default)
-    assert threads("--strategy", "dp", "--device", "cpu") == threads("--strategy", "ddp", "--device", "cpu") == 1
+    # CPU: the node's cores split over its processes, so every strategy gets the same cores in total
+    assert threads("--strategy", "dp", "--device", "cpu") == threads("--strategy", "single", "--device", "cpu") == 4
+    assert threads("--strategy", "ddp", "--device", "cpu", "--nproc", "2") == 2
+    assert threads("--strategy", "ddp", "--device", "cpu", "--nproc", "8") == 1
     assert threads("--strategy", "single", "--device", "cpu", "--threads", "3") == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads("--strategy", "dp", "--device", "cpu") == 2
