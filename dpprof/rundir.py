@@ -97,6 +97,16 @@ def read_manifest(run_dir: Path | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def lookup(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
+    """``mapping[k1][k2]...``, or None where a level is missing or not a mapping (manifests vary)."""
+    cur: Any = mapping
+    for k in keys:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(k)
+    return cur
+
+
 def dumps_json(obj: Any, indent: int | None = 1) -> str:
     """Deterministic JSON text: sorted keys, no NaN (null instead)."""
     return json.dumps(_clean(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"

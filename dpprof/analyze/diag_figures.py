@@ -14,6 +14,7 @@ from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
 from dpprof.analyze.sweep_model import SweepResult
+from dpprof.rundir import lookup as get
 
 #: CIFAR-shaped workloads (dpprof's models): 3×32×32 fp32 inputs, 10 fp32 logits per image.
 INPUT_BYTES_PER_IMAGE = 3 * 32 * 32 * 4
@@ -97,15 +98,6 @@ def distinct_gpus(analysis: Analysis, manifest: Mapping[str, Any] | None) -> int
     if len({r.device for r in g}) == 1 and (nnodes in (None, 1)):
         return 1
     return len(g)
-
-
-def get(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
-    cur: Any = mapping
-    for k in keys:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(k)
-    return cur
 
 
 def link_gbps(manifest: Mapping[str, Any] | None) -> tuple[float | None, str]:

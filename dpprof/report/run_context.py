@@ -16,6 +16,7 @@ from typing import Any
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, Diagnosis
 from dpprof.report import fmt
 from dpprof.report.plots import StepTime, device_label
+from dpprof.rundir import lookup as _get
 
 SHORT_NAMES = {"dp": ("DP", "nn.DataParallel"), "ddp": ("DDP", "DistributedDataParallel"),
                "single": ("single", "one device, no data parallelism"), "unknown": ("unknown", "")}
@@ -31,15 +32,6 @@ def link(path: Path, out: Path | None) -> str:
     base = out.resolve().parent if out is not None else Path.cwd()
     rel = os.path.relpath(path.resolve(), base)
     return urllib.parse.quote(Path(rel).as_posix())
-
-
-def _get(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
-    cur: Any = mapping
-    for k in keys:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(k)
-    return cur
 
 
 def dp_mode(analysis: Analysis, manifest: Mapping[str, Any] | None) -> str | None:
