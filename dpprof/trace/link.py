@@ -123,26 +123,37 @@ def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: n
     labels = [np.array([phase_of[int(c)] for c in hcls[rows]], dtype=np.int16)]
     tids = [rt.tid[rows]]
     synthetic = 0
-    launch_rows = np.unique(launcher[launcher >= 0])
-    for f in np.flatnonzero(hcls == C.C_DP_FORWARD).tolist():
+    forwards = np.flatnonzero(hcls == C.C_DP_FORWARD).tolist()
+    if forwards:
+        # Everything a forward window needs, sorted by time once, so that each window is two binary searches
+        # (a mask over every row per forward grew with steps x events).
+        marks = np.flatnonzero((hcls == C.C_DP_BROADCAST) | (hcls == C.C_DP_PARALLEL_APPLY))
+        marks = marks[np.argsort(rt.ts[marks], kind="stable")]
+        m_ts = rt.ts[marks]
+        # parallel_apply starts with the first host event of a thread that launches GPU work (a replica
+        # thread); threads that launch nothing (pin-memory) do not count.
+        launch_tids = np.unique(rt.tid[np.unique(launcher[launcher >= 0])])
+        host = np.flatnonzero(np.isin(rt.tid, launch_tids) & np.isin(rt.kind, HOST_KINDS))
+        host = host[np.argsort(rt.ts[host], kind="stable")]
+        h_ts, h_tid = rt.ts[host], rt.tid[host]
+        replicate_id = _name_id(rt, "dpprof::dp_replicate")
+    for f in forwards:
         f0, f1, ftid = rt.ts[f], rt.ts[f] + rt.dur[f], rt.tid[f]
-        inside = (rt.ts >= f0) & (rt.ts < f1) & (rt.tid == ftid)
-        if np.any(inside & (hcls == C.C_DP_BROADCAST) & (rt.name_id == _name_id(rt, "dpprof::dp_replicate"))):
+        inside = marks[np.searchsorted(m_ts, f0, "left"):np.searchsorted(m_ts, f1, "left")]
+        inside = np.sort(inside[rt.tid[inside] == ftid])  # row order, as the trace lists them
+        bcast = inside[hcls[inside] == C.C_DP_BROADCAST]
+        if np.any(rt.name_id[bcast] == replicate_id):
             continue
-        bcast = np.flatnonzero(inside & (hcls == C.C_DP_BROADCAST))
         if len(bcast) == 0:
             continue
         b0, b_end = rt.ts[bcast[0]], float(np.max(rt.ts[bcast] + rt.dur[bcast]))
-        marker = np.flatnonzero(inside & (hcls == C.C_DP_PARALLEL_APPLY))
+        marker = inside[hcls[inside] == C.C_DP_PARALLEL_APPLY]
         if len(marker):
             w_end = float(rt.ts[marker[0]])
         else:
-            # parallel_apply starts with the first host event of a thread that launches GPU work
-            # (a replica thread); threads that launch nothing (pin-memory) do not count.
-            others = np.setdiff1d(np.unique(rt.tid[launch_rows]), [ftid])
-            first = np.flatnonzero(np.isin(rt.tid, others) & np.isin(rt.kind, HOST_KINDS)
-                                   & (rt.ts >= b_end) & (rt.ts < f1))
-            w_end = float(np.min(rt.ts[first])) if len(first) else b_end
+            lo, hi = np.searchsorted(h_ts, b_end, "left"), np.searchsorted(h_ts, f1, "left")
+            first = np.flatnonzero(h_tid[lo:hi] != ftid)
+            w_end = float(h_ts[lo + first[0]]) if len(first) else b_end
         starts.append(np.array([b0]))
         ends.append(np.array([max(w_end, b_end)]))
         labels.append(np.array([phase_of[C.C_DP_BROADCAST]], dtype=np.int16))

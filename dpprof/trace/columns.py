@@ -1,0 +1,132 @@
+"""Decoded event Structs -> numpy columns (one chunk at a time), and the chunks -> one set of columns.
+
+Per-event Python work is what costs here, so each field is read in one C-level pass (``map`` with an
+``attrgetter``) and strings are dictionary-encoded (a Kineto rank has ~200 distinct names in 300k events).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
+from itertools import compress, count
+from operator import attrgetter, is_
+from typing import Any
+
+import numpy as np
+
+from dpprof.trace.decode import NO_ARGS, Event
+
+# Event kinds (what the Kineto category says the event is).
+K_OTHER, K_CPU_OP, K_USER_ANN, K_RUNTIME, K_KERNEL, K_MEMCPY, K_MEMSET, K_GPU_ANN, K_PYTHON = range(9)
+KIND_NAMES = ("other", "cpu_op", "user_annotation", "runtime", "kernel", "memcpy", "memset",
+              "gpu_user_annotation", "python_function")
+GPU_KINDS = (K_KERNEL, K_MEMCPY, K_MEMSET)
+#: Kineto categories, lower-cased, current and 2021 spellings (``Kernel``, ``Memcpy``, ``Runtime``...).
+_KIND_OF_CAT: dict[str, int] = {
+    "cpu_op": K_CPU_OP, "operator": K_CPU_OP, "user_annotation": K_USER_ANN,
+    "cuda_runtime": K_RUNTIME, "cuda_driver": K_RUNTIME, "runtime": K_RUNTIME, "driver": K_RUNTIME,
+    "hip_runtime": K_RUNTIME, "hip_driver": K_RUNTIME, "cuda_profiler_range": K_OTHER,
+    "kernel": K_KERNEL, "gpu_memcpy": K_MEMCPY, "memcpy": K_MEMCPY, "gpu_memset": K_MEMSET,
+    "memset": K_MEMSET, "gpu_user_annotation": K_GPU_ANN, "python_function": K_PYTHON,
+}
+ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "tid", "device", "stream", "correlation", "external_id", "nbytes")
+
+_get = attrgetter
+_is_event = partial(is_, Event)
+
+
+def is_gpu(kind: np.ndarray) -> np.ndarray:
+    """Bool mask of GPU activities (kernels, copies, memsets; their codes are consecutive)."""
+    return (kind >= K_KERNEL) & (kind <= K_MEMSET)
+
+
+def ids(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Dictionary-encode ``values``: (int32 id per value, table of distinct values in first-seen order)."""
+    index: defaultdict[Any, int] = defaultdict(count().__next__)  # a new value gets the next id, all in C
+    codes = np.fromiter(map(index.__getitem__, values), np.int32, len(values))
+    return codes, list(index)
+
+
+def _opt_int(values: list[int | None]) -> np.ndarray:
+    """int64 column, -1 where missing (None)."""
+    try:
+        return np.fromiter(values, np.int64, len(values))
+    except (TypeError, OverflowError):  # a None: through float64 (exact below 2**53), so it is one C pass
+        a = np.array(values, dtype=np.float64)
+        return np.nan_to_num(a, nan=-1.0).astype(np.int64)
+
+
+def _floats(values: list[float | None]) -> np.ndarray:
+    """float64 column, NaN where None."""
+    try:
+        return np.fromiter(values, np.float64, len(values))
+    except TypeError:
+        return np.array(values, dtype=np.float64)
+
+
+@dataclass
+class Chunk:
+    """Columns of a slice of the events; ``names``/``tids`` are the slice's own tables."""
+
+    cols: dict[str, np.ndarray]
+    names: list[str]
+    tids: list[Any]
+    events: int
+    skipped: int
+    tolerant: bool = False
+
+
+def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Chunk:
+    """Columns of the complete events among ``events``; ``skipped`` events were already found unusable."""
+    types = list(map(type, events))
+    if types.count(Event) == len(events):
+        xs = events
+    else:  # drop the other phases (flows, metadata) in one C pass
+        xs = list(compress(events, map(_is_event, types)))
+    n = len(xs)
+    cat_id, cats = ids(list(map(_get("cat"), xs)))
+    kind = np.array([_KIND_OF_CAT.get((c or "").lower(), K_OTHER) for c in cats] or [0], dtype=np.int8)[cat_id]
+    name_id, names = ids(list(map(_get("name"), xs)))
+    tid, tids = ids(list(map(_get("tid"), xs)))
+    ts = _floats(list(map(_get("ts"), xs)))  # None -> nan
+    dur = _floats(list(map(_get("dur"), xs)))
+    args = list(map(_get("args"), xs))
+    if None in args:  # events without args (rare in Kineto traces) get an empty one
+        args = [NO_ARGS if a is None else a for a in args]
+    correlation = _opt_int(list(map(_get("correlation"), args)))
+    external_id = _opt_int(list(map(_get("external_id"), args)))
+    gpu = np.flatnonzero(is_gpu(kind))
+    # Device, stream and bytes only matter for GPU activities: read them for those rows only.
+    gpu_list = gpu.tolist()
+    gargs = [args[i] for i in gpu_list]
+    stream = np.full(n, -1, dtype=np.int64)
+    stream[gpu] = _opt_int(list(map(_get("stream"), gargs)))
+    nb = np.zeros(n, dtype=np.int64)
+    nb[gpu] = np.nan_to_num(np.array(list(map(_get("bytes"), gargs)), dtype=np.float64)).astype(np.int64)
+    dev = _opt_int(list(map(_get("device"), gargs)))
+    if np.any(dev < 0):  # no args.device: the GPU pid is the device (Kineto's "GPU N" processes use pid N)
+        pid = [xs[i].pid for i in gpu_list]
+        dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
+    device = np.full(n, -1, dtype=np.int32)
+    device[gpu] = dev
+    good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
+    cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
+            "stream": stream, "correlation": correlation, "external_id": external_id, "nbytes": nb}
+    n_bad = int(n - np.count_nonzero(good))
+    if n_bad:
+        cols = {k: v[good] for k, v in cols.items()}
+    return Chunk(cols, names, tids, events=len(events) + skipped, skipped=skipped + n_bad, tolerant=tolerant)
+
+
+def merge(chunks: list[Chunk]) -> tuple[dict[str, np.ndarray], list[str], list[Any]]:
+    """(concatenated columns, one string table, one thread table) of the chunks, in file order."""
+    names: dict[str, int] = {}
+    tids: dict[Any, int] = {}
+    for c in chunks:  # re-number each chunk's local ids into the shared tables
+        c.cols["name_id"] = np.array([names.setdefault(x, len(names)) for x in c.names] or [0],
+                                     dtype=np.int32)[c.cols["name_id"]]
+        c.cols["tid"] = np.array([tids.setdefault(x, len(tids)) for x in c.tids] or [0],
+                                 dtype=np.int32)[c.cols["tid"]]
+    cols = {k: np.concatenate([c.cols[k] for c in chunks]) for k in ROW_COLUMNS}
+    return cols, list(names), list(tids)
