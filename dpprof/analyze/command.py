@@ -12,15 +12,15 @@ HELP = "Attribute every step on every GPU (DP/DDP-aware) and print/write the ana
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
+    from dpprof.analyze.rundata import add_diagnosis_options
+
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.json, *.json.gz), one per rank")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the analysis JSON here "
                    "(default for a run directory: RUN/analysis.json)")
     p.add_argument("--no-json", action="store_true", help="do not write the analysis JSON")
     p.add_argument("--merge-nvml", action="store_true", help="also write NVML-merged traces into RUN/merged/")
-    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
-                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N "
-                   "(otherwise the ideal is estimated and labelled so)")
+    add_diagnosis_options(p)
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes (default min(2, ranks))")
     p.add_argument("--quiet", action="store_true", help="print only warnings")
 
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
-    data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs)
+    data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,
+                         param_bytes=args.param_bytes)
     inputs, analysis = data.inputs, data.analysis
     if args.quiet:
         import sys

@@ -25,19 +25,22 @@ LOADER_ADVICE_PCT = 10.0
 
 def diagnose(analysis: Analysis, manifest: Mapping[str, Any] | None = None, nvml: Any = None,
              baseline: Analysis | None = None, baseline_manifest: Mapping[str, Any] | None = None,
-             sweep: SweepResult | None = None) -> Diagnosis:
+             sweep: SweepResult | None = None, link_gbps: float | None = None,
+             param_bytes: int | None = None) -> Diagnosis:
     """Test the three hypotheses on ``analysis`` and derive findings, advice and a projection.
 
     ``manifest``: the run's manifest.json (config, model_info, link_bandwidth, profiler figures).
     ``nvml``: ``dpprof.trace.nvml_samples.NvmlData`` of the run. ``baseline``: a single-GPU analysis of the
     same configuration (gives the ideal step = its step / N). ``sweep``: for the hyperparameter question and
-    measured step times beside the projection.
+    measured step times beside the projection. ``link_gbps`` / ``param_bytes``: a declared link bandwidth
+    (GB/s) and model size (bytes) for the projection where the manifest has none (foreign traces).
     """
     ctx = Context(analysis=analysis, manifest=manifest, nvml=nvml_per_gpu(nvml), baseline=baseline,
                   baseline_manifest=baseline_manifest, sweep=sweep)
     hyps = (data_path(ctx), hardware(ctx), hyperparameters(ctx))
     found = findings(ctx)
-    proj = project(analysis, manifest, measured=_measured_from_sweep(sweep, manifest))
+    proj = project(analysis, manifest, link_GBps=link_gbps, measured=_measured_from_sweep(sweep, manifest),
+                   param_bytes=param_bytes)
     return Diagnosis(hypotheses=hyps, findings=found, advice=tuple(advice(ctx, hyps, found, proj)),
                      projection=proj)
 

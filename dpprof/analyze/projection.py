@@ -69,14 +69,14 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
     params = param_bytes or get(manifest, "model_info", "param_bytes")
     buffers = get(manifest, "model_info", "buffers_bytes") or 0
     if not isinstance(params, (int, float)) or params <= 0:
-        return _unavailable(out, "no parameter size (manifest model_info.param_bytes) to size the communication")
+        return _unavailable(out, "no parameter size (manifest model_info.param_bytes, or --param-bytes) to size the communication")
     if link_GBps:
         bw, bw_src = float(link_GBps), "declared"
     else:
         bw, bw_src = link_gbps(manifest)
         bw_src = f"measured: {bw_src}" if bw else bw_src
     if not bw or bw <= 0:
-        return _unavailable(out, "no link bandwidth: none measured in the manifest and none declared (--link-GBps)")
+        return _unavailable(out, "no link bandwidth: none measured in the manifest and none declared (--link-gbps)")
     n_prof = max(1, distinct_gpus(analysis, manifest))
     compute = mean([r.categories_us["compute"] for r in gpus])
     dp_meas = ref.dp_phases_us

@@ -42,10 +42,12 @@ def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
 
 
 def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
-                  jobs: int | None = None) -> RunData:
+                  jobs: int | None = None, link_gbps: float | None = None,
+                  param_bytes: int | None = None) -> RunData:
     """Resolve ``paths`` (a run directory or trace files), analyse them and attach the diagnosis.
 
     ``baseline``: a single-GPU run of the same configuration (its step time / N is DP's ideal).
+    ``link_gbps`` / ``param_bytes``: declared link bandwidth and model size for the what-if projection.
     """
     from dpprof.analyze.diagnosis import diagnose
     from dpprof.analyze.pipeline import analyze
@@ -61,5 +63,42 @@ def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence
         base_manifest = read_manifest(base_inputs.run_dir)
     if analysis.diagnosis is None:
         analysis = analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml, baseline=base_analysis,
-                                                    baseline_manifest=base_manifest))
+                                                    baseline_manifest=base_manifest, link_gbps=link_gbps,
+                                                    param_bytes=param_bytes))
     return RunData(inputs=inputs, analysis=analysis, manifest=manifest, nvml=nvml, notes=tuple(notes))
+
+
+def add_diagnosis_options(p: Any) -> None:
+    """The options of `analyze` and `report` that feed the diagnosis (argparse parser or group)."""
+    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
+                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N "
+                   "(otherwise the ideal is estimated and labelled so)")
+    p.add_argument("--link-gbps", type=_positive_float, default=None, metavar="GBPS",
+                   help="declared GPU link bandwidth (GB/s) for the what-if projection, where the run measured none")
+    p.add_argument("--param-bytes", type=_positive_int, default=None, metavar="BYTES",
+                   help="model parameter bytes for the projection, where no manifest states them "
+                   "(CIFAR VGG16: 58913064)")
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value

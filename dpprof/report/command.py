@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dpprof.report.inputs import RunInputs
@@ -20,12 +20,13 @@ REPORTS_DIR = Path("reports")
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
+    from dpprof.analyze.rundata import add_diagnosis_options
+
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.pt.trace.json[.gz])")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="the HTML file to write (default: reports/<run>.html; a folder: <folder>/<run>.html)")
-    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
-                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N")
+    add_diagnosis_options(p)
 
 
 def output_path(out: Path | None, name: str) -> Path:
@@ -38,13 +39,13 @@ def output_path(out: Path | None, name: str) -> Path:
 
 
 def write_report(paths: Sequence[str | os.PathLike[str]], out: Path | None = None,
-                 baseline: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, RunInputs]:
+                 baseline: Sequence[str | os.PathLike[str]] = (), **diagnosis: Any) -> tuple[Path, RunInputs]:
     """Analyze ``paths``, render the page, write it atomically; returns (path written, the RunInputs)."""
     from dpprof.fileio import write_text_atomic
     from dpprof.report.html import render_inputs
     from dpprof.report.inputs import load_run
 
-    run = load_run(paths, baseline=baseline)
+    run = load_run(paths, baseline=baseline, **diagnosis)
     target = output_path(out, run.name)
     html = render_inputs(run, target)  # fully rendered before the file is touched
     write_text_atomic(target, html)
@@ -60,7 +61,8 @@ def report_run(run_dir: Path, out: Path | None = None) -> Path:
 def run(args: argparse.Namespace) -> int:
     from dpprof.report.fmt import HYPOTHESIS_TITLES, VERDICT_LABELS
 
-    target, run_inputs = write_report(args.inputs, args.out, baseline=args.baseline)
+    target, run_inputs = write_report(args.inputs, args.out, baseline=args.baseline,
+                                      link_gbps=args.link_gbps, param_bytes=args.param_bytes)
     analysis = run_inputs.analysis
     if analysis.diagnosis is not None:
         for h in analysis.diagnosis.hypotheses:

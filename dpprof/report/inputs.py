@@ -109,9 +109,10 @@ def nvml_mean_util(series: Sequence[GpuSeries]) -> dict[str, float]:
     return out
 
 
-def load_run(paths: Sequence[str | os.PathLike[str]], baseline: Sequence[str | os.PathLike[str]] = ()) -> RunInputs:
+def load_run(paths: Sequence[str | os.PathLike[str]], baseline: Sequence[str | os.PathLike[str]] = (),
+             **diagnosis: Any) -> RunInputs:
     """Resolve ``paths`` (a run directory or trace files), analyze and diagnose them, read the rest."""
-    data = load_run_data(paths, baseline=baseline)
+    data = load_run_data(paths, baseline=baseline, **diagnosis)
     inputs, analysis, manifest = data.inputs, data.analysis, data.manifest
     notes = list(data.notes)
     step_times, more = read_step_times(inputs.run_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dpprof.cli import main
 from tests.synth import write_dp_run
 
@@ -34,3 +36,27 @@ def test_baseline_run_gives_a_measured_ideal(h200: dict[str, Path], tmp_path: Pa
     assert ev_plain.get("ideal_source") == "estimate"
     assert ev_based.get("ideal_source") == "baseline"
     assert ev_based["ideal_us"] != ev_plain["ideal_us"]
+
+
+def test_declared_bandwidth_and_size_give_a_projection(h200: dict[str, Path], tmp_path: Path) -> None:
+    bare, declared = tmp_path / "bare.json", tmp_path / "declared.json"
+    trace = str(h200["single_vgg16cifar"])
+    assert main(["analyze", trace, "--json", str(bare), "--quiet"]) == 0
+    assert main(["analyze", trace, "--link-gbps", "50", "--param-bytes", "58913064",
+                 "--json", str(declared), "--quiet"]) == 0
+    assert _diagnosis(bare)["projection"]["rows"] == []
+    proj = _diagnosis(declared)["projection"]
+    assert proj["label"] == "projection"
+    rows = {(r["strategy"], r["gpus"]): r for r in proj["rows"]}
+    assert set(rows) == {(s, n) for s in ("dp", "ddp") for n in range(1, 9)}
+    # DP's GPU0 term grows with N-1: parameters broadcast + gradients reduced over 50 GB/s per extra GPU
+    # (no batch size without a manifest, so no activation term)
+    per_gpu = rows[("dp", 3)]["comm_ms"] - rows[("dp", 2)]["comm_ms"]
+    assert per_gpu == pytest.approx(2 * 58913064 / 50e9 * 1e3, rel=2e-3)
+
+
+def test_bad_declared_bandwidth_is_a_user_error(h200: dict[str, Path], capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(h200["single_vgg16cifar"]), "--link-gbps", "-3"])
+    assert exc.value.code == 2
+    assert "--link-gbps" in capsys.readouterr().err
