@@ -92,9 +92,11 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     ts = _floats(list(map(_get("ts"), xs)))  # None -> nan
     dur = _floats(list(map(_get("dur"), xs)))
     args = list(map(_get("args"), xs))
-    if None in args:  # events without args (rare in Kineto traces) get an empty one
+    try:
+        correlation = _opt_int(list(map(_get("correlation"), args)))
+    except AttributeError:  # events without args (rare in Kineto traces) get an empty one
         args = [NO_ARGS if a is None else a for a in args]
-    correlation = _opt_int(list(map(_get("correlation"), args)))
+        correlation = _opt_int(list(map(_get("correlation"), args)))
     external_id = _opt_int(list(map(_get("external_id"), args)))
     gpu = np.flatnonzero(is_gpu(kind))
     # Device, stream and bytes only matter for GPU activities: read them for those rows only.

@@ -26,9 +26,10 @@ import numpy as np
 
 from dpprof.trace import classify as C
 from dpprof.trace.intervals import Intervals, Nesting, covered, union
-from dpprof.trace.load import GPU_KINDS, K_CPU_OP, K_PYTHON, K_RUNTIME, K_USER_ANN, RankTrace
+from dpprof.trace.load import GPU_KINDS, K_CPU_OP, K_PYTHON, K_RUNTIME, K_USER_ANN, KIND_NAMES, RankTrace
 
 HOST_KINDS = (K_CPU_OP, K_USER_ANN, K_RUNTIME, K_PYTHON)
+_HOST_KIND = np.isin(np.arange(len(KIND_NAMES)), HOST_KINDS)  # by kind code: is it a host event?
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Links:
 def host_class(rt: RankTrace, name_class: np.ndarray) -> np.ndarray:
     """CPU class per row (``classify.CPU_CLASSES``); GPU rows and other kinds get -1."""
     cls = name_class[rt.name_id].astype(np.int16)
-    return np.where(np.isin(rt.kind, HOST_KINDS), cls, -1)
+    return np.where(_HOST_KIND[rt.kind], cls, -1)
 
 
 def find_launchers(rt: RankTrace) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +133,9 @@ def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: n
         m_ts = rt.ts[marks]
         # parallel_apply starts with the first host event of a thread that launches GPU work (a replica
         # thread); threads that launch nothing (pin-memory) do not count.
-        launch_tids = np.unique(rt.tid[np.unique(launcher[launcher >= 0])])
-        host = np.flatnonzero(np.isin(rt.tid, launch_tids) & np.isin(rt.kind, HOST_KINDS))
+        launches = np.zeros(len(rt.tids) + 1, dtype=bool)  # by thread id: does it launch GPU work?
+        launches[rt.tid[launcher[launcher >= 0]]] = True
+        host = np.flatnonzero(launches[rt.tid] & _HOST_KIND[rt.kind])
         host = host[np.argsort(rt.ts[host], kind="stable")]
         h_ts, h_tid = rt.ts[host], rt.tid[host]
         replicate_id = _name_id(rt, "dpprof::dp_replicate")
