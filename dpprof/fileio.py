@@ -44,7 +44,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
             with contextlib.ExitStack() as stack:
                 sink: IO[bytes] = raw
                 if compress:
-                    sink = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0))
+                    gz = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
+                    sink = stack.enter_context(gz)  # type: ignore[arg-type]  # GzipFile is a binary IO
                 if binary:
                     yield sink
                 else:

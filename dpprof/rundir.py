@@ -56,12 +56,12 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
 
     Raises DpprofError (one line) when a path does not exist or nothing to read is found.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    given = [Path(p) for p in paths]
+    if not given:
         raise DpprofError("no input: give a run directory or trace files")
     run_dir: Path | None = None
     traces: list[Path] = []
-    for p in paths:
+    for p in given:
         if not p.exists():
             raise DpprofError(f"{p}: no such file or directory")
         if p.is_dir():
@@ -75,8 +75,8 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
             traces.extend(found)
         else:
             traces.append(p)
-    if run_dir is None and len(paths) == 1 and paths[0].is_file():
-        parent = paths[0].parent
+    if run_dir is None and len(given) == 1 and given[0].is_file():
+        parent = given[0].parent
         if parent.name == TRACES_DIR and is_run_dir(parent.parent):
             run_dir = parent.parent
     return Inputs(run_dir=run_dir, traces=tuple(dict.fromkeys(traces)))

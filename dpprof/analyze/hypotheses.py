@@ -282,6 +282,7 @@ def hyperparameters(ctx: Context) -> Hypothesis:
             "the sweep has no multi-GPU point with a scaling efficiency" if spread is None else
             f"the sweep varies neither batch size nor workers at {spread['gpus']} GPUs")
         return out("inconclusive", f"{why} to test the question; {loading}")
+    assert spread is not None  # changes come from it
     text = ", ".join(f"{spread['strategy'].upper()} scaling efficiency at {spread['gpus']} GPUs changes by "
                      f"{c:.2f} across {ax.replace('_', ' ')}" for ax, c in changes)
     big = max(c for _, c in changes)

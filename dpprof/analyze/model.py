@@ -204,10 +204,10 @@ def _from_plain(tp: Any, value: Any) -> Any:
         hints = typing.get_type_hints(tp)
         kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
                   for f in dataclasses.fields(tp) if f.name in value}
-        return tp(**kwargs)
+        return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_plain(args[0], value) if len(args) == 1 else value
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(members[0], value) if len(members) == 1 else value
     if origin is tuple:
         (item, *_rest) = typing.get_args(tp)
         return tuple(_from_plain(item, v) for v in value)

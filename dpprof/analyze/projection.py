@@ -70,6 +70,7 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
     buffers = get(manifest, "model_info", "buffers_bytes") or 0
     if not isinstance(params, (int, float)) or params <= 0:
         return _unavailable(out, "no parameter size (manifest model_info.param_bytes, or --param-bytes) to size the communication")
+    bw: float | None
     if link_GBps:
         bw, bw_src = float(link_GBps), "declared"
     else:

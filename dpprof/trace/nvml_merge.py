@@ -289,7 +289,8 @@ def _list_in_manifest(run_dir: Path) -> None:
         return
     merged = sorted(str(p.relative_to(run_dir)) for p in (run_dir / MERGED_DIR).glob("*.pt.trace.json*")
                     if not p.name.startswith("."))
-    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    files = manifest.get("files")
+    files = files if isinstance(files, dict) else {}
     manifest["files"] = {**files, "merged": merged}
     write_json(run_dir / MANIFEST, manifest)
 
