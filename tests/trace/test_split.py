@@ -127,7 +127,13 @@ def test_nested_or_second_trace_events_key(tmp_path: Path, monkeypatch: pytest.M
     assert len(rt.ts) == 1
 
 
-def test_gunzip_multi_member_and_truncated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isal", [True, False])
+def test_gunzip_multi_member_and_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isal: bool) -> None:
+    if not isal:  # the package must work without python-isal: zlib streams the same way
+        monkeypatch.setattr(D, "isal_zlib", None)
+    big = tmp_path / "big.json.gz"
+    big.write_bytes(gzip.compress(json.dumps(_doc(3000), indent=2).encode()))
+    assert _chunks(big) > 1 and len(load_trace(big).ts) == 1 + 3 * 3000
     text = json.dumps(_doc(20), indent=2).encode()
     two = tmp_path / "two.json.gz"
     two.write_bytes(gzip.compress(text[:1000]) + gzip.compress(text[1000:]))
