@@ -1,7 +1,8 @@
 """Decoded event Structs -> numpy columns (one chunk at a time), and the chunks -> one set of columns.
 
-Per-event Python work is what costs here, so each field is read in one C-level pass (``map`` with an
-``attrgetter``) and strings are dictionary-encoded (a Kineto rank has ~200 distinct names in 300k events).
+Per-event Python work is what costs here, so each field is read in one tight pass (a list comprehension:
+Python 3.11 specialises its attribute load on the Struct's slot, ~25 % faster than ``map(attrgetter)``
+here) and strings are dictionary-encoded (a Kineto rank has ~200 distinct names in 300k events).
 """
 
 from __future__ import annotations
@@ -85,19 +86,19 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     else:  # drop the other phases (flows, metadata) in one C pass
         xs = list(compress(events, map(_is_event, types)))
     n = len(xs)
-    cat_id, cats = ids(list(map(_get("cat"), xs)))
+    cat_id, cats = ids([x.cat for x in xs])
     kind = np.array([_KIND_OF_CAT.get((c or "").lower(), K_OTHER) for c in cats] or [0], dtype=np.int8)[cat_id]
-    name_id, names = ids(list(map(_get("name"), xs)))
-    tid, tids = ids(list(map(_get("tid"), xs)))
-    ts = _floats(list(map(_get("ts"), xs)))  # None -> nan
-    dur = _floats(list(map(_get("dur"), xs)))
-    args = list(map(_get("args"), xs))
+    name_id, names = ids([x.name for x in xs])
+    tid, tids = ids([x.tid for x in xs])
+    ts = _floats([x.ts for x in xs])  # None -> nan
+    dur = _floats([x.dur for x in xs])
+    args = [x.args for x in xs]
     try:
-        correlation = _opt_int(list(map(_get("correlation"), args)))
+        correlation = _opt_int([a.correlation for a in args])
     except AttributeError:  # events without args (rare in Kineto traces) get an empty one
         args = [NO_ARGS if a is None else a for a in args]
-        correlation = _opt_int(list(map(_get("correlation"), args)))
-    external_id = _opt_int(list(map(_get("external_id"), args)))
+        correlation = _opt_int([a.correlation for a in args])
+    external_id = _opt_int([a.external_id for a in args])
     gpu = np.flatnonzero(is_gpu(kind))
     # Device, stream and bytes only matter for GPU activities: read them for those rows only.
     gpu_list = gpu.tolist()
