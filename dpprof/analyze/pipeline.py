@@ -303,7 +303,8 @@ def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict 
                   warnings: list[AnalysisWarning]) -> None:
     world = max((s.world_size or 0 for s in sums), default=0)
     if manifest is not None:
-        cfg = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        config = manifest.get("config")
+        cfg = config if isinstance(config, dict) else {}
         world = max(world, int(cfg.get("world_size") or 0)) if cfg.get("strategy") == "ddp" else world
         if manifest.get("status") == "running" or manifest.get("complete") is False:
             warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "

@@ -22,7 +22,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias, Union, cast
 
 import msgspec
 
@@ -59,7 +59,7 @@ class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False, kw_only=True):
 NO_ARGS = _Args()
 
 
-def _phase_struct(tag: str, fields: bool) -> type:
+def _phase_struct(tag: str, fields: bool) -> type[Any]:  # Any: its fields are known only at run time
     # Other Chrome phases decode into small Structs; tagging on "ph" lets msgspec skip their keys and lets
     # the loader split phases by type. Flow fields (cat/ts/tid/id) are decoded only when needed.
     spec = [("cat", str | None, None), ("ts", float | None, None), ("tid", int | str | None, None),
@@ -72,8 +72,9 @@ _PHASES = "BEiICbneSTpsftPNODMVvRc()"
 _LIGHT = {tag: _phase_struct(tag, fields=False) for tag in _PHASES}
 _FULL = {tag: _phase_struct(tag, fields=True) for tag in _PHASES}
 FLOW_START, FLOW_END = _FULL["s"], _FULL["f"]
-_AnyEvent = Union[(Event, *_LIGHT.values())]  # noqa: UP007 (built at run time)
-_AnyEventFull = Union[(Event, *_FULL.values())]  # noqa: UP007
+# Unions of the run-time-built phase Structs: a static checker cannot spell them, so mypy sees them as Any.
+_AnyEvent: TypeAlias = Union[(Event, *_LIGHT.values())]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
+_AnyEventFull: TypeAlias = Union[(Event, *_FULL.values())]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class _PG(msgspec.Struct):
@@ -110,7 +111,7 @@ class _FlowTrace(msgspec.Struct):
 
 
 class _RawTrace(Trace):
-    traceEvents: list[msgspec.Raw] | None = None  # type: ignore[assignment]  # noqa: N815
+    traceEvents: list[msgspec.Raw] | None = None  # noqa: N815
 
 
 #: Events decoded per chunk on the slow split: bounds the Python objects alive at once. Measured on a 78 MB
@@ -152,7 +153,7 @@ def _gunzip(raw: bytes) -> bytes:
     try:
         d = isal_zlib.decompressobj(31)  # 31: gzip header and trailer
         out = d.decompress(raw)
-    except isal_zlib.error as exc:
+    except cast("type[Exception]", isal_zlib.error) as exc:  # isal's stub declares ``error`` as an instance
         raise zlib.error(str(exc)) from None  # one error type for read_bytes to catch
     if not d.eof:
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")
@@ -226,11 +227,11 @@ def split_stream(path: Path) -> Iterator[tuple[bool, Any]]:
     separator = re.compile(rb"\},[ \t\r\n]*\n" + re.escape(indent) + rb"\{")
     eof = False
     while not eof:
-        piece = next(pieces, None)
-        if piece is None:
+        more = next(pieces, None)
+        if more is None:
             eof = True
         else:
-            pending += piece
+            pending += more
         while len(pending) > CHUNK_BYTES:
             # Cut near the end of what was read, so that little text is left to move to the buffer's front.
             sep = (separator.search(pending, max(CHUNK_BYTES, len(pending) - _TAIL_BYTES))

@@ -110,8 +110,10 @@ def _load(path: Path) -> RankTrace:
     if not sum(c.events for c in chunks):
         raise TraceError(f"{path}: no trace events (not a Chrome/Kineto trace?)")
     cols, names, tids = merge(chunks)
-    rt = RankTrace(path=str(path), names=names, tids=tids, events=sum(c.events for c in chunks),
-                   skipped=sum(c.skipped for c in chunks), **cols)
+    rt = RankTrace(path=str(path), names=names, kind=cols["kind"], name_id=cols["name_id"], ts=cols["ts"],
+                   dur=cols["dur"], tid=cols["tid"], device=cols["device"], stream=cols["stream"],
+                   correlation=cols["correlation"], external_id=cols["external_id"], nbytes=cols["nbytes"],
+                   tids=tids, events=sum(c.events for c in chunks), skipped=sum(c.skipped for c in chunks))
     if len(rt.ts) == 0:
         raise TraceError(f"{path}: no complete events with a usable time (only metadata, or every event damaged)")
     rt.tolerant = tolerant
@@ -144,7 +146,7 @@ def _decode_chunks(path: Path) -> tuple[D.Trace, list[Chunk], bytes | None]:
     chunks += [chunk_columns(*D.decode_chunk(b"[" + b",".join(raws[i:i + D.CHUNK_EVENTS]) + b"]"))
                for i in range(0, len(raws), D.CHUNK_EVENTS)]
     doc.traceEvents = None
-    return doc, chunks, raw  # type: ignore[return-value]  # _RawTrace's metadata fields are Trace's
+    return doc, chunks, raw  # a _RawTrace, whose metadata fields are Trace's
 
 
 def _add_flows(rt: RankTrace, path: Path, events: list[Any] | None) -> None:
