@@ -123,13 +123,20 @@ def run_worker(cfg: RunConfig, progress: Any | None = None) -> int:
     stop = StopRequest()
     with stop_on_signals(stop):
         ctx = setup_context(cfg)
+        finished = False
         try:
-            return _run(cfg, ctx, run_dir, stop, progress)
+            code = _run(cfg, ctx, run_dir, stop, progress)
+            finished = code == 0
+            return code
         finally:
             if ctx.distributed:
                 import torch.distributed as dist
 
                 with contextlib.suppress(Exception):
+                    if finished:
+                        # Tear down together: a rank that destroys its gloo group while its peer is still
+                        # sending aborts the peer ("terminate called without an active exception", SIGABRT).
+                        dist.barrier()
                     dist.destroy_process_group()
 
 
