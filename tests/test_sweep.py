@@ -135,7 +135,8 @@ def test_tiny_cpu_sweep_end_to_end(tmp_path):
                       "ddp-g2-b32-w0": "done"}, [p.reason for p in r.points]
     d1, d2 = r.point("ddp", 1, 32, 0), r.point("ddp", 2, 32, 0)
     assert d1.images_per_s > 0 and d2.images_per_s > 0 and d2.epochs
-    assert d2.scaling_efficiency == pytest.approx(d2.images_per_s / d1.images_per_s / 2, rel=1e-3)
+    # the sweep stores the efficiency rounded to 3 decimals
+    assert d2.scaling_efficiency == pytest.approx(d2.images_per_s / d1.images_per_s / 2, abs=5e-4)
     assert "analysis failed" not in d2.reason and d2.categories_us
     assert any("needs 2 CUDA devices" in s for s in r.skipped)
     assert (out / "sweep.html").is_file(), proc.stdout
