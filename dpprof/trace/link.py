@@ -52,16 +52,8 @@ def host_class(rt: RankTrace, name_class: np.ndarray) -> np.ndarray:
 def find_launchers(rt: RankTrace) -> tuple[np.ndarray, np.ndarray]:
     """(GPU activity rows, launcher row per GPU row or -1)."""
     gpu = np.flatnonzero(np.isin(rt.kind, GPU_KINDS))
-    launcher = np.full(len(gpu), -1, dtype=np.int64)
     rt_rows = np.flatnonzero((rt.kind == K_RUNTIME) & (rt.correlation >= 0))
-    if len(rt_rows):
-        corr = rt.correlation[rt_rows]
-        order = np.argsort(corr, kind="stable")
-        corr, rt_sorted = corr[order], rt_rows[order]
-        want = rt.correlation[gpu]
-        k = np.clip(np.searchsorted(corr, want), 0, len(corr) - 1)
-        hit = (corr[k] == want) & (want >= 0)
-        launcher[hit] = rt_sorted[k[hit]]
+    launcher = _match(rt.correlation, rt_rows, rt.correlation[gpu])
     missing = launcher < 0
     if missing.any() and len(rt.flow_id):
         launcher[missing] = _by_flows(rt, gpu[missing])
@@ -91,16 +83,20 @@ def _by_flows(rt: RankTrace, rows: np.ndarray) -> np.ndarray:
 
 def _by_external_id(rt: RankTrace, rows: np.ndarray) -> np.ndarray:
     ops = np.flatnonzero(np.isin(rt.kind, (K_CPU_OP, K_USER_ANN)) & (rt.external_id >= 0))
-    out = np.full(len(rows), -1, dtype=np.int64)
-    if len(ops) == 0:
+    return _match(rt.external_id, ops, rt.external_id[rows])
+
+
+def _match(key: np.ndarray, candidates: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """For each wanted id (>= 0), the first candidate row whose ``key`` equals it (stable order), else -1."""
+    out = np.full(len(want), -1, dtype=np.int64)
+    if len(candidates) == 0:
         return out
-    ext = rt.external_id[ops]
-    order = np.argsort(ext, kind="stable")
-    ext, ops = ext[order], ops[order]
-    want = rt.external_id[rows]
-    k = np.clip(np.searchsorted(ext, want), 0, len(ext) - 1)
-    hit = (ext[k] == want) & (want >= 0)
-    out[hit] = ops[k[hit]]
+    ids = key[candidates]
+    order = np.argsort(ids, kind="stable")
+    ids, rows = ids[order], candidates[order]
+    k = np.clip(np.searchsorted(ids, want), 0, len(ids) - 1)
+    hit = (ids[k] == want) & (want >= 0)
+    out[hit] = rows[k[hit]]
     return out
 
 
