@@ -13,8 +13,8 @@ from typing import Any
 from dpprof.analyze.model import CATEGORIES, Analysis
 from dpprof.report import fmt, run_context
 from dpprof.report.inputs import RunInputs
-from dpprof.report.plots import device_label
-from dpprof.report.svg import CATEGORY_COLORS, FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
+from dpprof.report.plots import category_bars, device_label, mean_step_categories
+from dpprof.report.svg import FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
 
 
 def reference_device(analysis: Analysis) -> tuple[int, int] | None:
@@ -30,9 +30,7 @@ def mean_categories(analysis: Analysis) -> dict[str, float]:
     """Mean per-step categories (µs) on the reference device; empty without profiled steps."""
     ref = reference_device(analysis)
     steps = [s for s in analysis.steps if (s.rank, s.device) == ref]
-    if not steps:
-        return {}
-    return {c: sum(s.categories_us.get(c, 0.0) for s in steps) / len(steps) for c in CATEGORIES}
+    return mean_step_categories(steps) if steps else {}
 
 
 def _step_ms(run: RunInputs) -> tuple[float | None, str]:
@@ -51,25 +49,11 @@ def _breakdown_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot
             groups[(s.rank, s.device)].append(s)
         multi = len({r for r, _ in groups}) > 1
         for (r, d), g in sorted(groups.items()):
-            rows.append((f"{label} · {device_label(r, d, multi)}",
-                         {c: sum(s.categories_us.get(c, 0.0) for s in g) / len(g) for c in CATEGORIES}))
+            rows.append((f"{label} · {device_label(r, d, multi)}", mean_step_categories(g)))
     if not rows:
         return absent(key, title, "Neither run has a profiled step.")
-    used = [c for c in CATEGORIES if any(r[1][c] > 0 for r in rows)]
-    with figure(FIG_W, 1.4 + 0.34 * len(rows)) as (fig, ax):
-        y = list(range(len(rows)))[::-1]
-        left = [0.0] * len(rows)
-        for cat in used:
-            widths = [r[1][cat] / 1000.0 for r in rows]
-            ax.barh(y, widths, left=left, height=0.72, color=CATEGORY_COLORS[cat], label=cat,
-                    edgecolor="white", linewidth=0.4)
-            left = [x + w for x, w in zip(left, widths, strict=True)]
-        ax.set_yticks(y, [r[0] for r in rows])
-        ax.set_xlabel("mean profiled step (ms)")
-        ax.grid(axis="y", visible=False)
-        ax.legend(ncols=min(len(used), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-        note = "Mean over each device's profiled steps; the categories are exclusive and add up to the step."
-        return Plot(key, title, to_svg(fig, key, title), note)
+    note = "Mean over each device's profiled steps; the categories are exclusive and add up to the step."
+    return category_bars(key, title, rows, note, xlabel="mean profiled step (ms)", height=1.4 + 0.34 * len(rows))
 
 
 def _steps_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot:

@@ -72,12 +72,21 @@ def step_breakdown(analysis: Analysis) -> Plot:
         groups: dict[tuple[int, int], list[StepBreakdown]] = defaultdict(list)
         for s in steps:
             groups[(s.rank, s.device)].append(s)
-        rows = [(f"{device_label(r, d, multi)} · mean of {len(g)}",
-                 {c: sum(s.categories_us.get(c, 0.0) for s in g) / len(g) for c in CATEGORIES})
+        rows = [(f"{device_label(r, d, multi)} · mean of {len(g)}", mean_step_categories(g))
                 for (r, d), g in sorted(groups.items())]
         note = f"{len(steps)} device-steps: each bar is the mean step of one device; categories are exclusive."
+    return category_bars(key, title, rows, note, xlabel="time (ms)", height=1.2 + 0.32 * len(rows))
+
+
+def mean_step_categories(steps: Sequence[StepBreakdown]) -> dict[str, float]:
+    """Mean µs per category over ``steps`` (one device's profiled steps)."""
+    return {c: sum(s.categories_us.get(c, 0.0) for s in steps) / len(steps) for c in CATEGORIES}
+
+
+def category_bars(key: str, title: str, rows: Sequence[tuple[str, Mapping[str, float]]], note: str, *,
+                  xlabel: str, height: float) -> Plot:
+    """Stacked horizontal bars, one per (label, µs per category) row, in ms; only categories in use."""
     used = [c for c in CATEGORIES if any(r[1].get(c, 0.0) > 0 for r in rows)]
-    height = 1.2 + 0.32 * len(rows)
     with figure(FIG_W, height) as (fig, ax):
         y = list(range(len(rows)))[::-1]
         left = [0.0] * len(rows)
@@ -87,7 +96,7 @@ def step_breakdown(analysis: Analysis) -> Plot:
                     edgecolor="white", linewidth=0.4)
             left = [a + b for a, b in zip(left, widths, strict=True)]
         ax.set_yticks(y, [r[0] for r in rows])
-        ax.set_xlabel("time (ms)")
+        ax.set_xlabel(xlabel)
         ax.grid(axis="y", visible=False)
         ax.legend(ncols=min(len(used), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
         return Plot(key, title, to_svg(fig, key, title), note)
