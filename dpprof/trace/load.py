@@ -10,8 +10,12 @@ naming the file).
 
 Time: all ``ts``/``dur`` columns are float64 microseconds on the trace's own clock. Traces with
 ``baseTimeNanoseconds`` have ``ts`` relative to it (absolute epoch ns = base + ts * 1000); 2021
-traces carry absolute µs and no base (base 0). Nanosecond traces (``displayTimeUnit: "ns"``, or
-timestamps above 1e17, which only epoch nanoseconds reach) are converted to µs.
+traces carry absolute µs and no base (base 0). ``ts``/``dur`` are microseconds whatever
+``displayTimeUnit`` says: in the Chrome trace event format it is only a hint for how a viewer displays
+times, and libkineto writes it (``ChromeTraceLogger::handleTraceStart`` copies the profiler's metadata)
+over µs timestamps with a nanosecond fraction. A trace is read as nanoseconds only when the bulk of its
+timestamps (the median, so that one absurd event cannot decide) is above 1e17, which only epoch
+nanoseconds reach (epoch µs is ~1.8e15).
 """
 
 from __future__ import annotations
@@ -181,8 +185,7 @@ def _fill_metadata(rt: RankTrace, doc: D.Trace) -> None:
     for prop in doc.deviceProperties or []:
         if prop.id is not None and prop.name:
             rt.gpu_names[str(prop.id)] = prop.name
-    unit_ns = (doc.displayTimeUnit or "").lower() == "ns"
-    if len(rt.ts) and (unit_ns or float(np.nanmax(rt.ts)) > _NS_TS_THRESHOLD):
+    if len(rt.ts) and float(np.median(rt.ts)) > _NS_TS_THRESHOLD:
         rt.ts = rt.ts / 1000.0
         rt.dur = rt.dur / 1000.0
         rt.flow_ts = rt.flow_ts / 1000.0

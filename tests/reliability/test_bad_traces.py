@@ -76,7 +76,8 @@ EXPECT: dict[str, Ok | Err] = {
     "long_name": Ok(same_as_control=True),
     "amd_rocm": Ok(same_as_control=True),
     "schema_2021": Ok(same_as_control=True),
-    "ns_integer": Ok(same_as_control=True),
+    "display_unit_ns": Ok(same_as_control=True),
+    "epoch_ns": Ok(("ns_timestamps",), same_as_control=True),
     # damaged events among good ones: skipped and counted
     "events_not_objects": Ok(("skip",), counted=4),
     "missing_ts": Ok(("skip",), counted=DAMAGED),

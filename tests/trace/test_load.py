@@ -77,16 +77,43 @@ def test_2021_capitalised_categories(tmp_path: Path) -> None:
     assert sum(step.categories_us.values()) == pytest.approx(step.duration_us)
 
 
-def test_nanosecond_trace_is_converted(tmp_path: Path) -> None:
-    doc = current_trace(scale=1000.0)
-    doc["displayTimeUnit"] = "ns"
+def test_epoch_nanosecond_trace_is_converted(tmp_path: Path) -> None:
+    """Absolute epoch nanoseconds (above 1e17) are the only timestamps read as ns."""
+    doc = current_trace(scale=1000.0, base=None)
+    for e in doc["traceEvents"]:
+        if "ts" in e:
+            e["ts"] += 1_700_000_000_000_000_000
     rt = load_trace(write(tmp_path, "ns.json", doc))
     assert rt.ns_converted
     k = int(np.flatnonzero(rt.kind == K_KERNEL)[0])
-    assert (rt.ts[k], rt.dur[k]) == (130.0, 30.0)
+    assert rt.dur[k] == 30.0
     a = analyze([tmp_path / "ns.json"])
     assert a.steps[0].busy_us == pytest.approx(41.0)
     assert "ns_timestamps" in {w.code for w in a.warnings}
+
+
+def test_display_time_unit_ns_is_only_a_display_hint(tmp_path: Path) -> None:
+    """Kineto writes ``displayTimeUnit: "ns"`` over µs timestamps with a fraction: they stay µs."""
+    doc = current_trace()
+    doc["displayTimeUnit"] = "ns"
+    for e in doc["traceEvents"]:
+        if "ts" in e:
+            e["ts"] += 0.125  # a nanosecond fraction, as libkineto writes it
+    rt = load_trace(write(tmp_path, "kineto_ns.json", doc))
+    assert not rt.ns_converted
+    k = int(np.flatnonzero(rt.kind == K_KERNEL)[0])
+    assert (rt.ts[k], rt.dur[k]) == (130.125, 30.0)
+    a = analyze([tmp_path / "kineto_ns.json"])
+    assert a.steps[0].duration_us == pytest.approx(100.0)
+    assert "ns_timestamps" not in {w.code for w in a.warnings}
+
+
+def test_one_absurd_timestamp_does_not_rescale_the_trace(tmp_path: Path) -> None:
+    doc = current_trace()
+    doc["traceEvents"].append(X("aten::add", "cpu_op", 1e300, 1.0))
+    rt = load_trace(write(tmp_path, "outlier.json", doc))
+    assert not rt.ns_converted
+    assert analyze([tmp_path / "outlier.json"]).steps[0].duration_us == pytest.approx(100.0)
 
 
 def test_hip_trace(tmp_path: Path) -> None:

@@ -245,12 +245,21 @@ def schema_2021() -> Files:
     return _one(t)
 
 
-def ns_integer() -> Files:
-    """Integer nanosecond ``ts``/``dur`` (``displayTimeUnit: ns``) instead of µs with a ns fraction."""
+def display_unit_ns() -> Files:
+    """``displayTimeUnit: ns`` over µs timestamps with a nanosecond fraction, as libkineto writes it
+    (``ChromeTraceLogger::handleTraceStart``): the unit is a display hint, the times stay µs."""
     t = base_trace()
     t["displayTimeUnit"] = "ns"
+    return _one(t)
+
+
+def epoch_ns() -> Files:
+    """Absolute epoch-nanosecond ``ts`` and ns ``dur`` (above 1e17: the only ns traces) and no base."""
+    t = base_trace()
+    base_ns = t.pop("baseTimeNanoseconds")
     for e in t["traceEvents"]:
-        for k in ("ts", "dur"):
-            if isinstance(e.get(k), (int, float)):
-                e[k] = round(e[k] * 1000)
+        if isinstance(e.get("ts"), (int, float)):
+            e["ts"] = base_ns + round(e["ts"] * 1000)
+        if isinstance(e.get("dur"), (int, float)):
+            e["dur"] = round(e["dur"] * 1000)
     return _one(t)
