@@ -10,23 +10,33 @@ The rule (also printed in the report):
 * GPU busy instants (a kernel, copy or memset of that GPU runs), first match wins:
   1. work launched inside a DP phase (see ``dpprof.trace.link``) -> ``dp_scatter`` | ``dp_broadcast`` |
      ``dp_gather`` | ``dp_reduce`` (in that order when phases overlap);
-  2. compute kernels -> ``compute`` (communication running at the same time counts as compute; its
-     overlapped length is ``allreduce_overlapped_us``);
-  3. communication kernels (NCCL/RCCL/gloo) and copies/memsets launched inside a collective span
-     (gloo's staging copies) -> ``allreduce``;
+  2. compute kernels -> ``compute`` (communication running at the same time is hidden: its length is
+     ``comm_overlapped_us``);
+  3. communication kernels (NCCL/RCCL) and copies launched inside a collective's host span (gloo's
+     staging copies) -> ``comm``;
   4. other copies and memsets -> ``memcpy``.
-* GPU idle instants, looking at every host thread of the rank, first match wins:
-  1. inside a DataLoader ``__next__`` -> ``data_loading``;
-  2. inside a DP phase span (innermost; the replicate window included) -> that ``dp_*``;
-  3. inside a collective span (``nccl:*``, ``gloo:*``, ``c10d::*``, ``record_param_comms``) -> ``allreduce``;
-  4. inside any cpu_op, runtime/driver call or python function on any thread, or inside
-     ``DataParallel.forward`` (its replica threads run there even when they were not recorded)
-     -> ``host``; annotations that only enclose (``ProfilerStep#``, ``DistributedDataParallel.forward``,
+* GPU idle instants, first match wins:
+  1. the host is inside a DataLoader ``__next__`` -> ``data_loading``;
+  2. a gloo collective runs (its span on a ``pt_gloo_runloop`` thread) -> ``comm``;
+  3. the device's next work was already launched (more than ``QUEUE_SLACK_US`` before) and another GPU of the
+     trace is busy -> ``peer_wait`` on that GPU: the host is ahead and the stream waits on an event of the other
+     device (DP's gather copies run on the source GPU's stream and the output device's stream waits for them,
+     aten/src/ATen/native/cuda/Copy.cu ``copy_device_to_device``; DP's scatter copies wait for the
+     destination's stream the same way);
+  4. a host thread works: inside a cpu_op, runtime/driver call or python function on any thread, inside
+     ``DataParallel.forward`` (its replica threads run there even when they were not recorded) or a DP
+     phase -> ``host``. Time a thread spends inside a synchronising call (``cudaStreamSynchronize``,
+     ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, blocking ``cudaMemcpy``) is waiting, not work;
+     annotations that only enclose (``ProfilerStep#``, ``DistributedDataParallel.forward``, ``FSDP::*``,
      ``Optimizer.*``, other user annotations) do not by themselves make the host busy;
   5. otherwise -> ``idle``.
+* Collective waiting (applied after the ranks are matched, ``dpprof.analyze.matching``): the ``comm`` and
+  ``dp_*`` pieces covered by a collective execution are split at the instant its last participant started:
+  before it -> ``peer_wait`` (on that participant), after it -> the piece's category (transfer).
 * A rank with no GPU activity gets one row with ``device == -1``, attributed on its host timeline:
-  data_loading, dp_* phases, allreduce (collective spans), ``compute`` = time inside cpu ops
-  (forward, backward and optimizer ops), ``host`` = other host activity, ``idle``.
+  ``data_loading``, ``compute`` = time inside cpu ops (forward, backward and optimizer ops) of the threads
+  that run no collective, ``comm`` = a gloo collective running while no such op runs (the rest of its span is
+  ``comm_overlapped_us``), ``host`` = other host activity, ``idle``.
 * ``gpu0_only_us`` (DP only, on the output device's row): time that device is busy while every other
   GPU *with activity in the trace* is idle; with no other active GPU it equals ``busy_us``.
 """
@@ -37,7 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpprof.analyze.model import CATEGORIES, DP_PHASES, DeviceSummary, KernelStat, StepBreakdown
+from dpprof.analyze.collectives import Executions, executions
+from dpprof.analyze.model import CATEGORIES, DP_PHASES, StepBreakdown
 from dpprof.trace import classify as C
 from dpprof.trace import intervals as iv
 from dpprof.trace.link import HOST_KINDS, Links, PhaseSpans
@@ -45,9 +56,13 @@ from dpprof.trace.load import K_CPU_OP, K_KERNEL, K_MEMCPY, K_MEMSET, K_USER_ANN
 
 CAT = {name: i for i, name in enumerate(CATEGORIES)}
 _PHASE_CAT = np.array([CAT[p] for p in DP_PHASES], dtype=np.int16)
-TOP_KERNELS = 15
 #: Priority of GPU busy categories (first match wins).
-_BUSY_ORDER = tuple(CAT[c] for c in (*DP_PHASES, "compute", "allreduce", "memcpy"))
+_BUSY_ORDER = tuple(CAT[c] for c in (*DP_PHASES, "compute", "comm", "memcpy"))
+#: Work launched longer ago than this (µs) and not yet started is queued behind a dependency, not waiting for its
+#: launch (a kernel starts a few µs after its launch call returns).
+QUEUE_SLACK_US = 10.0
+#: Categories whose pieces are split into waiting and transfer when a collective execution covers them.
+SPLIT_CATS = frozenset(CAT[c] for c in (*DP_PHASES, "comm"))
 
 
 @dataclass
@@ -61,19 +76,39 @@ class RankTimeline:
     device: np.ndarray
     gclass: np.ndarray  # classify.GPU_CLASSES code
     busy_cat: np.ndarray  # category index of each activity when busy (rule above)
+    launched: np.ndarray  # when each activity's launch call returned, µs (inf when its launcher is unknown)
     phase: np.ndarray  # DP phase index or -1
     is_comm: np.ndarray  # communication kernel or copy inside a collective
+    ex: Executions
     data_loading: iv.Intervals
-    collectives: iv.Intervals
     host_busy: iv.Intervals
-    host_compute: iv.Intervals  # cpu ops (for device -1 rows)
-    phases: iv.Nesting
+    host_compute: iv.Intervals  # cpu ops of threads that run no collective (device -1 rows)
+    gloo: iv.Intervals  # gloo collective spans (executions without a kernel)
+    phase_spans: tuple[iv.Intervals, ...]  # host spans of each DP phase
+
+    def exec_nesting(self, dev: int) -> iv.Nesting:
+        """Executions that can cover a piece of device ``dev``'s row: its kernels and the rank's gloo spans."""
+        sel = np.flatnonzero((self.ex.device == dev) | (self.ex.device < 0))
+        return iv.Nesting(self.ex.start[sel], self.ex.end[sel], sel.astype(np.int64))
+
+
+def _thread_busy(rt: RankTrace, busy_rows: np.ndarray, sync_rows: np.ndarray) -> iv.Intervals:
+    """Union of the busy rows, minus, on each thread, the time that thread spends in a synchronising call."""
+    sync_tids = np.unique(rt.tid[sync_rows])
+    plain = busy_rows[~np.isin(rt.tid[busy_rows], sync_tids)]
+    parts = [iv.union(rt.ts[plain], rt.ts[plain] + rt.dur[plain])]
+    for t in sync_tids.tolist():
+        b = busy_rows[rt.tid[busy_rows] == t]
+        s = sync_rows[rt.tid[sync_rows] == t]
+        parts.append(iv.subtract(iv.union(rt.ts[b], rt.ts[b] + rt.dur[b]), iv.union(rt.ts[s], rt.ts[s] + rt.dur[s])))
+    return iv.union(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, links: Links,
-                   spans: PhaseSpans, communicates: bool = True) -> RankTimeline:
+                   spans: PhaseSpans, steps: list[tuple[int, float, float]], communicates: bool = True
+                   ) -> RankTimeline:
     """Columns of one rank for attribution. ``communicates=False`` (world size 1): collective spans are
-    ordinary host work, not ``allreduce`` (a group of one moves nothing; its spans are enqueue time)."""
+    ordinary host work and nothing is a collective execution (a group of one moves nothing)."""
     rows = links.rows
     kind = rt.kind[rows]
     g = gpu_name_class[rt.name_id[rows]].astype(np.int16)
@@ -84,9 +119,10 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
     g = np.where((kind != K_KERNEL) & (g == C.G_COMPUTE), C.G_MEMCPY, g)
     is_copy = np.isin(g, C.G_COPIES + (C.G_MEMSET,))
     is_comm = (g == C.G_COMM) | (is_copy & links.in_collective)
-    busy = np.where(g == C.G_COMPUTE, CAT["compute"], np.where(is_comm, CAT["allreduce"], CAT["memcpy"]))
+    busy = np.where(g == C.G_COMPUTE, CAT["compute"], np.where(is_comm, CAT["comm"], CAT["memcpy"]))
     busy = np.where(links.phase >= 0, _PHASE_CAT[np.maximum(links.phase, 0)], busy).astype(np.int16)
     start = rt.ts[rows]
+    ex = executions(rt, hcls, rows, g, links.launcher, steps, communicates)
 
     def spans_of(mask: np.ndarray) -> iv.Intervals:
         r = np.flatnonzero(mask)
@@ -94,82 +130,170 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
 
     host_kind = np.isin(rt.kind, HOST_KINDS)
     enclosing = np.isin(hcls, tuple(C.ENCLOSING_CLASSES)) | ((rt.kind == K_USER_ANN) & (hcls == C.C_OP))
+    sync_rows = np.flatnonzero(hcls == C.C_SYNC)
+    busy_rows = np.flatnonzero(host_kind & (hcls >= 0) & ~enclosing & (hcls != C.C_SYNC))
+    host_busy = _thread_busy(rt, busy_rows, sync_rows)
+    # DP phases (the inferred replicate window included) are host work of DP's data path.
+    host_busy = iv.union(np.concatenate([host_busy[0], spans.start]), np.concatenate([host_busy[1], spans.end]))
+    gloo = iv.union(ex.start[ex.device < 0], ex.end[ex.device < 0])
+    comm_tids = np.unique(ex.tid[ex.device < 0])  # threads that run gloo collectives
+    compute_rows = (rt.kind == K_CPU_OP) & np.isin(hcls, (C.C_OP, C.C_DDP_REDUCER)) & ~np.isin(rt.tid, comm_tids)
     return RankTimeline(
         rt=rt, gpu_rows=rows, start=start, end=start + rt.dur[rows], device=rt.device[rows], gclass=g,
-        busy_cat=busy, phase=links.phase, is_comm=is_comm,
-        data_loading=spans_of(hcls == C.C_DATA),
-        collectives=spans_of(np.isin(hcls, tuple(C.COLLECTIVE_CLASSES)) & communicates),
-        host_busy=spans_of(host_kind & (hcls >= 0) & (~enclosing | (~communicates & (hcls == C.C_COLLECTIVE)))),
-        host_compute=spans_of((rt.kind == K_CPU_OP) & np.isin(hcls, (C.C_OP, C.C_DDP_REDUCER))),
-        phases=iv.Nesting(spans.start, spans.end, spans.label),
+        busy_cat=busy, phase=links.phase, is_comm=is_comm, ex=ex,
+        launched=np.where(links.launcher >= 0, rt.ts[np.maximum(links.launcher, 0)]
+                          + rt.dur[np.maximum(links.launcher, 0)], np.inf),
+        data_loading=spans_of(hcls == C.C_DATA), host_busy=host_busy,
+        host_compute=spans_of(compute_rows), gloo=gloo,
+        phase_spans=tuple(iv.union(spans.start[spans.label == i], spans.end[spans.label == i])
+                          for i in range(len(DP_PHASES))),
     )
 
 
-def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, cpu_only: bool) -> None:
-    """Label the still-unlabelled pieces (GPU idle) in priority order, in place."""
-    def paint(mask: np.ndarray, cat: int | np.ndarray) -> None:
-        free = label < 0
-        sel = free & mask
-        label[sel] = cat if np.isscalar(cat) else cat[sel]  # type: ignore[index]
+@dataclass
+class Pieces:
+    """Stretches of a step's row that a collective execution covers and that may hold waiting."""
 
-    paint(iv.covered(mids, tl.data_loading), CAT["data_loading"])
-    ph = tl.phases.label_at(mids)
-    paint(ph >= 0, _PHASE_CAT[np.maximum(ph, 0)])
-    paint(iv.covered(mids, tl.collectives), CAT["allreduce"])
-    if cpu_only:
-        paint(iv.covered(mids, tl.host_compute), CAT["compute"])
-    paint(iv.covered(mids, tl.host_busy), CAT["host"])
-    label[label < 0] = CAT["idle"]
+    step: np.ndarray
+    device: np.ndarray
+    uid: np.ndarray  # index into the rank's Executions
+    start: np.ndarray
+    end: np.ndarray
+    label: np.ndarray  # category index (comm or a dp_* phase)
+
+    @classmethod
+    def concat(cls, parts: list[Pieces]) -> Pieces:
+        if not parts:
+            z = np.zeros(0)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), z, z.copy(),
+                       np.zeros(0, np.int16))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("step", "device", "uid", "start", "end", "label")))
 
 
-def _host_boundaries(tl: RankTimeline, s0: float, s1: float) -> list[np.ndarray]:
-    return [iv.boundaries(tl.data_loading, s0, s1), iv.boundaries(tl.collectives, s0, s1),
-            iv.boundaries(tl.host_busy, s0, s1), iv.boundaries(tl.host_compute, s0, s1),
-            tl.phases.boundaries(s0, s1)]
+def _pieces(step: int, dev: int, bp: np.ndarray, label: np.ndarray, uid: np.ndarray) -> Pieces:
+    """Contiguous runs of (uid, label) among the pieces that a collective covers."""
+    keep = np.flatnonzero(uid >= 0)
+    s, e, u, lab = bp[:-1][keep], bp[1:][keep], uid[keep], label[keep]
+    if len(s):
+        new = np.ones(len(s), dtype=bool)
+        new[1:] = (u[1:] != u[:-1]) | (lab[1:] != lab[:-1]) | (s[1:] != e[:-1])
+        first = np.flatnonzero(new)
+        last = np.append(first[1:], len(s)) - 1
+        s, e, u, lab = s[first], e[last], u[first], lab[first]
+    n = len(s)
+    return Pieces(np.full(n, step, np.int64), np.full(n, dev, np.int32), u.astype(np.int64), s, e,
+                  lab.astype(np.int16))
 
 
 def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float, devices: tuple[int, ...],
-                   output_device: int | None) -> list[StepBreakdown]:
-    """One StepBreakdown per device (or one ``device == -1`` row when ``devices`` is empty)."""
-    host_b = _host_boundaries(tl, s0, s1)
+                   output_device: int | None) -> tuple[list[StepBreakdown], Pieces]:
+    """One StepBreakdown per device (or one ``device == -1`` row when ``devices`` is empty), and the pieces
+    that collective executions cover (to be split into waiting and transfer once the ranks are matched)."""
+    host_b = [iv.boundaries(u, s0, s1) for u in (tl.data_loading, tl.gloo, tl.host_busy, tl.host_compute)]
     in_step = (tl.end > s0) & (tl.start < s1)
-    out = []
+    rows, pieces = [], []
     for dev in devices or (-1,):
         sel = np.flatnonzero(in_step & (tl.device == dev))
         gs, ge = np.maximum(tl.start[sel], s0), np.minimum(tl.end[sel], s1)
-        bp = np.unique(np.concatenate([[s0, s1], gs, ge, *host_b]))
+        others = np.flatnonzero(in_step & (tl.device != dev) & (tl.device >= 0))
+        os_, oe = np.maximum(tl.start[others], s0), np.minimum(tl.end[others], s1)
+        nest = tl.exec_nesting(dev)
+        queue_b = tl.launched[tl.device == dev] + QUEUE_SLACK_US  # where queued work becomes "queued"
+        bp = np.unique(np.concatenate([[s0, s1], gs, ge, *host_b, nest.boundaries(s0, s1), os_, oe,
+                                       queue_b[(queue_b > s0) & (queue_b < s1)]]))
         mids, seg = (bp[:-1] + bp[1:]) / 2, np.diff(bp)
         label = np.full(len(mids), -1, dtype=np.int16)
         cats = tl.busy_cat[sel]
-        for cat in _BUSY_ORDER:  # first match wins
+        for cat in _BUSY_ORDER if dev >= 0 else ():  # first match wins
             m = cats == cat
-            if not m.any():
-                continue
-            cov = iv.covered(mids, iv.union(gs[m], ge[m])) & (label < 0)
-            label[cov] = cat
+            if m.any():
+                label[iv.covered(mids, iv.union(gs[m], ge[m])) & (label < 0)] = cat
         busy_us = float(seg[label >= 0].sum())
-        _paint_idle(tl, mids, label, cpu_only=dev == -1)
+        waited = _paint_idle(tl, mids, label, dev, tl.device[others], os_, oe)
+        uid = nest.label_at(mids)
+        uid[~np.isin(label, tuple(SPLIT_CATS))] = -1
+        pieces.append(_pieces(step, dev, bp, label, uid))
         sums = np.bincount(label, weights=seg, minlength=len(CATEGORIES))
-        comm = tl.is_comm[sel]
-        comp = tl.gclass[sel] == C.G_COMPUTE
-        overlapped = iv.intersection_length(iv.union(gs[comm], ge[comm]), iv.union(gs[comp], ge[comp]))
+        peer = {f"GPU {o}": float(seg[waited == o].sum()) for o in np.unique(waited[waited >= 0]).tolist()}
         phase = tl.phase[sel]
-        dp_gpu = {p: iv.length(iv.union(gs[phase == i], ge[phase == i])) for i, p in enumerate(DP_PHASES)}
         gpu0_only = None
         if output_device is not None and dev == output_device:
-            others = np.flatnonzero(in_step & (tl.device != dev) & (tl.device >= 0))
-            o = iv.union(np.maximum(tl.start[others], s0), np.minimum(tl.end[others], s1))
-            gpu0_only = busy_us - iv.intersection_length(iv.union(gs, ge), o)
-        out.append(StepBreakdown(
+            gpu0_only = busy_us - iv.intersection_length(iv.union(gs, ge), iv.union(os_, oe))
+        rows.append(StepBreakdown(
             rank=rank, device=int(dev), step=step, duration_us=s1 - s0,
             categories_us={c: float(sums[i]) for i, c in enumerate(CATEGORIES)},
-            allreduce_overlapped_us=overlapped, gpu0_only_us=gpu0_only, start_us=s0, busy_us=busy_us,
-            dp_phase_gpu_us=dp_gpu if dev >= 0 else {}, memcpy_bytes=_copy_bytes(tl, sel, s0, s1),
+            comm_overlapped_us=_overlapped(tl, sel, gs, ge, dev, s0, s1), gpu0_only_us=gpu0_only, start_us=s0,
+            busy_us=busy_us,
+            dp_phase_gpu_us={p: iv.length(iv.union(gs[phase == i], ge[phase == i])) for i, p in enumerate(DP_PHASES)}
+            if dev >= 0 else {},
+            dp_host_us={p: iv.length(iv.clip(u, s0, s1)) for p, u in zip(DP_PHASES, tl.phase_spans, strict=True)
+                        if len(u[0])},
+            peer_wait_on_us=peer, peer_wait_idle_us=float(seg[waited >= 0].sum()),
+            memcpy_bytes=copy_bytes(tl, sel, s0, s1),
         ))
+    return rows, Pieces.concat(pieces)
+
+
+def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, dev: int, o_dev: np.ndarray,
+                os_: np.ndarray, oe: np.ndarray) -> np.ndarray:
+    """Label the still-unlabelled pieces (GPU idle, or a host row) in priority order, in place; returns, per
+    piece, the other GPU waited for (``peer_wait`` on queued work) or -1."""
+    def paint(mask: np.ndarray, cat: int) -> None:
+        label[(label < 0) & mask] = cat
+
+    paint(iv.covered(mids, tl.data_loading), CAT["data_loading"])
+    if dev < 0:
+        paint(iv.covered(mids, tl.host_compute), CAT["compute"])
+    paint(iv.covered(mids, tl.gloo), CAT["comm"])
+    waited = np.full(len(mids), -1, dtype=np.int64)
+    if dev >= 0 and len(o_dev):
+        cand = (label < 0) & _queued(tl, dev, mids)
+        best_end = np.full(len(mids), -np.inf)
+        for o in np.unique(o_dev).tolist():  # the busy GPU whose current work ends last is the one waited for
+            s, e = iv.union(os_[o_dev == o], oe[o_dev == o])
+            if not len(s):
+                continue
+            k = np.clip(np.searchsorted(s, mids, side="right") - 1, 0, len(s) - 1)
+            inside = cand & (s[k] <= mids) & (mids < e[k]) & (e[k] > best_end)
+            waited[inside], best_end[inside] = o, e[k][inside]
+        paint(waited >= 0, CAT["peer_wait"])
+    paint(iv.covered(mids, tl.host_busy), CAT["host"])
+    label[label < 0] = CAT["idle"]
+    return waited
+
+
+def _queued(tl: RankTimeline, dev: int, mids: np.ndarray) -> np.ndarray:
+    """Per instant: the device's next activity was launched more than QUEUE_SLACK_US before it."""
+    mine = np.flatnonzero(tl.device == dev)
+    order = mine[np.argsort(tl.start[mine], kind="stable")]
+    st, launched = tl.start[order], tl.launched[order]
+    if len(st) == 0:
+        return np.zeros(len(mids), dtype=bool)
+    # The earliest launch among the activities that start at or after each instant (a later-starting one may
+    # have been launched earlier, on another stream).
+    first_launch = np.minimum.accumulate(launched[::-1])[::-1]
+    k = np.searchsorted(st, mids, side="left")
+    ok = k < len(st)
+    out = np.zeros(len(mids), dtype=bool)
+    out[ok] = first_launch[k[ok]] + QUEUE_SLACK_US <= mids[ok]
     return out
 
 
-def _copy_bytes(tl: RankTimeline, sel: np.ndarray, lo: float | None, hi: float | None) -> dict[str, int]:
+def _overlapped(tl: RankTimeline, sel: np.ndarray, gs: np.ndarray, ge: np.ndarray, dev: int, s0: float,
+                s1: float) -> float:
+    """Collective execution hidden under compute in the step: kernels of this device and gloo spans under
+    its compute kernels; on a host row, gloo spans under cpu compute ops."""
+    gloo = iv.clip(tl.gloo, s0, s1)
+    if dev < 0:
+        return iv.intersection_length(gloo, iv.clip(tl.host_compute, s0, s1))
+    comm = tl.is_comm[sel]
+    comp = tl.gclass[sel] == C.G_COMPUTE
+    ex = iv.union(np.concatenate([gs[comm], gloo[0]]), np.concatenate([ge[comm], gloo[1]]))
+    return iv.intersection_length(ex, iv.union(gs[comp], ge[comp]))
+
+
+def copy_bytes(tl: RankTimeline, sel: np.ndarray, lo: float | None, hi: float | None) -> dict[str, int]:
     """Bytes of copies (by kind) that start inside [lo, hi) (all of ``sel`` when lo is None)."""
     if lo is None or hi is None:
         starts_in = np.ones(len(sel), dtype=bool)
@@ -182,51 +306,4 @@ def _copy_bytes(tl: RankTimeline, sel: np.ndarray, lo: float | None, hi: float |
         m = starts_in & (g == code)
         if m.any():
             out[kind] = int(nbytes[m].sum())
-    return out
-
-
-def device_summaries(tl: RankTimeline, rank: int, devices: tuple[int, ...]) -> list[DeviceSummary]:
-    """Per device over the whole trace: kernel time (sum), comm kernel time, busy time (union), copies."""
-    out = []
-    for dev in devices:
-        sel = np.flatnonzero(tl.device == dev)
-        d = tl.rt.dur[tl.gpu_rows[sel]]  # exact durations (end - start loses bits at epoch-sized ts)
-        g = tl.gclass[sel]
-        kern = tl.rt.kind[tl.gpu_rows[sel]] == K_KERNEL
-        copies = np.isin(g, C.G_COPIES + (C.G_MEMSET,)) & ~kern
-        out.append(DeviceSummary(
-            rank=rank, device=int(dev), kernel_time_us=float(d[kern].sum()),
-            comm_kernel_time_us=float(d[kern & (g == C.G_COMM)].sum()),
-            busy_time_us=iv.length(iv.union(tl.start[sel], tl.end[sel])),
-            memcpy_time_us=float(d[copies].sum()), memcpy_bytes=_copy_bytes(tl, sel, None, None),
-        ))
-    return out
-
-
-_KCAT = {C.G_COMPUTE: "compute", C.G_COMM: "communication", C.G_MEMSET: "memset"}
-
-
-def top_kernels(tl: RankTimeline, rank: int, devices: tuple[int, ...],
-                steps: list[tuple[int, float, float]], top: int = TOP_KERNELS) -> list[KernelStat]:
-    """Top GPU activities per device by total time, over activities that start inside a step."""
-    in_steps = np.zeros(len(tl.start), dtype=bool)
-    for _, s0, s1 in steps:
-        in_steps |= (tl.start >= s0) & (tl.start < s1)
-    out: list[KernelStat] = []
-    names = tl.rt.names
-    name_id = tl.rt.name_id[tl.gpu_rows]
-    for dev in devices:
-        sel = np.flatnonzero(in_steps & (tl.device == dev))
-        if len(sel) == 0:
-            continue
-        ids, inv = np.unique(name_id[sel], return_inverse=True)
-        total = np.bincount(inv, weights=tl.rt.dur[tl.gpu_rows[sel]])
-        count = np.bincount(inv)
-        first = np.full(len(ids), -1)
-        first[inv[::-1]] = sel[::-1]  # first row of each name, for its class
-        order = sorted(range(len(ids)), key=lambda i: (-total[i], names[ids[i]]))[:top]
-        for i in order:
-            out.append(KernelStat(rank=rank, device=int(dev), name=names[ids[i]],
-                                  category=_KCAT.get(int(tl.gclass[first[i]]), "memcpy"),
-                                  count=int(count[i]), total_us=float(total[i])))
     return out

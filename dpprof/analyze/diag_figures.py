@@ -63,7 +63,7 @@ def rows(analysis: Analysis) -> list[Row]:
             categories_us={c: mean([s.categories_us.get(c, 0.0) for s in steps]) for c in CATEGORIES},
             busy_us=mean([s.busy_us for s in steps]),
             gpu0_only_us=mean(g0) if g0 else None,
-            overlapped_us=mean([s.allreduce_overlapped_us for s in steps]),
+            overlapped_us=mean([s.comm_overlapped_us for s in steps]),
             dp_phase_gpu_us={p: mean([s.dp_phase_gpu_us.get(p, 0.0) for s in steps]) for p in DP_PHASES},
             ptop_bytes=mean([float(s.memcpy_bytes.get("PtoP", 0)) for s in steps]),
         ))

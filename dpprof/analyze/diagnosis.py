@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpprof.analyze.diag_figures import Context, get, nvml_per_gpu, reference_row
-from dpprof.analyze.findings import EXPOSED_ALLREDUCE_PCT, bucket_advice, findings
+from dpprof.analyze.findings import COLLECTIVE_STRATEGIES, EXPOSED_COMM_PCT, bucket_advice, findings
 from dpprof.analyze.hypotheses import data_path, hardware, hyperparameters
 from dpprof.analyze.model import Analysis, Diagnosis, Finding, Hypothesis
 from dpprof.analyze.projection import project
@@ -98,24 +98,26 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
     elif "host_bound" in f:
         out.append(f"Steps are host-bound ({f['host_bound'].evidence['host_pct']} % host time): raise the work "
                    "per launch (larger per-GPU batch), or reduce Python overhead (torch.compile, CUDA graphs).")
-    if a.strategy == "ddp":
-        if "ddp_no_allreduce" in f:
+    if a.strategy in COLLECTIVE_STRATEGIES:
+        if "no_comm" in f:
             out.append("DDP with world size 1 communicates nothing and only adds wrappers: train the plain "
-                       "module on one GPU, DDP from 2 processes up.")
-        ex = f.get("ddp_exposed_allreduce")
+                       "module on one GPU, DDP from 2 processes up." if a.strategy == "ddp" else
+                       "No collective ran in the profiled steps: with one process there is nothing to communicate.")
+        ex = f.get("exposed_comm")
         shape = f["ddp_buckets"].evidence.get("shape") if "ddp_buckets" in f else None
-        if ex is not None and ex.evidence["exposed_allreduce_pct"] >= EXPOSED_ALLREDUCE_PCT:
+        if ex is not None and ex.evidence["exposed_comm_pct"] >= EXPOSED_COMM_PCT:
             # The bucket finding, when present, says which way bucket_cap_mb should move.
-            cap = "" if shape in ("one_bucket", "few_large", "many_small", "balanced") else \
+            cap = "" if shape in ("one_bucket", "few_large", "many_small", "balanced") or a.strategy != "ddp" else \
                 "a smaller bucket_cap_mb (default 25) so communication starts earlier, "
-            out.append(f"{ex.evidence['exposed_allreduce_pct']} % of the DDP step is allreduce not hidden behind "
-                       f"backward (overlap {ex.evidence['overlap_ratio']:.0%}): try {cap}"
-                       "gradient_as_bucket_view=True, static_graph=True for a fixed graph, and check the GPU "
-                       "links (NVLink/P2P vs PCIe).")
-        tip = bucket_advice(f["ddp_buckets"]) if "ddp_buckets" in f and "ddp_no_allreduce" not in f else None
+            tips = ("gradient_as_bucket_view=True, static_graph=True for a fixed graph, " if a.strategy == "ddp"
+                    else "prefetching (FSDP: forward/backward prefetch) so collectives start earlier, ")
+            out.append(f"{ex.evidence['exposed_comm_pct']} % of the {a.strategy.upper()} step is collective transfer "
+                       f"not hidden behind compute (overlap {ex.evidence['overlap_ratio']:.0%}): try {cap}{tips}"
+                       "and check the GPU links (NVLink/P2P vs PCIe).")
+        tip = bucket_advice(f["ddp_buckets"]) if "ddp_buckets" in f and "no_comm" not in f else None
         if tip:
             out.append(tip)
-    if a.strategy in ("single", "unknown") or (a.strategy == "ddp" and "ddp_no_allreduce" in f):
+    if a.strategy in ("single", "unknown") or (a.strategy == "ddp" and "no_comm" in f):
         r1, r2 = _proj_row(proj, "dp", 2), _proj_row(proj, "ddp", 2)
         if r1 and r2:
             out.append(f"Projection for 2 GPUs (a model, not a measurement): DP {r1['step_ms']} ms/step "
@@ -140,8 +142,12 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
                        "persistent_workers=True, and keep augmentation on the GPU where possible.")
     for x in found:
         if x.id == "straggler":
-            out.append(f"Rank {x.evidence['rank']} arrives last at collectives by {x.evidence['mean_lateness_us'] / 1e3:.2f} "
-                       "ms on average: check that rank's data loader, host load and GPU clocks.")
+            who = x.evidence["participant"]
+            out.append(f"{who} arrives last at collectives by {x.evidence['mean_lateness_us'] / 1e3:.2f} ms on average "
+                       f"and costs the others {x.evidence['caused_wait_pct_of_step']} % of a step: check "
+                       + ("that rank's data loader, host load and GPU clocks." if who.startswith("rank") else
+                          "that GPU's clocks, power and temperature (nvidia-smi -q -d PERFORMANCE) and what else runs "
+                          "on it."))
     if h["hardware"].verdict == "supported":
         out.append(f"Hardware: {h['hardware'].reason}. Check cooling and power caps (nvidia-smi -q -d "
                    "PERFORMANCE) and the topology (nvidia-smi topo -m) before tuning software.")

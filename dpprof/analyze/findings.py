@@ -1,12 +1,14 @@
 """Findings of a diagnosis: named, measured observations beside the three hypotheses (pure).
 
 Thresholds (shares are % of the mean step on the row named in evidence):
-host-bound ≥ 50 % of the step in ``host`` (critical ≥ 80 %); DDP exposed allreduce ≥ 10 % is a warning;
-data-loading bound ≥ 20 % (critical ≥ 50 %); a straggler arrives last at ≥ 60 % of the collectives;
+host-bound ≥ 50 % of the step in ``host`` (critical ≥ 80 %); exposed collective transfer (``comm``) ≥ 10 %
+and waiting for a late participant (``peer_wait``) ≥ 10 % are warnings; data-loading bound ≥ 20 % (critical
+≥ 50 %); a straggler is named by the matched collectives' GPU-side starts (``dpprof.analyze.matching``);
 profiler distortion when profiled steps are ≥ 1.2× the unprofiled ones. DDP buckets (from the manifest's
 reducer figures, else the allreduce count per step in the trace): one bucket, or one holding ≥ 60 % of
 the gradients, is "few/large"; ≥ 16 per step under 1 MiB each on average is "many/small"; gradients
-under 2 MiB get no bucket advice; a warning only when exposed allreduce is ≥ 10 % of the step.
+under 2 MiB get no bucket advice; a warning only when exposed collective transfer is ≥ 10 % of the step
+(waiting for a late participant is imbalance, which no bucket size cures).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from dpprof.analyze.model import Finding
 
 HOST_BOUND_PCT = 50.0
 HOST_CRITICAL_PCT = 80.0
-EXPOSED_ALLREDUCE_PCT = 10.0
+EXPOSED_COMM_PCT = 10.0
+PEER_WAIT_PCT = 10.0
 DATA_LOADING_PCT = 20.0
 DATA_LOADING_CRITICAL_PCT = 50.0
 STRAGGLER_SHARE = 0.6
@@ -48,7 +51,7 @@ def _r(x: float, nd: int = 1) -> float:
 def findings(ctx: Context) -> tuple[Finding, ...]:
     """All findings that apply, in a fixed order."""
     out: list[Finding] = []
-    for fn in (_dp_mode, _host_bound, _ddp, _buckets, _stragglers, _data_loading, _profiler):
+    for fn in (_dp_mode, _host_bound, _collective, _buckets, _stragglers, _data_loading, _profiler):
         out.extend(fn(ctx))
     return tuple(out)
 
@@ -98,48 +101,81 @@ def _host_bound(ctx: Context) -> list[Finding]:
 
 
 def _comm_rows(ctx: Context) -> list[Row]:
-    # DDP on CPU (gloo) has only host rows (device -1); their allreduce figures still count.
+    # DDP on CPU (gloo) has only host rows (device -1); their communication figures still count.
     return gpu_rows(ctx.analysis) or rows(ctx.analysis)
 
 
-def ddp_overlap(ctx: Context) -> dict[str, float] | None:
-    """Mean exposed and overlapped allreduce per step over the ranks (µs), the overlap ratio (0..1)."""
+#: Strategies whose steps carry collectives between processes.
+COLLECTIVE_STRATEGIES = ("ddp", "fsdp", "distributed")
+
+
+def comm_overlap(ctx: Context) -> dict[str, float] | None:
+    """Mean per step over the ranks (µs): exposed transfer (``comm``), waiting for the last participant
+    (``peer_wait``), collective time hidden under compute, and the overlap ratio (0..1) of the transfer."""
     rs = _comm_rows(ctx)
     if not rs:
         return None
-    exposed = mean([r.categories_us["allreduce"] for r in rs])
+    exposed = mean([r.categories_us["comm"] for r in rs])
+    waiting = mean([r.categories_us["peer_wait"] for r in rs])
     overlapped = mean([r.overlapped_us for r in rs])
     step = mean([r.step_us for r in rs])
     total = exposed + overlapped
-    return {"exposed_us": exposed, "overlapped_us": overlapped, "step_us": step,
-            "overlap_ratio": overlapped / total if total > 0 else 0.0, "comm_us": total}
+    return {"exposed_us": exposed, "peer_wait_us": waiting, "overlapped_us": overlapped, "step_us": step,
+            "overlap_ratio": overlapped / total if total > 0 else 0.0, "comm_us": total + waiting}
 
 
-def _ddp(ctx: Context) -> list[Finding]:
+def _waited_for(ctx: Context) -> dict[str, float]:
+    """Mean ``peer_wait`` per step by whom was waited for, over the rows (µs)."""
+    rs = ctx.analysis.steps
+    out: dict[str, float] = {}
+    for s in rs:
+        for who, us in s.peer_wait_on_us.items():
+            out[who] = out.get(who, 0.0) + us
+    n = max(len(rs), 1)
+    return {k: v / n for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def _collective(ctx: Context) -> list[Finding]:
     a = ctx.analysis
-    if a.strategy != "ddp":
+    if a.strategy not in COLLECTIVE_STRATEGIES:
         return []
-    o = ddp_overlap(ctx)
+    o = comm_overlap(ctx)
     if o is None:
         return []
+    name = a.strategy.upper() if a.strategy != "distributed" else "Collective"
     if o["comm_us"] <= 0:
         ws = {r.world_size for r in a.ranks if r.world_size}
-        why = "world size 1 communicates nothing" if ws == {1} else "no allreduce work was seen in the steps"
-        return [Finding("ddp_no_allreduce", "info", "No allreduce in the profiled steps", f"{why}.",
+        why = "world size 1 communicates nothing" if ws == {1} else "no collective work was seen in the steps"
+        return [Finding("no_comm", "info", "No collective communication in the profiled steps", f"{why}.",
                         {"world_size": sorted(ws)})]
     exposed_pct = 100 * o["exposed_us"] / o["step_us"] if o["step_us"] else 0.0
-    ev = {"exposed_allreduce_us": _r(o["exposed_us"]), "overlapped_allreduce_us": _r(o["overlapped_us"]),
-          "exposed_allreduce_pct": _r(exposed_pct), "overlap_ratio": round(o["overlap_ratio"], 3),
-          "step_us": _r(o["step_us"])}
-    sev = "warning" if exposed_pct >= EXPOSED_ALLREDUCE_PCT else "info"
-    return [
-        Finding("ddp_exposed_allreduce", sev, "DDP allreduce not hidden behind compute",
-                f"{exposed_pct:.1f} % of the step ({o['exposed_us'] / 1e3:.2f} ms, mean over ranks) is allreduce "
-                "that no compute overlaps.", ev),
-        Finding("ddp_overlap", "info", "DDP communication/compute overlap",
-                f"{100 * o['overlap_ratio']:.0f} % of the allreduce time ran under backward compute "
-                f"({o['overlapped_us'] / 1e3:.2f} of {o['comm_us'] / 1e3:.2f} ms per step).", ev),
+    wait_pct = 100 * o["peer_wait_us"] / o["step_us"] if o["step_us"] else 0.0
+    ev = {"exposed_comm_us": _r(o["exposed_us"]), "exposed_comm_pct": _r(exposed_pct),
+          "overlapped_comm_us": _r(o["overlapped_us"]), "overlap_ratio": round(o["overlap_ratio"], 3),
+          "peer_wait_us": _r(o["peer_wait_us"]), "peer_wait_pct": _r(wait_pct), "step_us": _r(o["step_us"])}
+    sev = "warning" if exposed_pct >= EXPOSED_COMM_PCT else "info"
+    out = [
+        Finding("exposed_comm", sev, f"{name} communication not hidden behind compute",
+                f"{exposed_pct:.1f} % of the step ({o['exposed_us'] / 1e3:.2f} ms, mean over ranks) is collective "
+                "transfer that no compute overlaps (waiting for the last participant not included).", ev),
+        Finding("comm_overlap", "info", f"{name} communication/compute overlap",
+                f"{100 * o['overlap_ratio']:.0f} % of the collective transfer ran under compute "
+                f"({o['overlapped_us'] / 1e3:.2f} of {(o['overlapped_us'] + o['exposed_us']) / 1e3:.2f} ms per step).",
+                ev),
     ]
+    worst = max(_comm_rows(ctx), key=lambda r: r.pct(r.categories_us["peer_wait"]))
+    worst_pct = worst.pct(worst.categories_us["peer_wait"])
+    if worst_pct >= PEER_WAIT_PCT:
+        who = _waited_for(ctx)
+        top = ", ".join(f"{k} ({v / 1e3:.2f} ms/step)" for k, v in list(who.items())[:3])
+        out.append(Finding("peer_wait", "warning", "Collectives wait for a late participant",
+                           f"rank {worst.rank} spends {worst_pct:.1f} % of its step "
+                           f"({worst.categories_us['peer_wait'] / 1e3:.2f} ms; {wait_pct:.1f} % mean over ranks) inside "
+                           f"collectives waiting for the last participant to arrive, waiting for {top}. That is time "
+                           "lost to imbalance (a slow rank or GPU, uneven data loading), not to the link.",
+                           {**ev, "worst_rank": worst.rank, "worst_peer_wait_pct": _r(worst_pct),
+                            "waited_for_us_per_row_step": {k: _r(v) for k, v in who.items()}}))
+    return out
 
 
 def _mib(b: float) -> str:
@@ -217,11 +253,11 @@ def _buckets(ctx: Context) -> list[Finding]:
                 f"{counts['profiled_steps']} steps): about one per gradient bucket")
     shape, why = bucket_shape(n, total, largest, cap)
     ev["shape"] = shape
-    o = ddp_overlap(ctx)
+    o = comm_overlap(ctx)
     exposed_pct = 100 * o["exposed_us"] / o["step_us"] if o and o["step_us"] else None
-    ev["exposed_allreduce_pct"] = _r(exposed_pct) if exposed_pct is not None else None
+    ev["exposed_comm_pct"] = _r(exposed_pct) if exposed_pct is not None else None
     unbalanced = shape in ("one_bucket", "few_large", "many_small")
-    sev = "warning" if unbalanced and exposed_pct is not None and exposed_pct >= EXPOSED_ALLREDUCE_PCT else "info"
+    sev = "warning" if unbalanced and exposed_pct is not None and exposed_pct >= EXPOSED_COMM_PCT else "info"
     basis = f" Based on: {source}" + (f"; model parameters {_mib(params)}" if params else "") + "."
     return [Finding("ddp_buckets", sev, "DDP gradient buckets", f"{what}; {why}.{basis}", ev)]
 
@@ -230,11 +266,11 @@ def bucket_advice(f: Finding) -> str | None:
     """Advice on bucket_cap_mb from a ``ddp_buckets`` finding, with the figures it rests on; None when the
     buckets are balanced or their sizes unknown."""
     ev = f.evidence
-    shape, exposed = ev.get("shape"), ev.get("exposed_allreduce_pct")
+    shape, exposed = ev.get("shape"), ev.get("exposed_comm_pct")
     total = ev.get("gradient_bytes") or ev.get("param_bytes")
     target = max(1, round(total / 4 / 2**20)) if total else None
     size = f" (e.g. bucket_cap_mb={target}, a quarter of the {_mib(total)} of gradients)" if total else ""
-    cost = f" ({exposed} % of the step is allreduce not hidden behind backward)" if exposed is not None else ""
+    cost = f" ({exposed} % of the step is allreduce transfer not hidden behind backward)" if exposed is not None else ""
     basis = f" [based on {ev.get('source')}]"
     if shape in ("one_bucket", "few_large"):
         unsplittable = ev.get("bucket_cap_bytes") and ev.get("bucket_sizes_bytes") and \
@@ -252,16 +288,16 @@ def bucket_advice(f: Finding) -> str | None:
 
 
 def _stragglers(ctx: Context) -> list[Finding]:
-    out = []
-    for s in ctx.analysis.stragglers:
-        if s.collectives and s.times_last / s.collectives >= STRAGGLER_SHARE and s.mean_lateness_us > 0:
-            out.append(Finding(
-                "straggler", "warning", f"Rank {s.rank} arrives last at collectives",
-                f"rank {s.rank} was the last to start {s.times_last} of {s.collectives} collectives, on average "
-                f"{s.mean_lateness_us / 1e3:.2f} ms after the earliest rank: the others wait for it.",
-                {"rank": s.rank, "times_last": s.times_last, "collectives": s.collectives,
-                 "mean_lateness_us": _r(s.mean_lateness_us)}))
-    return out
+    """The straggler summary of the matched collectives (GPU-side starts), when it names one."""
+    sm = ctx.analysis.straggler_summary
+    if sm.get("verdict") not in ("slow_rank", "slow_gpu"):
+        return []
+    who = sm["participant"]
+    what = "a rank" if sm["verdict"] == "slow_rank" else "a GPU inside DP"
+    return [Finding("straggler", "warning", f"{who} arrives last at collectives",
+                    f"{sm['text']}: the others wait for {what}.",
+                    {k: sm[k] for k in ("participant", "times_last", "collectives", "share_of_waiting", "mean_lateness_us",
+                                        "caused_wait_us_per_step", "caused_wait_pct_of_step") if k in sm})]
 
 
 def _data_loading(ctx: Context) -> list[Finding]:

@@ -14,15 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = "dpprof.analysis/1"
+SCHEMA = "dpprof.analysis/2"
 
 #: Exclusive categories of a step on one device; per step they sum to ``duration_us``.
+#: ``dp_*`` and ``comm`` count GPU *transfer* only; the time a collective kernel spends waiting for its last
+#: participant is ``peer_wait`` (docs/analysis-schema.md says what changed from ``/1``).
 CATEGORIES: tuple[str, ...] = (
     "compute", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
-    "allreduce", "memcpy", "data_loading", "host", "idle",
+    "comm", "peer_wait", "memcpy", "data_loading", "host", "idle",
 )
 DP_PHASES: tuple[str, ...] = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")
-STRATEGIES: tuple[str, ...] = ("dp", "ddp", "single", "unknown")
+#: What the analysis can label a trace (``strategy.detect``); ``distributed``: collectives that are neither
+#: DDP nor FSDP (tensor/pipeline parallelism, distributed inference).
+STRATEGIES: tuple[str, ...] = ("dp", "ddp", "fsdp", "distributed", "single", "unknown")
 VERDICTS: tuple[str, ...] = ("supported", "not_supported", "inconclusive")
 
 
@@ -79,12 +83,23 @@ class StepBreakdown:
     step: int
     duration_us: float
     categories_us: Mapping[str, float]  # every name of CATEGORIES; sums to duration_us
-    allreduce_overlapped_us: float = 0.0  # communication kernels running under compute
+    #: Collective execution (kernels, or gloo spans) running under compute: hidden communication.
+    comm_overlapped_us: float = 0.0
     gpu0_only_us: float | None = None  # DP only, on the output device's row; None elsewhere
     start_us: float = 0.0  # step start on the rank's trace clock
     busy_us: float = 0.0  # union of kernels, copies, memsets clipped to the step
-    #: GPU busy time of work launched inside each DP phase (keys of DP_PHASES), µs.
+    #: GPU busy time of work launched inside each DP phase (keys of DP_PHASES), waiting inside its
+    #: collectives included (the ``dp_*`` categories hold its exposed transfer only), µs.
     dp_phase_gpu_us: Mapping[str, float] = field(default_factory=dict)
+    #: Host time inside each DP phase (union of the phase's host spans in the step), µs.
+    dp_host_us: Mapping[str, float] = field(default_factory=dict)
+    #: The ``comm`` category by collective kind (all_reduce, all_gather, reduce_scatter, broadcast...), µs.
+    comm_by_kind_us: Mapping[str, float] = field(default_factory=dict)
+    #: The ``peer_wait`` category by whom was waited for ("rank 1", "GPU 2"), µs.
+    peer_wait_on_us: Mapping[str, float] = field(default_factory=dict)
+    #: The part of ``peer_wait`` when this GPU was idle with its next work queued behind another GPU (outside
+    #: any collective kernel: DP's copies wait for the other device's stream); the rest is inside collectives.
+    peer_wait_idle_us: float = 0.0
     #: Bytes copied in this step by copy kind.
     memcpy_bytes: Mapping[str, int] = field(default_factory=dict)
 
@@ -103,24 +118,49 @@ class KernelStat:
 
 @dataclass(frozen=True)
 class CollectiveSkew:
-    """One collective matched across ranks (by sequence / order within its process group)."""
+    """One collective matched across its participants (ranks, or the GPUs of one DP process).
 
-    group: str
-    index: int
-    name: str
-    start_skew_us: float  # latest start - earliest start across ranks
-    last_rank: int  # the rank everyone waited for; -1 when all started together (a tie)
+    Times are GPU-side (kernel starts; gloo: its spans on ``pt_gloo_runloop``) on the aligned clock. A
+    participant's kernel waits from its own start until the last participant's start; the rest is transfer.
+    """
+
+    group: str  # process group name; "local" for DP's in-process NCCL communicators
+    index: int  # order within (group, name[, size])
+    name: str  # normalised kind: all_reduce, all_gather, reduce_scatter, broadcast, reduce...
+    start_skew_us: float  # latest start - earliest start across participants
+    last_rank: int  # rank of the participant everyone waited for; -1 when all started together (a tie)
     ranks: tuple[int, ...] = ()
+    last: str = ""  # label of that participant ("rank 1", "GPU 2"); "" on a tie
+    last_device: int = -1
+    participants: tuple[str, ...] = ()
+    step: int | None = None  # ProfilerStep of the earliest participant
+    transfer_us: float = 0.0  # median over participants of end - last start
+    wait_us: Mapping[str, float] = field(default_factory=dict)  # per participant: its kernel's waiting
 
 
 @dataclass(frozen=True)
 class Straggler:
-    """How often a rank arrived last at a collective, and by how much on average."""
+    """How often a participant (a rank, or a GPU inside DP) arrived last at a collective, and its cost."""
 
     rank: int
     times_last: int
     collectives: int
-    mean_lateness_us: float
+    mean_lateness_us: float  # mean start skew of the collectives it arrived last at
+    participant: str = ""
+    device: int = -1
+    caused_wait_us: float = 0.0  # the others' waiting at those collectives, summed
+
+
+@dataclass(frozen=True)
+class ClockOffset:
+    """How a rank's clock was put on the reference rank's: aligned µs = epoch µs + offset_us."""
+
+    rank: int
+    offset_us: float
+    residual_us: float | None  # median |end difference| of matched collectives after alignment
+    max_residual_us: float | None
+    collectives: int  # matched collectives the offset rests on
+    source: str  # "collective ends" | "reference" | "baseTimeNanoseconds (no shared collective)"
 
 
 @dataclass(frozen=True)
@@ -163,10 +203,16 @@ class Analysis:
     #: DP only: "multi_device" (replicate/parallel_apply/gather), "one_device" (Scatter then the module),
     #: "no_gpu" (the module called directly); None for other strategies.
     dp_mode: str | None = None
-    #: DP output device ("GPU0") when known.
+    #: DP output device ("GPU0") when known, found from what DP does (never a tie-break), and how.
     output_device: int | None = None
     diagnosis: Diagnosis | None = None
     schema: str = SCHEMA
+    strategy_evidence: str = ""
+    output_device_source: str = ""
+    clock_offsets: tuple[ClockOffset, ...] = ()
+    #: Who everyone waited for at collectives: {"verdict": "slow_rank" | "slow_gpu" | "output_device_late" |
+    #: "none" | "not_applicable", "participant", "text", ...} (dpprof.analyze.matching.summary).
+    straggler_summary: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain, deterministic JSON-ready dict (floats rounded to ns, keys sorted by the writer)."""

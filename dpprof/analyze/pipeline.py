@@ -1,7 +1,10 @@
 """``analyze(paths) -> Analysis``: load every rank (in a bounded process pool), attribute, combine.
 
-Each worker loads one trace and returns only a ``RankSummary`` (steps, device figures, top kernels,
-collective start times, warnings), so the parent's memory does not grow with events or ranks.
+Attribution is two-phase. Each worker loads one trace and returns only a ``RankSummary`` (provisional step
+rows, device figures, top kernels, the rank's collective executions and the pieces of its rows they cover,
+warnings); the parent matches the executions across ranks, finds each collective's last arrival and moves the
+waiting out of ``comm``/``dp_*`` into ``peer_wait`` (``dpprof.analyze.combine``). The parent's memory grows
+with collectives, not with events or ranks.
 """
 
 from __future__ import annotations
@@ -17,27 +20,32 @@ from pathlib import Path
 
 import numpy as np
 
-from dpprof.analyze import attribution, crossrank, strategy
+from dpprof.analyze import attribution, matching, strategy
+from dpprof.analyze.attribution import Pieces
+from dpprof.analyze.combine import combine
+from dpprof.analyze.device_stats import device_summaries, top_kernels
+from dpprof.analyze.dp_output import output_device as find_output_device
 from dpprof.analyze.model import (
     Analysis,
     AnalysisWarning,
     DeviceSummary,
     KernelStat,
-    RankInfo,
     StepBreakdown,
 )
 from dpprof.errors import TraceError
-from dpprof.rundir import rank_from_name, read_manifest, resolve_inputs
+from dpprof.rundir import read_manifest, resolve_inputs
 from dpprof.trace import classify as C
 from dpprof.trace.link import host_class, link
-from dpprof.trace.load import K_CPU_OP, K_OTHER, K_RUNTIME, RankTrace, clock_offset_us, load_trace
-
-_COLL_NAME = ("nccl:", "gloo:", "rccl:", "mpi:", "ucc:")
+from dpprof.trace.load import K_CPU_OP, K_OTHER, K_RUNTIME, RankTrace, load_trace
 
 
 @dataclass
 class RankSummary:
-    """What one worker sends back about one trace file (rank fields are provisional: 0)."""
+    """What one worker sends back about one trace file (rank fields are provisional: 0).
+
+    ``steps`` are provisional too: their ``comm``/``dp_*`` still hold the waiting inside collectives, which
+    ``combine`` moves to ``peer_wait`` once every rank's ``executions`` are matched (``pieces`` say where).
+    """
 
     path: str
     dist_rank: int | None
@@ -48,13 +56,16 @@ class RankSummary:
     devices: tuple[int, ...]
     events: int
     strategy: str
+    strategy_evidence: str
     dp_mode: str | None
     output_device: int | None
+    output_device_source: str
     profile_all_threads: bool | None
     steps: list[StepBreakdown]
     device_summaries: list[DeviceSummary]
     top_kernels: list[KernelStat]
-    collectives: list[crossrank.Collective]
+    executions: matching.RankExecutions
+    pieces: Pieces
     warnings: list[AnalysisWarning] = field(default_factory=list)
     steps_start_us: float | None = None
     steps_end_us: float | None = None
@@ -67,15 +78,43 @@ def summarize(path: str) -> RankSummary:
     hcls = host_class(rt, np.array(cpu_cls, dtype=np.int16))
     communicates = rt.world_size != 1
     links, spans = link(rt, hcls, communicates)
-    tl = attribution.build_timeline(rt, hcls, np.array(gpu_cls, dtype=np.int16), links, spans, communicates)
-    devices = tuple(int(d) for d in np.unique(tl.device))
-    strat, dp_mode = strategy.detect(hcls, rt.world_size, bool(devices))
     warnings: list[AnalysisWarning] = []
     steps = _steps(rt, hcls, warnings)
-    output_device = _output_device(tl, devices) if strat == "dp" else None
+    tl = attribution.build_timeline(rt, hcls, np.array(gpu_cls, dtype=np.int16), links, spans, steps, communicates)
+    devices = tuple(int(d) for d in np.unique(tl.device))
+    comm_kernels = int(np.count_nonzero(tl.ex.is_kernel))
+    strat, dp_mode, evidence = strategy.detect(rt, hcls, bool(devices), comm_kernels)
+    out_dev, out_src = find_output_device(tl, hcls, links) if dp_mode == "multi_device" else (None, "")
     rows: list[StepBreakdown] = []
+    pieces: list[Pieces] = []
     for number, s0, s1 in steps:
-        rows.extend(attribution.attribute_step(tl, 0, number, s0, s1, devices, output_device))
+        r, p = attribution.attribute_step(tl, 0, number, s0, s1, devices, out_dev)
+        rows.extend(r)
+        pieces.append(p)
+    _trace_warnings(rt, tl, links, steps, strat, dp_mode, warnings)
+    pat = _profile_all_threads(rt, links.launcher) if dp_mode == "multi_device" else None
+    if pat is False:
+        warnings.append(AnalysisWarning(
+            "profile_all_threads_off", "DP replica threads (parallel_apply) were not recorded "
+            "(profile_all_threads off): their CPU ops are missing; their time inside DataParallel.forward "
+            "is counted as host"))
+    span = [(s0, s1) for _, s0, s1 in steps]
+    ex = tl.ex
+    return RankSummary(
+        path=str(path), dist_rank=rt.rank, world_size=rt.world_size, backend=rt.backend,
+        base_time_ns=rt.base_time_ns, gpu_names=rt.gpu_names, devices=devices, events=rt.events,
+        strategy=strat, strategy_evidence=evidence, dp_mode=dp_mode, output_device=out_dev,
+        output_device_source=out_src, profile_all_threads=pat, steps=rows,
+        device_summaries=device_summaries(tl, 0, devices), top_kernels=top_kernels(tl, 0, devices, steps),
+        executions=matching.RankExecutions(ex.start, ex.end, ex.device, ex.kind, ex.keys(), ex.step,
+                                           int(rt.base_time_ns or 0)),
+        pieces=Pieces.concat(pieces), warnings=warnings,
+        steps_start_us=min((a for a, _ in span), default=None), steps_end_us=max((b for _, b in span), default=None),
+    )
+
+
+def _trace_warnings(rt: RankTrace, tl: attribution.RankTimeline, links: object, steps: list[tuple[int, float, float]],
+                    strat: str, dp_mode: str | None, warnings: list[AnalysisWarning]) -> None:
     last_end = max((s1 for _, _, s1 in steps), default=None)
     if last_end is not None and len(tl.start):
         late = int(np.count_nonzero(tl.start >= last_end))
@@ -87,32 +126,17 @@ def summarize(path: str) -> RankSummary:
         how = " (typed decode failed; tolerant parser used)" if rt.tolerant else ""
         warnings.append(AnalysisWarning("skipped_events", f"{rt.skipped} events skipped: missing, NaN or "
                                         f"negative ts/dur, or untypable fields{how}", count=rt.skipped))
-    if links.unlinked:
-        warnings.append(AnalysisWarning("unlinked_gpu_events", f"{links.unlinked} GPU activities have no "
+    unlinked = getattr(links, "unlinked", 0)
+    if unlinked:
+        warnings.append(AnalysisWarning("unlinked_gpu_events", f"{unlinked} GPU activities have no "
                                         "launching host event (no correlation, flow or External id match); "
-                                        "they cannot be in a DP phase", count=links.unlinked))
+                                        "they cannot be in a DP phase", count=unlinked))
     if rt.ns_converted:
         warnings.append(AnalysisWarning("ns_timestamps", "timestamps were in nanoseconds; converted to µs"))
-    pat = _profile_all_threads(rt, links.launcher) if dp_mode == "multi_device" else None
-    if pat is False:
-        warnings.append(AnalysisWarning(
-            "profile_all_threads_off", "DP replica threads (parallel_apply) were not recorded "
-            "(profile_all_threads off): their CPU ops are missing; their time inside DataParallel.forward "
-            "is counted as host"))
     if strat == "ddp" and rt.world_size == 1:
         warnings.append(AnalysisWarning(
             "ddp_world_size_1", "DDP with world size 1 communicates nothing: its nccl:/gloo: spans are "
-            "enqueue time and no communication kernel ran; they are counted as host work, allreduce is 0"))
-    span = [(s0, s1) for _, s0, s1 in steps]
-    return RankSummary(
-        path=str(path), dist_rank=rt.rank, world_size=rt.world_size, backend=rt.backend,
-        base_time_ns=rt.base_time_ns, gpu_names=rt.gpu_names, devices=devices, events=rt.events,
-        strategy=strat, dp_mode=dp_mode, output_device=output_device, profile_all_threads=pat, steps=rows,
-        device_summaries=attribution.device_summaries(tl, 0, devices),
-        top_kernels=attribution.top_kernels(tl, 0, devices, steps),
-        collectives=_collectives(rt, hcls), warnings=warnings,
-        steps_start_us=min((a for a, _ in span), default=None), steps_end_us=max((b for _, b in span), default=None),
-    )
+            "enqueue time and no communication kernel ran; they are counted as host work, comm is 0"))
 
 
 def _steps(rt: RankTrace, hcls: np.ndarray, warnings: list[AnalysisWarning]) -> list[tuple[int, float, float]]:
@@ -134,15 +158,6 @@ def _steps(rt: RankTrace, hcls: np.ndarray, warnings: list[AnalysisWarning]) -> 
     return [(0, s0, s1)]
 
 
-def _output_device(tl: attribution.RankTimeline, devices: tuple[int, ...]) -> int | None:
-    """DP's output device: where Gather's work ran, else Scatter's, else the lowest active GPU."""
-    for phase in (2, 0):  # DP_PHASES index: dp_gather, dp_scatter
-        d = tl.device[tl.phase == phase]
-        if len(d):
-            return int(np.bincount(d).argmax())
-    return min(devices) if devices else None
-
-
 def _profile_all_threads(rt: RankTrace, launcher: np.ndarray) -> bool | None:
     """False when some thread launched GPU work but has no recorded CPU op (DP replica threads)."""
     launch_tids = set(np.unique(rt.tid[launcher[launcher >= 0]]).tolist())
@@ -152,18 +167,6 @@ def _profile_all_threads(rt: RankTrace, launcher: np.ndarray) -> bool | None:
     runtime_only = {t for t in launch_tids if t not in op_tids}
     launches = np.isin(rt.tid, list(runtime_only)) & (rt.kind == K_RUNTIME)
     return not bool(runtime_only and launches.any())
-
-
-def _collectives(rt: RankTrace, hcls: np.ndarray) -> list[crossrank.Collective]:
-    group = str(rt.pg_config[0]["pg_name"]) if len(rt.pg_config) == 1 else "default"
-    off = clock_offset_us(rt)
-    rows = np.flatnonzero(hcls == C.C_COLLECTIVE)
-    out = []
-    for r in rows.tolist():
-        name = rt.names[rt.name_id[r]]
-        if name.startswith(_COLL_NAME):
-            out.append((group, name, float(rt.ts[r]) + off))
-    return out
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -213,104 +216,3 @@ def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis
     if notes:
         analysis = replace(analysis, warnings=(*notes, *analysis.warnings))
     return analysis
-
-
-def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analysis:
-    """Give each summary its rank, then merge them into one Analysis (with cross-rank figures)."""
-    warnings: list[AnalysisWarning] = []
-    ranks = _assign_ranks(sums, warnings)
-    infos, devices, steps, kernels = [], [], [], []
-    per_rank_coll: dict[int, list[crossrank.Collective]] = {}
-    for s, r in zip(sums, ranks, strict=True):
-        infos.append(RankInfo(rank=r, path=s.path, world_size=s.world_size, backend=s.backend, devices=s.devices,
-                              gpu_names=s.gpu_names, base_time_ns=s.base_time_ns,
-                              profile_all_threads=s.profile_all_threads, events=s.events,
-                              steps_start_us=s.steps_start_us, steps_end_us=s.steps_end_us))
-        devices += [replace(d, rank=r) for d in s.device_summaries]
-        steps += [replace(x, rank=r) for x in s.steps]
-        kernels += [replace(k, rank=r) for k in s.top_kernels]
-        warnings += [replace(w, rank=r) for w in s.warnings]
-        per_rank_coll[r] = s.collectives
-    sizes = {s.world_size for s in sums if s.world_size is not None}
-    if len(sizes) > 1:
-        warnings.append(AnalysisWarning("mixed_world_sizes", f"traces disagree on the world size: {sorted(sizes)}; "
-                                        "are they from the same run?", count=len(sizes)))
-    _same_run(sums, warnings)
-    strat = strategy.combine(s.strategy for s in sums)
-    if strat == "unknown" and len({s.strategy for s in sums}) > 1:
-        warnings.append(AnalysisWarning("mixed_strategies", "ranks show different strategies: "
-                                        + ", ".join(sorted({s.strategy for s in sums}))))
-    _completeness(sums, ranks, manifest, warnings)
-    collectives, stragglers = crossrank.match(per_rank_coll) if len(sums) > 1 else ([], [])
-    first = sums[0]
-    order = sorted(range(len(infos)), key=lambda i: infos[i].rank)
-    return Analysis(
-        strategy=strat, ranks=tuple(infos[i] for i in order),
-        devices=tuple(sorted(devices, key=lambda d: (d.rank, d.device))),
-        steps=tuple(sorted(steps, key=lambda x: (x.rank, x.step, x.device))),
-        warnings=tuple(sorted(warnings, key=lambda w: (w.rank if w.rank is not None else -1, w.code))),
-        top_kernels=tuple(sorted(kernels, key=lambda k: (k.rank, k.device, -k.total_us, k.name))),
-        collectives=tuple(collectives), stragglers=tuple(stragglers),
-        dp_mode=first.dp_mode if strat == "dp" else None,
-        output_device=first.output_device if strat == "dp" else None,
-    )
-
-
-def _assign_ranks(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) -> list[int]:
-    """distributedInfo rank, else the rank in the file name, else input order; duplicates renumbered."""
-    known: list[int | None] = [s.dist_rank if s.dist_rank is not None else rank_from_name(s.path) for s in sums]
-    free = (r for r in range(len(sums) + len(known)) if r not in set(known))
-    ranks = [r if r is not None else next(free) for r in known]  # unknown: smallest unused, in input order
-    guessed = [f"{Path(s.path).name} -> rank {r} (from {'its file name' if k is not None else 'input order'})"
-               for s, k, r in zip(sums, known, ranks, strict=True) if s.dist_rank is None]
-    if guessed and len(sums) > 1:
-        warnings.append(AnalysisWarning("no_distributed_info", "no distributedInfo in " + "; ".join(guessed),
-                                        count=len(guessed)))
-    seen: set[int] = set()
-    dups = []
-    for i, r in enumerate(ranks):
-        if r in seen:
-            new = max(set(ranks) | seen) + 1
-            dups.append(f"{Path(sums[i].path).name}: rank {r} -> {new}")
-            ranks[i] = new
-        seen.add(ranks[i])
-    if dups:
-        warnings.append(AnalysisWarning("duplicate_ranks", "several traces claim the same rank; renumbered: "
-                                        + "; ".join(dups), count=len(dups)))
-    return ranks
-
-
-#: Ranks of one run profile the same steps: step windows further apart than this are from different runs.
-SAME_RUN_GAP_S = 60.0
-
-
-def _same_run(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) -> None:
-    backends = {s.backend for s in sums if s.backend}
-    if len(backends) > 1:
-        warnings.append(AnalysisWarning("mixed_backends", f"traces disagree on the backend: {sorted(backends)}; "
-                                        "are they from the same run?", count=len(backends)))
-    spans = [((s.base_time_ns or 0) / 1e3 + s.steps_start_us, (s.base_time_ns or 0) / 1e3 + s.steps_end_us)
-             for s in sums if s.steps_start_us is not None and s.steps_end_us is not None]
-    if len(spans) > 1:
-        gap_s = (max(a for a, _ in spans) - min(b for _, b in spans)) / 1e6
-        if gap_s > SAME_RUN_GAP_S:
-            warnings.append(AnalysisWarning("different_runs", f"the ranks' profiled steps are {gap_s:,.0f} s apart "
-                                            "on the wall clock: these traces look like different runs; "
-                                            "cross-rank figures are meaningless"))
-
-
-def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict | None,
-                  warnings: list[AnalysisWarning]) -> None:
-    world = max((s.world_size or 0 for s in sums), default=0)
-    if manifest is not None:
-        config = manifest.get("config")
-        cfg = config if isinstance(config, dict) else {}
-        world = max(world, int(cfg.get("world_size") or 0)) if cfg.get("strategy") == "ddp" else world
-        if manifest.get("status") == "running" or manifest.get("complete") is False:
-            warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "
-                                            f"{manifest.get('status')!r}): analysed the traces written so far"))
-    missing = sorted(set(range(world)) - set(ranks)) if world > 1 else []
-    if missing:
-        warnings.append(AnalysisWarning("missing_ranks", f"world size {world} but no trace for rank(s) "
-                                        f"{', '.join(map(str, missing))}: analysed the ranks present",
-                                        count=len(missing)))

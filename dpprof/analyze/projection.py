@@ -81,7 +81,7 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
     n_prof = max(1, distinct_gpus(analysis, manifest))
     compute = mean([r.categories_us["compute"] for r in gpus])
     dp_meas = ref.dp_phases_us
-    exposed_ar = ref.categories_us["allreduce"]
+    exposed_ar = ref.categories_us["comm"] + ref.categories_us["peer_wait"]
     compute_1 = compute * n_prof
     fixed = max(0.0, ref.step_us - ref.categories_us["compute"] - dp_meas - exposed_ar)
     batch = get(manifest, "config", "batch_size")
@@ -92,7 +92,7 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
         per_extra, dp_src = None, "bytes ÷ bandwidth"
     overlap, ovl_src = DEFAULT_OVERLAP, f"default {DEFAULT_OVERLAP} (no DDP communication measured)"
     if analysis.strategy == "ddp":
-        ovl_exposed = mean([r.categories_us["allreduce"] for r in gpus])
+        ovl_exposed = mean([r.categories_us["comm"] for r in gpus])
         ovl_hidden = mean([r.overlapped_us for r in gpus])
         if ovl_exposed + ovl_hidden > 0:
             overlap, ovl_src = ovl_hidden / (ovl_exposed + ovl_hidden), "measured DDP overlap ratio"

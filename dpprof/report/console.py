@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import IO
 
-from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
+from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, StepBreakdown
 
 #: Short column headers for the categories (same order as CATEGORIES).
 SHORT: dict[str, str] = {
     "compute": "compute", "dp_scatter": "scatter", "dp_broadcast": "bcast", "dp_gather": "gather",
-    "dp_reduce": "reduce", "allreduce": "allreduce", "memcpy": "memcpy", "data_loading": "data",
+    "dp_reduce": "reduce", "comm": "comm", "peer_wait": "wait", "memcpy": "memcpy", "data_loading": "data",
     "host": "host", "idle": "idle",
 }
 DP_MODE_TEXT: dict[str, str] = {
@@ -50,7 +50,7 @@ def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = 
     cats = _shown_categories(analysis.steps)
     table = Table(title="Per step and GPU: where the time went (ms; the categories sum to the step)",
                   show_lines=False, header_style="bold", pad_edge=False)
-    for col in ("rank", "GPU", "step", "total", "busy", *(SHORT[c] for c in cats), "AR ovl", "GPU0 only"):
+    for col in ("rank", "GPU", "step", "total", "busy", *(SHORT[c] for c in cats), "comm ovl", "GPU0 only"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in analysis.steps:
         cells = [str(s.rank), "host" if s.device < 0 else str(s.device), str(s.step), _ms(s.duration_us),
@@ -58,18 +58,26 @@ def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = 
         for c in cats:
             v = s.categories_us.get(c, 0.0)
             cells.append(_ms(v) if v > 0.0005 else "·")
-        cells += [_ms(s.allreduce_overlapped_us) if s.allreduce_overlapped_us else "·", _ms(s.gpu0_only_us)]
+        cells += [_ms(s.comm_overlapped_us) if s.comm_overlapped_us else "·", _ms(s.gpu0_only_us)]
         table.add_row(*cells)
     console.print(table)
-    if any(s.dp_phase_gpu_us for s in analysis.steps) and analysis.strategy == "dp":
-        console.print("GPU work launched inside each DP phase (ms per step): " + "; ".join(
+    if analysis.strategy == "dp" and any(s.dp_phase_gpu_us or s.dp_host_us for s in analysis.steps):
+        console.print("Each DP phase per step (ms): GPU work launched in it / host time in it: " + "; ".join(
             f"rank {s.rank} GPU{s.device} step {s.step}: " + ", ".join(
-                f"{SHORT[k]} {_ms(v)}" for k, v in s.dp_phase_gpu_us.items())
+                f"{SHORT[k]} {_ms(s.dp_phase_gpu_us.get(k, 0.0))}/{_ms(s.dp_host_us.get(k, 0.0))}"
+                for k in DP_PHASES if k in s.dp_phase_gpu_us or k in s.dp_host_us)
             for s in analysis.steps if s.device >= 0), markup=False)
-    if analysis.stragglers:
-        console.print("Collectives matched across ranks: " + "; ".join(
-            f"rank {s.rank} last at {s.times_last}/{s.collectives} (mean lateness {_ms(s.mean_lateness_us)} ms)"
-            for s in analysis.stragglers), markup=False)
+    waits = [s for s in analysis.steps if s.peer_wait_on_us]
+    if waits:
+        console.print("Waiting inside collectives for the last participant (ms): " + "; ".join(
+            f"rank {s.rank} GPU{s.device} step {s.step}: " + ", ".join(
+                f"on {who} {_ms(us)}" for who, us in s.peer_wait_on_us.items()) for s in waits), markup=False)
+    if analysis.straggler_summary.get("verdict") in ("slow_rank", "slow_gpu", "none") and analysis.collectives:
+        console.print(f"Stragglers (GPU-side collective starts): {analysis.straggler_summary['text']}", markup=False)
+    for o in analysis.clock_offsets:
+        if o.source.startswith("collective"):
+            console.print(f"rank {o.rank} clock aligned by {o.offset_us:+.1f} µs from {o.collectives} collective ends "
+                          f"(residual median {o.residual_us:.1f} µs, max {o.max_residual_us:.1f} µs)", markup=False)
     for w in analysis.warnings:
         who = f"rank {w.rank}: " if w.rank is not None else ""
         console.print(f"warning [{w.code}] {who}{w.message}", markup=False, style="yellow")

@@ -160,7 +160,7 @@ def imbalance(analysis: Analysis, nvml_mean_util: Mapping[str, float] | None = N
             ax2 = axes[0][1]
             names = sorted(nvml_mean_util)
             y2 = list(range(len(names)))[::-1]
-            ax2.barh(y2, [nvml_mean_util[n] for n in names], color=CATEGORY_COLORS["allreduce"], height=0.7)
+            ax2.barh(y2, [nvml_mean_util[n] for n in names], color=CATEGORY_COLORS["comm"], height=0.7)
             ax2.set_yticks(y2, names)
             ax2.set_xlim(0, 100)
             ax2.set_xlabel("mean utilization.gpu (%)")
@@ -175,31 +175,37 @@ def imbalance(analysis: Analysis, nvml_mean_util: Mapping[str, float] | None = N
 
 
 def ddp_overlap(analysis: Analysis) -> Plot:
-    """Per rank and step: communication kernel time hidden under compute vs exposed (ms)."""
-    key, title = "ddp-overlap", "DDP gradient communication: overlapped vs exposed"
-    if analysis.strategy != "ddp":
-        return absent(key, title, f"Not a DDP run (strategy: {analysis.strategy}), so there is no "
-                                  "gradient allreduce to overlap.")
+    """Per rank and step: collective time hidden under compute, exposed transfer, and waiting for the last
+    participant (ms)."""
+    key, title = "ddp-overlap", "Collective communication: overlapped, exposed transfer, waiting"
+    if analysis.strategy not in ("ddp", "fsdp", "distributed"):
+        return absent(key, title, f"Not a multi-process run (strategy: {analysis.strategy}), so there is no "
+                                  "gradient collective to overlap.")
     rows = sorted(analysis.steps, key=lambda s: (s.rank, s.device, s.step))
-    if not any(s.categories_us.get("allreduce", 0.0) + s.allreduce_overlapped_us > 0 for s in rows):
-        return absent(key, title, "No gradient communication was measured in the profiled steps "
+    if not any(s.categories_us.get("comm", 0.0) + s.categories_us.get("peer_wait", 0.0) + s.comm_overlapped_us > 0
+               for s in rows):
+        return absent(key, title, "No collective communication was measured in the profiled steps "
                                   "(e.g. world size 1: DDP has nothing to reduce).")
     multi = _multi_rank(rows)
     labels = [f"{device_label(s.rank, s.device, multi)} · step {s.step}" for s in rows]
-    hidden = [s.allreduce_overlapped_us / 1000.0 for s in rows]
-    exposed = [s.categories_us.get("allreduce", 0.0) / 1000.0 for s in rows]
+    hidden = [s.comm_overlapped_us / 1000.0 for s in rows]
+    exposed = [s.categories_us.get("comm", 0.0) / 1000.0 for s in rows]
+    waiting = [s.categories_us.get("peer_wait", 0.0) / 1000.0 for s in rows]
     with figure(FIG_W, 1.2 + 0.32 * len(rows)) as (fig, ax):
         y = list(range(len(rows)))[::-1]
         ax.barh(y, hidden, color="#9ab8df", height=0.7, label="overlapped with compute")
-        ax.barh(y, exposed, left=hidden, color=CATEGORY_COLORS["allreduce"], height=0.7,
-                label="exposed (step waits for it)")
+        ax.barh(y, exposed, left=hidden, color=CATEGORY_COLORS["comm"], height=0.7,
+                label="exposed transfer (step waits for it)")
+        ax.barh(y, waiting, left=[h + e for h, e in zip(hidden, exposed, strict=True)],
+                color=CATEGORY_COLORS["peer_wait"], height=0.7, label="waiting for the last participant")
         ax.set_yticks(y, labels)
-        ax.set_xlabel("communication time (ms)")
+        ax.set_xlabel("collective time (ms)")
         ax.grid(axis="y", visible=False)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
-        total = sum(hidden) + sum(exposed)
-        note = (f"{100 * sum(hidden) / total:.0f} % of the communication time ran under compute "
-                f"({sum(exposed):.2f} ms exposed over {len(rows)} device-steps).")
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3)
+        total = sum(hidden) + sum(exposed) + sum(waiting)
+        note = (f"{100 * sum(hidden) / total:.0f} % of the collective time ran under compute; "
+                f"{sum(exposed):.2f} ms exposed transfer and {sum(waiting):.2f} ms waiting for the last participant "
+                f"over {len(rows)} device-steps.")
         return Plot(key, title, to_svg(fig, key, title), note)
 
 

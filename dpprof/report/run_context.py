@@ -19,8 +19,12 @@ from dpprof.report.plots import StepTime, device_label
 from dpprof.rundir import lookup as _get
 
 SHORT_NAMES = {"dp": ("DP", "nn.DataParallel"), "ddp": ("DDP", "DistributedDataParallel"),
+               "fsdp": ("FSDP", "FullyShardedDataParallel / fully_shard"),
+               "distributed": ("distributed", "collectives without DP, DDP or FSDP"),
                "single": ("single", "one device, no data parallelism"), "unknown": ("unknown", "")}
 STRATEGY_NAMES = {"dp": "DP (nn.DataParallel)", "ddp": "DDP (DistributedDataParallel)",
+                  "fsdp": "FSDP (FullyShardedDataParallel / fully_shard)",
+                  "distributed": "distributed (collectives without DP, DDP or FSDP)",
                   "single": "single device (no data parallelism)", "unknown": "unknown"}
 #: Kernels listed per device in the top-kernels table.
 TOP_KERNELS = 10
@@ -85,8 +89,9 @@ def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequ
     gpu_text = ", ".join(device_label(r, d, len(analysis.ranks) > 1) for r, d in devices) or "none (CPU only)"
     plain, plain_source = unprofiled_ms(manifest, times)
     ips, ips_source = throughput(manifest, times)
+    short, long = _strategy_tile(analysis.strategy, mode)
     tiles = [
-        ("Strategy", *_strategy_tile(analysis.strategy, mode)),
+        ("Strategy", short, " · ".join(x for x in (long, analysis.strategy_evidence) if x)),
         ("Ranks", str(len(analysis.ranks)), f"GPUs with activity: {gpu_text}"),
         ("Profiled step (median)", f"{fmt.num(step_median_ms(analysis))} ms",
          f"{len({(s.rank, s.step) for s in analysis.steps})} rank-steps in the profiler window"),
@@ -137,7 +142,7 @@ def step_table(analysis: Analysis) -> dict[str, Any]:
     phase_cols = [p for p in DP_PHASES if any(p in s.dp_phase_gpu_us for s in steps)] \
         if analysis.strategy == "dp" else []
     has_gpu0 = any(s.gpu0_only_us is not None for s in steps)
-    has_overlap = any(s.allreduce_overlapped_us > 0 for s in steps)
+    has_overlap = any(s.comm_overlapped_us > 0 for s in steps)
     rows = []
     for s in steps[:MAX_STEP_ROWS]:
         cells = [fmt.ms(s.duration_us)] + [fmt.ms(s.categories_us.get(c, 0.0)) for c in cats]
@@ -146,7 +151,7 @@ def step_table(analysis: Analysis) -> dict[str, Any]:
         if has_gpu0:
             cells.append(fmt.ms(s.gpu0_only_us))
         if has_overlap:
-            cells.append(fmt.ms(s.allreduce_overlapped_us))
+            cells.append(fmt.ms(s.comm_overlapped_us))
         rows.append({"label": f"{device_label(s.rank, s.device, multi)} · step {s.step}", "cells": cells})
     columns = ["step"] + list(cats) + ["GPU busy"]
     columns += [f"GPU in {p} (µs)" for p in phase_cols]
@@ -185,12 +190,18 @@ def kernels_view(analysis: Analysis) -> list[dict[str, Any]]:
 
 
 def comm_view(analysis: Analysis) -> dict[str, Any]:
+    """Collectives matched across their participants: who arrived last, the waiting it caused, the clocks."""
     worst = sorted(analysis.collectives, key=lambda c: (-c.start_skew_us, c.group, c.index))[:10]
     return {
         "collectives": len(analysis.collectives),
-        "worst": [[c.group, str(c.index), c.name, fmt.ms(c.start_skew_us, 3), str(c.last_rank)] for c in worst],
-        "stragglers": [[str(s.rank), f"{s.times_last} of {s.collectives}", fmt.ms(s.mean_lateness_us, 3)]
-                       for s in sorted(analysis.stragglers, key=lambda s: s.rank)],
+        "summary": analysis.straggler_summary.get("text", ""),
+        "worst": [[c.group, str(c.index), c.name, "–" if c.step is None else str(c.step), fmt.ms(c.start_skew_us, 3),
+                   c.last or "tie", fmt.ms(c.transfer_us, 3)] for c in worst],
+        "stragglers": [[s.participant or f"rank {s.rank}", f"{s.times_last} of {s.collectives}",
+                        fmt.ms(s.mean_lateness_us, 3), fmt.ms(s.caused_wait_us, 3)]
+                       for s in analysis.stragglers],
+        "clocks": [[f"rank {o.rank}", f"{o.offset_us:+.1f}", "–" if o.residual_us is None else f"{o.residual_us:.1f}",
+                    str(o.collectives), o.source] for o in analysis.clock_offsets],
     }
 
 

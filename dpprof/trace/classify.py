@@ -46,14 +46,16 @@ GPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 CPU_CLASSES: tuple[str, ...] = (
     "op", "step", "data_loading", "dp_forward", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
     "dp_parallel_apply", "ddp_forward", "ddp_reducer", "collective", "param_comms", "optimizer",
+    "fsdp", "sync",
 )
 (C_OP, C_STEP, C_DATA, C_DP_FORWARD, C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE,
- C_DP_PARALLEL_APPLY, C_DDP_FORWARD, C_DDP_REDUCER, C_COLLECTIVE, C_PARAM_COMMS, C_OPTIMIZER) = range(len(CPU_CLASSES))
+ C_DP_PARALLEL_APPLY, C_DDP_FORWARD, C_DDP_REDUCER, C_COLLECTIVE, C_PARAM_COMMS, C_OPTIMIZER,
+ C_FSDP, C_SYNC) = range(len(CPU_CLASSES))
 #: Host classes that are DP phases, in the order of ``model.DP_PHASES``.
 DP_PHASE_CLASSES: tuple[int, ...] = (C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE)
 #: Annotations that only enclose other work: by themselves they do not make the host busy.
-ENCLOSING_CLASSES: frozenset[int] = frozenset({C_STEP, C_DDP_FORWARD, C_OPTIMIZER, C_DP_PARALLEL_APPLY})
-#: Spans whose time, when the GPU is idle, is communication (``allreduce``).
+ENCLOSING_CLASSES: frozenset[int] = frozenset({C_STEP, C_DDP_FORWARD, C_OPTIMIZER, C_DP_PARALLEL_APPLY, C_FSDP})
+#: Host spans of the collective API (c10d ops, ``record_param_comms``, ``nccl:*``/``gloo:*`` annotations).
 COLLECTIVE_CLASSES: frozenset[int] = frozenset({C_COLLECTIVE, C_PARAM_COMMS})
 
 #: Ordered host rules: (class, pattern). First match wins.
@@ -76,6 +78,11 @@ CPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("param_comms", re.compile(r"^record_param_comms$")),
     ("collective", re.compile(r"^(?:nccl|gloo|rccl|mpi|ucc):|^c10d::")),
     ("optimizer", re.compile(r"^Optimizer\.(?:step|zero_grad)#")),
+    # FSDP2 (fully_shard: torch/distributed/fsdp/_fully_shard/*, "FSDP::all_gather (i)",
+    # "FSDP::post_backward_reduce"...) and FSDP1 (FullyShardedDataParallel.* record_function names).
+    ("fsdp", re.compile(r"^FSDP::|^FullyShardedDataParallel\.")),
+    # Host calls that block until the GPU has finished: the host is waiting, not working, inside them.
+    ("sync", re.compile(r"^(?:cuda|hip|cu)(?:Stream|Device|Event|Ctx)Synchronize(?:_v2)?$|^(?:cuda|hip)Memcpy$")),
 )
 
 _GPU_CODE = {name: i for i, name in enumerate(GPU_CLASSES)}
@@ -112,3 +119,33 @@ def step_number(name: str) -> int | None:
     """N of ``ProfilerStep#N``, or None."""
     m = _STEP_NUMBER.search(name)
     return int(m.group(1)) if m else None
+
+
+_KIND_ALIASES = {"allreduce": "all_reduce", "allgather": "all_gather", "reducescatter": "reduce_scatter",
+                 "alltoall": "all_to_all", "alltoallv": "all_to_all", "sendrecv": "send_recv",
+                 "broadcast": "broadcast", "reduce": "reduce", "send": "send", "recv": "recv",
+                 "barrier": "barrier", "gather": "gather", "scatter": "scatter"}
+_KERNEL_KIND = re.compile(r"(?:nccl|rccl)(?:Dev)?Kernel_([A-Za-z]+)", _I)
+_STRIP = re.compile(r"^_+|_+$|_(?:base|coalesced|into_tensor|tensor)$")
+
+
+def collective_kind(name: str | None) -> str | None:
+    """The normalised kind of a collective (``all_reduce``, ``all_gather``, ``reduce_scatter``, ``broadcast``,
+    ``reduce``, ``all_to_all``, ``send``/``recv``/``send_recv``, ``barrier``...), or None.
+
+    Reads a ``Collective name`` arg (``allreduce``, ``_allgather_base``, ``reduce_scatter_tensor_coalesced``),
+    an NCCL/RCCL kernel name (``ncclDevKernel_AllReduce_Sum_f32_RING_LL``, ``ncclKernel_Broadcast_...``) or a
+    backend annotation (``gloo:all_reduce``, ``nccl:all_gather``).
+    """
+    if not name:
+        return None
+    m = _KERNEL_KIND.search(name)
+    if m:
+        word = m.group(1)
+    else:
+        word = name.split(":", 1)[1] if ":" in name and not name.startswith("c10d::") else name
+        word = word.removeprefix("c10d::")
+    word = word.strip().lower()
+    for _ in range(4):  # _allgather_into_tensor_coalesced -> allgather, c10d::_reduce_scatter_base_
+        word = _STRIP.sub("", word)
+    return _KIND_ALIASES.get(word.replace("_", ""))

@@ -66,6 +66,53 @@ def _floats(values: list[float | None]) -> np.ndarray:
         return np.array(values, dtype=np.float64)
 
 
+#: Sparse per-row extras: collective metadata (GPU rows and ``record_param_comms`` ops that carry it) and the
+#: two ends of peer copies. Few rows have them, so they are kept as (row, value) tables, not full columns.
+COLL_FIELDS = ("collective", "in_nelems", "out_nelems", "dtype", "pg_name", "seq")
+_COLL_INT = ("in_nelems", "out_nelems", "seq")
+
+
+@dataclass
+class Extras:
+    """Rows of a chunk (or of a whole trace after ``merge``) with collective metadata or peer-copy ends."""
+
+    coll_row: np.ndarray  # int64 row indices
+    coll: dict[str, list[Any]]  # COLL_FIELDS -> values (None where absent); ints for the counts
+    peer_row: np.ndarray  # int64 row indices of copies that name fromDevice/toDevice
+    peer_from: np.ndarray  # int32
+    peer_to: np.ndarray  # int32
+
+    @classmethod
+    def empty(cls) -> Extras:
+        return cls(np.zeros(0, np.int64), {f: [] for f in COLL_FIELDS}, np.zeros(0, np.int64),
+                   np.zeros(0, np.int32), np.zeros(0, np.int32))
+
+
+def _as_int(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None and v == v else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _extras(args: list[Any], gpu_list: list[int], names: list[str], name_id: np.ndarray) -> Extras:
+    """Collective metadata and peer-copy ends, read only from the rows that can carry them."""
+    pc = [k for k, nm in enumerate(names) if nm == "record_param_comms"]
+    host_rows = np.flatnonzero(np.isin(name_id, pc)).tolist() if pc else []
+    rows = [i for i in gpu_list if args[i].collective is not None] + host_rows
+    coll: dict[str, list[Any]] = {f: [getattr(args[i], f) for i in rows] for f in COLL_FIELDS}
+    for f in _COLL_INT:
+        coll[f] = [_as_int(v) for v in coll[f]]
+    coll["pg_name"] = [None if v is None else str(v) for v in coll["pg_name"]]
+    peer = [i for i in gpu_list if args[i].to_device is not None or args[i].from_device is not None]
+    def dev(v: Any) -> int:
+        x = _as_int(v)
+        return x if x is not None and 0 <= x < 2**31 else -1
+    return Extras(np.array(rows, dtype=np.int64), coll, np.array(peer, dtype=np.int64),
+                  np.array([dev(args[i].from_device) for i in peer], dtype=np.int32),
+                  np.array([dev(args[i].to_device) for i in peer], dtype=np.int32))
+
+
 @dataclass
 class Chunk:
     """Columns of a slice of the events; ``names``/``tids`` are the slice's own tables."""
@@ -76,6 +123,7 @@ class Chunk:
     events: int
     skipped: int
     tolerant: bool = False
+    extras: Extras | None = None
 
 
 def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Chunk:
@@ -113,13 +161,43 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
         dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
     device = np.full(n, -1, dtype=np.int32)
     device[gpu] = dev
+    extras = _extras(args, gpu_list, names, name_id)
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
     cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
             "stream": stream, "correlation": correlation, "external_id": external_id, "nbytes": nb}
     n_bad = int(n - np.count_nonzero(good))
     if n_bad:
         cols = {k: v[good] for k, v in cols.items()}
-    return Chunk(cols, names, tids, events=len(events) + skipped, skipped=skipped + n_bad, tolerant=tolerant)
+        extras = _renumber(extras, good)
+    return Chunk(cols, names, tids, events=len(events) + skipped, skipped=skipped + n_bad, tolerant=tolerant,
+                 extras=extras)
+
+
+def _renumber(x: Extras, good: np.ndarray) -> Extras:
+    """The extras of the rows kept by ``good``, with their new row numbers."""
+    new = np.cumsum(good) - 1
+    keep_c = good[x.coll_row] if len(x.coll_row) else np.zeros(0, bool)
+    keep_p = good[x.peer_row] if len(x.peer_row) else np.zeros(0, bool)
+    coll = {f: [v for v, k in zip(vals, keep_c.tolist(), strict=True) if k] for f, vals in x.coll.items()}
+    return Extras(new[x.coll_row[keep_c]], coll, new[x.peer_row[keep_p]], x.peer_from[keep_p], x.peer_to[keep_p])
+
+
+def merge_extras(chunks: list[Chunk]) -> Extras:
+    """The chunks' extras with row numbers of the concatenated columns (call before ``merge``)."""
+    out = Extras.empty()
+    rows_c, rows_p, pf, pt = [out.coll_row], [out.peer_row], [out.peer_from], [out.peer_to]
+    offset = 0
+    for c in chunks:
+        x = c.extras
+        if x is not None:
+            rows_c.append(x.coll_row + offset)
+            for f in COLL_FIELDS:
+                out.coll[f].extend(x.coll[f])
+            rows_p.append(x.peer_row + offset)
+            pf.append(x.peer_from)
+            pt.append(x.peer_to)
+        offset += len(c.cols["ts"])
+    return Extras(np.concatenate(rows_c), out.coll, np.concatenate(rows_p), np.concatenate(pf), np.concatenate(pt))
 
 
 def merge(chunks: list[Chunk]) -> tuple[dict[str, np.ndarray], list[str], list[Any]]:

@@ -42,6 +42,19 @@ class _Args(msgspec.Struct, gc=False):
     device: int | None = -1
     stream: int | None = -1
     bytes: int | float | None = None
+    # Collective metadata: libkineto copies it from ``record_param_comms`` onto the NCCL kernel
+    # (``ChromeTraceLogger::handleActivity`` in libkineto/src/output_json.cpp); ``Seq``/``Comms Id`` only in
+    # newer versions. Absent on every other event, so the typed decode skips nothing it did not before.
+    collective: str | None = msgspec.field(default=None, name="Collective name")
+    in_nelems: int | float | None = msgspec.field(default=None, name="In msg nelems")
+    out_nelems: int | float | None = msgspec.field(default=None, name="Out msg nelems")
+    dtype: str | None = None
+    pg_name: str | int | None = msgspec.field(default=None, name="Process Group Name")
+    seq: int | None = msgspec.field(default=None, name="Seq")
+    # Peer copies (CUPTI memcpy2 records) name both ends instead of ``device``: the copy runs on
+    # ``fromDevice``'s stream for torch's cross-device copies (aten/src/ATen/native/cuda/Copy.cu).
+    from_device: int | None = msgspec.field(default=None, name="fromDevice")
+    to_device: int | None = msgspec.field(default=None, name="toDevice")
 
 
 class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False, kw_only=True):

@@ -82,7 +82,8 @@ class Nesting:
         keep = ends > starts
         starts, ends, labels = starts[keep], ends[keep], labels[keep]
         self.breaks = np.unique(np.concatenate([starts, ends]))
-        self.seg_label = np.full(max(len(self.breaks) - 1, 0), -1, dtype=np.int16)
+        self.dtype = labels.dtype if labels.dtype.kind == "i" else np.dtype(np.int64)
+        self.seg_label = np.full(max(len(self.breaks) - 1, 0), -1, dtype=self.dtype)
         order = np.lexsort((-ends, starts))
         i0 = np.searchsorted(self.breaks, starts[order])
         i1 = np.searchsorted(self.breaks, ends[order])
@@ -90,8 +91,8 @@ class Nesting:
             self.seg_label[a:b] = lab
 
     def label_at(self, points: np.ndarray) -> np.ndarray:
-        """Label (int16, -1 when outside every interval) at each point."""
-        out = np.full(len(points), -1, dtype=np.int16)
+        """Label (the labels' integer type, -1 when outside every interval) at each point."""
+        out = np.full(len(points), -1, dtype=self.dtype)
         if len(self.seg_label) == 0:
             return out
         k = np.searchsorted(self.breaks, points, side="right") - 1
@@ -102,3 +103,15 @@ class Nesting:
     def boundaries(self, lo: float, hi: float) -> np.ndarray:
         i0, i1 = np.searchsorted(self.breaks, [lo, hi], side="right")
         return self.breaks[i0:i1]
+
+
+def subtract(a: Intervals, b: Intervals) -> Intervals:
+    """The union ``a`` minus the union ``b`` (both sorted and disjoint)."""
+    if len(a[0]) == 0 or len(b[0]) == 0:
+        return a
+    pts = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
+    if len(pts) < 2:
+        return EMPTY
+    mids = (pts[:-1] + pts[1:]) / 2
+    keep = covered(mids, a) & ~covered(mids, b)
+    return union(pts[:-1][keep], pts[1:][keep])

@@ -44,9 +44,11 @@ from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's publ
     K_USER_ANN,
     KIND_NAMES,
     Chunk,
+    Extras,
     chunk_columns,
     is_gpu,
     merge,
+    merge_extras,
 )
 from dpprof.trace.decode import read_bytes  # noqa: F401 (re-exported)
 
@@ -86,6 +88,8 @@ class RankTrace:
     skipped: int = 0  # complete events skipped (bad ts/dur or untypable)
     ns_converted: bool = False
     tolerant: bool = False  # True when the typed decode failed and the slow path ran
+    #: Sparse collective metadata and peer-copy ends (``columns.Extras``).
+    extras: Extras = field(default_factory=Extras.empty)
 
 
 def load_trace(path: str | Path) -> RankTrace:
@@ -113,11 +117,13 @@ def _load(path: Path) -> RankTrace:
     del raw  # the JSON text is not needed once decoded
     if not sum(c.events for c in chunks):
         raise TraceError(f"{path}: no trace events (not a Chrome/Kineto trace?)")
+    extras = merge_extras(chunks)
     cols, names, tids = merge(chunks)
     rt = RankTrace(path=str(path), names=names, kind=cols["kind"], name_id=cols["name_id"], ts=cols["ts"],
                    dur=cols["dur"], tid=cols["tid"], device=cols["device"], stream=cols["stream"],
                    correlation=cols["correlation"], external_id=cols["external_id"], nbytes=cols["nbytes"],
-                   tids=tids, events=sum(c.events for c in chunks), skipped=sum(c.skipped for c in chunks))
+                   tids=tids, events=sum(c.events for c in chunks), skipped=sum(c.skipped for c in chunks),
+                   extras=extras)
     if len(rt.ts) == 0:
         raise TraceError(f"{path}: no complete events with a usable time (only metadata, or every event damaged)")
     rt.tolerant = tolerant

@@ -15,18 +15,19 @@ def rows(per_row: Mapping[tuple[int, int], Mapping[str, float]], steps: int = 3,
     for (rank, dev), cats in sorted(per_row.items()):
         full = {c: float(cats.get(c, 0.0)) for c in CATEGORIES}
         dur = sum(full.values())
-        b = (busy or {}).get((rank, dev), full["compute"] + full["memcpy"] + full["allreduce"])
+        b = (busy or {}).get((rank, dev), full["compute"] + full["memcpy"] + full["comm"] + full["peer_wait"])
         for s in range(steps):
             out.append(StepBreakdown(
                 rank=rank, device=dev, step=s + 3, duration_us=dur, categories_us=full,
-                allreduce_overlapped_us=(overlapped or {}).get((rank, dev), 0.0),
+                comm_overlapped_us=(overlapped or {}).get((rank, dev), 0.0),
                 gpu0_only_us=gpu0_only if (dev == out_dev and gpu0_only is not None) else None,
                 busy_us=b if dev >= 0 else 0.0))
     return tuple(out)
 
 
 def analysis(strategy: str, per_row: Mapping[tuple[int, int], Mapping[str, float]], *, dp_mode: str | None = None,
-             world_size: int | None = None, stragglers: tuple[Straggler, ...] = (), **kw: object) -> Analysis:
+             world_size: int | None = None, stragglers: tuple[Straggler, ...] = (),
+             straggler_summary: Mapping[str, object] | None = None, **kw: object) -> Analysis:
     steps = rows(per_row, **kw)  # type: ignore[arg-type]
     ranks = sorted({r for r, _ in per_row})
     devs = {r: tuple(sorted(d for rr, d in per_row if rr == r and d >= 0)) for r in ranks}
@@ -36,7 +37,7 @@ def analysis(strategy: str, per_row: Mapping[tuple[int, int], Mapping[str, float
                     for r in ranks),
         devices=tuple(DeviceSummary(rank=r, device=d, kernel_time_us=1.0, comm_kernel_time_us=0.0,
                                     busy_time_us=1.0) for (r, d) in sorted(per_row) if d >= 0),
-        steps=steps, stragglers=stragglers, dp_mode=dp_mode,
+        steps=steps, stragglers=stragglers, dp_mode=dp_mode, straggler_summary=dict(straggler_summary or {}),
         output_device=0 if strategy == "dp" and dp_mode != "no_gpu" else None,
     )
 

@@ -17,7 +17,7 @@ def test_analyze_prints_table_and_writes_json(h200: dict[str, Path], tmp_path: P
     assert rc == 0
     assert "strategy: dp" in text and "scatter" in text
     data = json.loads(out.read_text())
-    assert data["schema"] == "dpprof.analysis/1" and data["strategy"] == "dp"
+    assert data["schema"] == "dpprof.analysis/2" and data["strategy"] == "dp"
     assert [s["step"] for s in data["steps"]] == [3, 4, 5]
 
 

@@ -26,7 +26,7 @@ def test_analysis_json_gains_the_diagnosis(h200: dict[str, Path], tmp_path: Path
 
 
 def test_baseline_run_gives_a_measured_ideal(h200: dict[str, Path], tmp_path: Path) -> None:
-    traces, _expected = write_dp_run(tmp_path / "dp", 4, "gpu0_serial")
+    traces, _expected = write_dp_run(tmp_path / "dp", 4, "gpu0_bound")
     plain, based = tmp_path / "plain.json", tmp_path / "based.json"
     assert main(["analyze", str(traces), "--json", str(plain), "--quiet"]) == 0
     assert main(["analyze", str(traces), "--baseline", str(h200["single_vgg16cifar"]),

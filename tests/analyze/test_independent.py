@@ -75,14 +75,14 @@ def independent_devices(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
 def _synthetic(tmp_path: Path, which: str) -> Path:
     from tests.synth import write_ddp_run, write_dp_run
 
-    if which == "synth_dp4_gpu0_serial":
-        folder, _ = write_dp_run(tmp_path, 4, "gpu0_serial")
+    if which == "synth_dp4_gpu0_bound":
+        folder, _ = write_dp_run(tmp_path, 4, "gpu0_bound")
         return next(folder.iterdir())
-    folder, _ = write_ddp_run(tmp_path, 4, straggler=2)
+    folder, _ = write_ddp_run(tmp_path, 4, "straggler")
     return sorted(folder.iterdir())[0]  # rank 0: it waits for the straggler inside its NCCL kernels
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES) + ["synth_dp4_gpu0_serial", "synth_ddp4_straggler_rank0"])
+@pytest.mark.parametrize("name", sorted(FIXTURES) + ["synth_dp4_gpu0_bound", "synth_ddp4_straggler_rank0"])
 def test_device_figures_match_independent_computation(tmp_path: Path, name: str) -> None:
     path = FIXTURES[name] if name in FIXTURES else _synthetic(tmp_path, name)
     want = independent_devices(path)

@@ -52,7 +52,7 @@ def test_dp_profile_calibrates_dp_cost_and_ddp_profile_measures_overlap():
     assert "calibrated" in p["inputs"]["dp_cost_source"]
     assert row(p, "dp", 4)["comm_ms"] == pytest.approx(6.0)  # reproduces the measured 4-GPU phases
     assert row(p, "dp", 2)["comm_ms"] == pytest.approx(2.0)
-    ddp = analysis("ddp", {(0, 0): {"compute": 8000, "allreduce": 1000}, (1, 1): {"compute": 8000, "allreduce": 1000}},
+    ddp = analysis("ddp", {(0, 0): {"compute": 8000, "comm": 1000}, (1, 1): {"compute": 8000, "comm": 1000}},
                    overlapped={(0, 0): 3000, (1, 1): 3000})
     q = project(ddp, MANIFEST)
     assert q["inputs"]["overlap"] == pytest.approx(0.75) and q["inputs"]["overlap_source"] == "measured DDP overlap ratio"

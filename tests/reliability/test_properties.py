@@ -7,8 +7,11 @@ NCCL kernels on 1-4 GPUs, two streams per GPU so activities overlap), then analy
 expected figures are computed here independently with plain loops:
 
 * every step's categories sum to its duration (1e-6 relative);
-* GPU-busy categories (``compute``, ``dp_*``, ``allreduce``, ``memcpy``) sum to the step's busy time,
-  which is the union of that device's activities clipped to the step;
+* GPU-busy categories (``compute``, ``dp_*``, ``comm``, ``peer_wait``, ``memcpy``) sum to the step's busy time,
+  which is the union of that device's activities clipped to the step (with world size 1 nothing is a
+  collective; without ``distributedInfo`` the NCCL kernels of several GPUs are matched as DP's in-process
+  collectives and their waiting moves from ``comm`` to ``peer_wait``, both busy time; the part of
+  ``peer_wait`` spent idle with work queued behind another GPU, ``peer_wait_idle_us``, is not busy);
 * per device, ``kernel_time_us`` is the sum of kernel durations and ``busy_time_us`` the union length.
 """
 
@@ -30,7 +33,7 @@ PID = 4242
 MAIN_TID = 4242
 BASE_NS = 1_790_857_026_000_000_000
 T0_US = 4_939_957_428_000.0  # torch-like relative timestamps, µs
-GPU_BUSY = ("compute", "allreduce", "memcpy", *DP_PHASES)
+GPU_BUSY = ("compute", "comm", "peer_wait", "memcpy", *DP_PHASES)
 KINDS = {  # kind -> (category, name, runtime call)
     "kernel": ("kernel", "void at::native::vectorized_elementwise_kernel<4>(int, float*)", "cudaLaunchKernel"),
     "gemm": ("kernel", "sm90_xmma_gemm_f32f32_tf32f32_f32_nn_n_tilesize128x128x32", "cudaLaunchKernelExC"),
@@ -64,20 +67,21 @@ def _launch(n_dev: int) -> st.SearchStrategy[Launch]:
 
 
 @st.composite
-def specs(draw: st.DrawFn) -> tuple[int, list[tuple[bool, list[Op]]]]:
-    """(devices, steps); a step is (has a DataLoader ``__next__`` first, its host ops)."""
+def specs(draw: st.DrawFn) -> tuple[int, list[tuple[bool, list[Op]]], bool]:
+    """(devices, steps, has distributedInfo); a step is (has a DataLoader ``__next__`` first, its host ops)."""
     n_dev = draw(st.integers(1, 4))
     op = st.builds(Op, gap_ns=st.integers(0, 50_000), dur_ns=st.integers(1_000, 200_000),
                    launches=st.lists(_launch(n_dev), max_size=4).map(tuple))
     steps = draw(st.lists(st.tuples(st.booleans(), st.lists(op, max_size=6)), min_size=1, max_size=3))
-    return n_dev, steps
+    return n_dev, steps, draw(st.booleans())
 
 
 def _us(ns: int) -> float:
     return round(T0_US + ns / 1000, 3)
 
 
-def build_trace(n_dev: int, steps: list[tuple[bool, list[Op]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build_trace(n_dev: int, steps: list[tuple[bool, list[Op]]], dist: bool = True
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The Kineto JSON object and the list of GPU activities placed (for the independent figures)."""
     ev: list[dict[str, Any]] = [
         {"name": "process_name", "ph": "M", "ts": _us(0), "pid": PID, "tid": 0, "args": {"name": "python3"}},
@@ -130,6 +134,8 @@ def build_trace(n_dev: int, steps: list[tuple[bool, list[Op]]]) -> tuple[dict[st
         t += 5_000
     trace = {"schemaVersion": 1, "distributedInfo": {"backend": "nccl", "rank": 0, "world_size": 1},
              "displayTimeUnit": "ms", "baseTimeNanoseconds": BASE_NS, "traceEvents": ev + gpu}
+    if not dist:
+        del trace["distributedInfo"]
     return trace, gpu
 
 
@@ -159,9 +165,9 @@ def _analyze(trace: dict[str, Any]) -> Any:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs())
-def test_random_valid_traces(spec: tuple[int, list[tuple[bool, list[Op]]]]) -> None:
-    n_dev, steps = spec
-    trace, gpu = build_trace(n_dev, steps)
+def test_random_valid_traces(spec: tuple[int, list[tuple[bool, list[Op]]], bool]) -> None:
+    n_dev, steps, dist = spec
+    trace, gpu = build_trace(n_dev, steps, dist)
     a = _analyze(trace)  # never raises
     step_spans = {int(e["name"].split("#")[1]): (e["ts"], e["ts"] + e["dur"]) for e in trace["traceEvents"]
                   if e.get("cat") == "user_annotation" and e["name"].startswith("ProfilerStep#")}
@@ -183,7 +189,9 @@ def test_random_valid_traces(spec: tuple[int, list[tuple[bool, list[Op]]]]) -> N
                    if g["pid"] == dev and g["ts"] < hi and g["ts"] + g["dur"] > lo]
         busy = union_us(clipped)
         assert s.busy_us == _approx(busy), (dev, number)
-        assert sum(s.categories_us[c] for c in GPU_BUSY) == _approx(busy), (dev, number, s.categories_us)
+        # peer_wait is busy inside collective kernels; its idle part (queued work behind another GPU) is not.
+        in_kernels = sum(s.categories_us[c] for c in GPU_BUSY) - s.peer_wait_idle_us
+        assert in_kernels == _approx(busy), (dev, number, s.categories_us, s.peer_wait_idle_us)
     for d in a.devices:
         mine = [g for g in gpu if g["pid"] == d.device]
         assert d.kernel_time_us == _approx(sum(g["dur"] for g in mine if g["cat"] == "kernel"))

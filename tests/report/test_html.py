@@ -24,7 +24,7 @@ def test_synthetic_report_has_verdicts_numbers_and_plots(tmp_path: Path) -> None
     # step breakdown, imbalance, step times, projection present; NVML and DDP overlap absent with a reason
     assert html.count("<svg ") == 4
     assert "No NVML samples: a trace file alone carries none" in html
-    assert "Not a DDP run (strategy: dp)" in html
+    assert "Not a multi-process run (strategy: dp)" in html
     assert "differ by 36 %" in html  # GPU0 busy 16.0 ms vs GPU1 10.3 ms
     assert "112.4 MiB" in html  # evidence bytes shown in binary units
 

@@ -1,6 +1,7 @@
-"""Synthetic multi-GPU DP and DDP Kineto traces with known figures (see dp.py, ddp.py, expect.py)."""
+"""Synthetic multi-GPU DP, DDP and FSDP Kineto traces built with PyTorch's stream semantics (see streams.py)."""
 
 from tests.synth.ddp import write_ddp_run
 from tests.synth.dp import write_dp_run
+from tests.synth.fsdp import write_fsdp_run
 
-__all__ = ["write_ddp_run", "write_dp_run"]
+__all__ = ["write_ddp_run", "write_dp_run", "write_fsdp_run"]

@@ -65,7 +65,9 @@ class RankTrace:
 
     def __init__(self, *, rank: int, pid: int, devices: tuple[int, ...], world_size: int | None,
                  backend: str | None, pg_ranks: tuple[int, ...] = (), nccl_version: str | None = None,
-                 first_ext: int = 1000, first_corr: int = 100000) -> None:
+                 first_ext: int = 1000, first_corr: int = 100000, clock_shift_us: float = 0.0) -> None:
+        #: This rank's clock error: every timestamp is written ``clock_shift_us`` late (another host's clock).
+        self.clock_shift_us = clock_shift_us
         self.rank, self.pid, self.devices = rank, pid, devices
         self.world_size, self.backend, self.pg_ranks, self.nccl_version = world_size, backend, pg_ranks, nccl_version
         self.ops: list[Op] = []
@@ -146,10 +148,15 @@ class RankTrace:
         return self._gpu("kernel", name, device, stream, start, dur, corr, args, tid, at, comm)
 
     def copy(self, tid: int, at: float, parent: Op | None, device: int, kind: str, start: float, dur: float,
-             nbytes: int, stream: int = COMPUTE_STREAM) -> GpuSpan:
+             nbytes: int, stream: int = COMPUTE_STREAM, to_device: int | None = None) -> GpuSpan:
+        """A copy running on ``device``'s ``stream``. Peer copies (``to_device`` given) carry libkineto's
+        memcpy2 args (``fromDevice``/``inDevice``/``toDevice``, no ``device``: CuptiActivity.cpp)."""
         corr = self.runtime(tid, "cudaMemcpyAsync", at, 3.0, parent)
         args: dict[str, Any] = {"External id": parent.ext} if parent is not None else {}
-        args.update({"device": device, "context": 1, "stream": stream, "correlation": corr, "bytes": nbytes,
+        where = {"device": device, "context": 1} if to_device is None else {
+            "fromDevice": device, "inDevice": device, "toDevice": to_device, "fromContext": 1, "inContext": 1,
+            "toContext": 1}
+        args.update({**where, "stream": stream, "correlation": corr, "bytes": nbytes,
                      "memory bandwidth (GB/s)": nbytes / (dur * 1e3)})
         return self._gpu("gpu_memcpy", COPY_KINDS[kind], device, stream, start, dur, corr, args, tid, at,
                          False, kind, nbytes)
@@ -216,6 +223,8 @@ class RankTrace:
                   f'  "baseTimeNanoseconds": {BASE_TIME_NS},', '  "traceEvents": [']
         events = [e for _, _, e in sorted(self._events, key=lambda x: (x[0], x[1]))]
         events += self._metadata()
+        if self.clock_shift_us:
+            events = [{**e, "ts": e["ts"] + self.clock_shift_us} for e in events]
         lines.append(",\n".join(_format_event(e) for e in events))
         lines += ["  ],", f'  "traceName": {json.dumps(trace_name)}', "}"]
         return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ def write_run(run_dir: Path, traces: list[RankTrace], *, strategy: str, gpus: in
         path = folder / trace_file_name(tr.rank, BASE_TIME_NS)
         tr.write(path)
         files.append(f"{TRACES_DIR}/{path.name}")
-    world = len(traces) if strategy == "ddp" else 1
+    world = len(traces) if strategy in ("ddp", "fsdp") else 1
     write_json(run_dir / MANIFEST, _manifest(run_dir.name, strategy, gpus, world, backend, files))
     return folder
 

@@ -68,9 +68,48 @@ CPU_CASES = [
     ("torch.distributed.ddp.reducer::copy_bucket_to_grad", "ddp_reducer"),
     ("Optimizer.step#SGD.step", "optimizer"),
     ("Optimizer.zero_grad#SGD.zero_grad", "optimizer"),
+    # FSDP2 (fully_shard) and FSDP1 record_function names, as torch 2.14.1 writes them on the CPU.
+    ("FSDP::all_gather (0)", "fsdp"),
+    ("FSDP::post_backward_reduce", "fsdp"),
+    ("FSDP::all_gather_copy_out", "fsdp"),
+    ("FullyShardedDataParallel.forward", "fsdp"),
+    ("FullyShardedDataParallel._pre_backward_hook", "fsdp"),
+    ("cudaStreamSynchronize", "sync"),
+    ("cudaDeviceSynchronize", "sync"),
+    ("cudaEventSynchronize", "sync"),
+    ("hipStreamSynchronize", "sync"),
+    ("cuStreamSynchronize", "sync"),
+    ("cudaMemcpy", "sync"),
 ]
 ORDINARY = ["aten::conv2d", "autograd::engine::evaluate_function: GatherBackward", "aten::scatter",
-            "ProfilerStep", "Scatterer", "cudaLaunchKernel", "MyGather"]
+            "ProfilerStep", "Scatterer", "cudaLaunchKernel", "MyGather", "cudaMemcpyAsync", "cudaStreamWaitEvent",
+            "MyFSDP::thing", "aten::_local_scalar_dense"]
+
+
+KINDS = [
+    ("allreduce", "all_reduce"), ("_allgather_base", "all_gather"),
+    ("allgather_into_tensor_coalesced", "all_gather"), ("reduce_scatter_tensor_coalesced", "reduce_scatter"),
+    ("_reduce_scatter_base", "reduce_scatter"), ("broadcast", "broadcast"), ("reduce", "reduce"),
+    ("alltoall_base", "all_to_all"), ("c10d::allreduce_", "all_reduce"), ("c10d::_reduce_scatter_base_", "reduce_scatter"),
+    ("gloo:all_reduce", "all_reduce"), ("gloo:broadcast", "broadcast"), ("nccl:all_gather", "all_gather"),
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "all_reduce"),
+    ("ncclKernel_AllGather_RING_LL_Sum_int8(ncclWorkElem)", "all_gather"),
+    ("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "reduce_scatter"),
+    ("ncclDevKernel_Broadcast_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "broadcast"),
+    ("ncclDevKernel_Reduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "reduce"),
+    ("ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)", "send_recv"),
+    ("rcclKernel_AllReduce_RING_LL_Sum_float", "all_reduce"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind"), KINDS)
+def test_collective_kind(name: str, kind: str) -> None:
+    assert C.collective_kind(name) == kind
+
+
+@pytest.mark.parametrize("name", ["wait", "", None, "aten::mm", "nccl:coalesced"])
+def test_not_a_collective_kind(name: str | None) -> None:
+    assert C.collective_kind(name) is None
 
 
 @pytest.mark.parametrize(("name", "cls"), CPU_CASES)

@@ -1,0 +1,56 @@
+"""DP's output device ("GPU0"), found from what ``nn.DataParallel`` does with it, never by a tie-break.
+
+``DataParallel.forward`` gathers the replicas' outputs onto ``output_device`` (torch/nn/parallel/
+data_parallel.py, ``gather`` -> torch/nn/parallel/comm.py ``gather``): the chunk of every other GPU is a
+peer copy whose destination (``toDevice``) is the output device, and which runs on the *source* GPU's stream
+(aten/src/ATen/native/cuda/Copy.cu, ``copy_device_to_device``), so the device a copy runs on says nothing
+about where it lands; the output device's own chunk is a same-device (DtoD) copy on it. The loss and the
+optimizer then run where the gathered outputs and the module's parameters live: the output device.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from dpprof.analyze.attribution import RankTimeline
+from dpprof.analyze.model import DP_PHASES
+from dpprof.trace import classify as C
+from dpprof.trace import intervals as iv
+from dpprof.trace.link import Links
+
+_GATHER = DP_PHASES.index("dp_gather")
+
+
+def _mode(values: list[int]) -> tuple[int, int, int]:
+    """(most common value, its count, how many values)."""
+    (value, n), = Counter(values).most_common(1)
+    return value, n, len(values)
+
+
+def output_device(tl: RankTimeline, hcls: np.ndarray, links: Links) -> tuple[int | None, str]:
+    """(output device or None, how it was found) of a multi-device DP rank."""
+    rt = tl.rt
+    gather = tl.phase == _GATHER
+    to_of_row = dict(zip(rt.extras.peer_row.tolist(), rt.extras.peer_to.tolist(), strict=True))
+    dest = [to_of_row.get(int(r), -1) for r in tl.gpu_rows[gather & (tl.gclass == C.G_PTOP)].tolist()]
+    dest = [d for d in dest if d >= 0]
+    if dest:
+        d, n, total = _mode(dest)
+        return d, f"toDevice of {n} of {total} peer copies launched in Gather"
+    same = tl.device[gather & (tl.gclass == C.G_DTOD)].tolist()
+    if same:
+        d, n, total = _mode(same)
+        return d, f"device of {n} of {total} same-device copies launched in Gather"
+    opt = np.flatnonzero((hcls == C.C_OPTIMIZER)
+                         & np.array([rt.names[i].startswith("Optimizer.step") for i in range(len(rt.names))]
+                                    or [False], dtype=bool)[rt.name_id])
+    ok = links.launcher >= 0
+    launch_ts = np.where(ok, rt.ts[np.maximum(links.launcher, 0)], np.nan)
+    in_opt = ok & iv.covered(launch_ts, iv.union(rt.ts[opt], rt.ts[opt] + rt.dur[opt]))
+    kernels = tl.device[in_opt & (tl.gclass == C.G_COMPUTE)].tolist()
+    if kernels:
+        d, n, total = _mode(kernels)
+        return d, f"device of {n} of {total} kernels launched in Optimizer.step"
+    return None, "unknown: no copies in Gather and no optimizer kernels in the trace"
