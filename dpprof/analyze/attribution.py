@@ -152,47 +152,53 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
 
 @dataclass
 class Pieces:
-    """Stretches of a step's row that a collective execution covers and that may hold waiting."""
+    """Runs of a step's row: (step, device, start, end, category). Two uses: the stretches a collective execution
+    covers (``uid`` >= 0), to be split into waiting and transfer once the ranks are matched; and, for timeline
+    views, every stretch of the row (``Segments``)."""
 
     step: np.ndarray
     device: np.ndarray
-    uid: np.ndarray  # index into the rank's Executions
+    uid: np.ndarray  # index into the rank's Executions, -1 when no collective covers the run
     start: np.ndarray
     end: np.ndarray
-    label: np.ndarray  # category index (comm or a dp_* phase)
+    label: np.ndarray  # category index
+    waited: np.ndarray  # the other GPU a queued-work peer_wait waited for, else -1
 
     @classmethod
     def concat(cls, parts: list[Pieces]) -> Pieces:
         if not parts:
             z = np.zeros(0)
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), z, z.copy(),
-                       np.zeros(0, np.int16))
+                       np.zeros(0, np.int16), np.zeros(0, np.int64))
         return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("step", "device", "uid", "start", "end", "label")))
+                     for f in ("step", "device", "uid", "start", "end", "label", "waited")))
 
 
-def _pieces(step: int, dev: int, bp: np.ndarray, label: np.ndarray, uid: np.ndarray) -> Pieces:
-    """Contiguous runs of (uid, label) among the pieces that a collective covers."""
-    keep = np.flatnonzero(uid >= 0)
-    s, e, u, lab = bp[:-1][keep], bp[1:][keep], uid[keep], label[keep]
+def _runs(step: int, dev: int, bp: np.ndarray, label: np.ndarray, uid: np.ndarray, waited: np.ndarray,
+          keep: np.ndarray) -> Pieces:
+    """Contiguous runs of equal (label, uid, waited) among the kept pieces."""
+    k = np.flatnonzero(keep)
+    s, e, u, lab, w = bp[:-1][k], bp[1:][k], uid[k], label[k], waited[k]
     if len(s):
         new = np.ones(len(s), dtype=bool)
-        new[1:] = (u[1:] != u[:-1]) | (lab[1:] != lab[:-1]) | (s[1:] != e[:-1])
+        new[1:] = (u[1:] != u[:-1]) | (lab[1:] != lab[:-1]) | (w[1:] != w[:-1]) | (s[1:] != e[:-1])
         first = np.flatnonzero(new)
         last = np.append(first[1:], len(s)) - 1
-        s, e, u, lab = s[first], e[last], u[first], lab[first]
+        s, e, u, lab, w = s[first], e[last], u[first], lab[first], w[first]
     n = len(s)
     return Pieces(np.full(n, step, np.int64), np.full(n, dev, np.int32), u.astype(np.int64), s, e,
-                  lab.astype(np.int16))
+                  lab.astype(np.int16), w.astype(np.int64))
 
 
 def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float, devices: tuple[int, ...],
-                   output_device: int | None) -> tuple[list[StepBreakdown], Pieces]:
-    """One StepBreakdown per device (or one ``device == -1`` row when ``devices`` is empty), and the pieces
-    that collective executions cover (to be split into waiting and transfer once the ranks are matched)."""
+                   output_device: int | None, segments: bool = False
+                   ) -> tuple[list[StepBreakdown], Pieces, Pieces | None]:
+    """One StepBreakdown per device (or one ``device == -1`` row when ``devices`` is empty), the pieces that
+    collective executions cover (to be split into waiting and transfer once the ranks are matched), and with
+    ``segments`` every run of each row (for timeline views; ``None`` otherwise)."""
     host_b = [iv.boundaries(u, s0, s1) for u in (tl.data_loading, tl.gloo, tl.host_busy, tl.host_compute)]
     in_step = (tl.end > s0) & (tl.start < s1)
-    rows, pieces = [], []
+    rows, pieces, segs = [], [], []
     for dev in devices or (-1,):
         sel = np.flatnonzero(in_step & (tl.device == dev))
         gs, ge = np.maximum(tl.start[sel], s0), np.minimum(tl.end[sel], s1)
@@ -213,7 +219,9 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
         waited = _paint_idle(tl, mids, label, dev, tl.device[others], os_, oe)
         uid = nest.label_at(mids)
         uid[~np.isin(label, tuple(SPLIT_CATS))] = -1
-        pieces.append(_pieces(step, dev, bp, label, uid))
+        pieces.append(_runs(step, dev, bp, label, uid, waited, uid >= 0))
+        if segments:
+            segs.append(_runs(step, dev, bp, label, uid, waited, np.ones(len(label), dtype=bool)))
         sums = np.bincount(label, weights=seg, minlength=len(CATEGORIES))
         peer = {f"GPU {o}": float(seg[waited == o].sum()) for o in np.unique(waited[waited >= 0]).tolist()}
         phase = tl.phase[sel]
@@ -232,7 +240,7 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
             peer_wait_on_us=peer, peer_wait_idle_us=float(seg[waited >= 0].sum()),
             memcpy_bytes=copy_bytes(tl, sel, s0, s1),
         ))
-    return rows, Pieces.concat(pieces)
+    return rows, Pieces.concat(pieces), Pieces.concat(segs) if segments else None
 
 
 def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, dev: int, o_dev: np.ndarray,

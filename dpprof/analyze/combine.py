@@ -19,6 +19,7 @@ import numpy as np
 from dpprof.analyze import matching, strategy
 from dpprof.analyze.attribution import CAT, Pieces
 from dpprof.analyze.model import CATEGORIES, Analysis, AnalysisWarning, RankInfo, StepBreakdown
+from dpprof.analyze.segments import Segments, finalize
 from dpprof.rundir import rank_from_name
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ _COMM = CAT["comm"]
 
 def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analysis:
     """Give each summary its rank, match the collectives, split their waiting off, and merge into one Analysis."""
+    return combine_all(sums, manifest)[0]
+
+
+def combine_all(sums: Sequence[RankSummary], manifest: dict | None = None
+                ) -> tuple[Analysis, dict[int, Segments]]:
+    """``combine``, and the segments of the ranks whose summaries carry them (``summarize(..., segments=True)``)."""
     warnings: list[AnalysisWarning] = []
     ranks = _assign_ranks(sums, warnings)
     infos, devices, kernels = [], [], []
@@ -43,9 +50,12 @@ def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analys
         warnings += [replace(w, rank=r) for w in s.warnings]
     matched = matching.match({r: s.executions for s, r in zip(sums, ranks, strict=True)})
     steps: list[StepBreakdown] = []
+    segs: dict[int, Segments] = {}
     for s, r in zip(sums, ranks, strict=True):
         steps += split_waiting([replace(x, rank=r) for x in s.steps], s.pieces, s.executions.kind,
                                matched.wait_end[r], matched.waited_for[r])
+        if s.segments is not None:
+            segs[r] = finalize(r, s.segments, matched.wait_end[r], matched.waited_for[r])
     for r, n in sorted(matched.unmatched.items()):
         warnings.append(AnalysisWarning(
             "unmatched_collectives", f"{n} collective executions have no counterpart in the other participants' "
@@ -65,7 +75,7 @@ def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analys
     order = sorted(range(len(infos)), key=lambda i: infos[i].rank)
     n_steps = len({(x.rank, x.step) for x in steps}) / max(len(sums), 1)
     step_us = float(np.mean([x.duration_us for x in steps])) if steps else 0.0
-    return Analysis(
+    analysis = Analysis(
         strategy=strat, ranks=tuple(infos[i] for i in order),
         devices=tuple(sorted(devices, key=lambda d: (d.rank, d.device))),
         steps=tuple(sorted(steps, key=lambda x: (x.rank, x.step, x.device))),
@@ -80,6 +90,7 @@ def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analys
         straggler_summary=matching.summary(matched.stragglers, n_steps, step_us, len(matched.collectives),
                                            first.output_device if strat == "dp" else None),
     )
+    return analysis, segs
 
 
 def split_waiting(rows: list[StepBreakdown], pieces: Pieces, kinds: list[str], wait_end: np.ndarray,

@@ -16,13 +16,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from dpprof.analyze import attribution, matching, strategy
 from dpprof.analyze.attribution import Pieces
-from dpprof.analyze.combine import combine
+from dpprof.analyze.combine import combine, combine_all  # noqa: F401 (combine: the parent's half, re-exported)
 from dpprof.analyze.device_stats import device_summaries, top_kernels
 from dpprof.analyze.dp_output import output_device as find_output_device
 from dpprof.analyze.model import (
@@ -32,6 +33,7 @@ from dpprof.analyze.model import (
     KernelStat,
     StepBreakdown,
 )
+from dpprof.analyze.segments import Segments
 from dpprof.errors import TraceError
 from dpprof.rundir import read_manifest, resolve_inputs
 from dpprof.trace import classify as C
@@ -66,13 +68,16 @@ class RankSummary:
     top_kernels: list[KernelStat]
     executions: matching.RankExecutions
     pieces: Pieces
+    segments: Pieces | None = None  # every run of every row, when asked for (timeline views)
     warnings: list[AnalysisWarning] = field(default_factory=list)
     steps_start_us: float | None = None
     steps_end_us: float | None = None
 
 
-def summarize(path: str) -> RankSummary:
-    """Load and attribute one trace file. Runs in a worker process; pure apart from reading ``path``."""
+def summarize(path: str, segments: bool = False) -> RankSummary:
+    """Load and attribute one trace file. Runs in a worker process; pure apart from reading ``path``.
+
+    ``segments``: also keep every run of every step row (``RankSummary.segments``) for timeline views."""
     rt = load_trace(path)
     gpu_cls, cpu_cls = C.classify_names(rt.names)
     hcls = host_class(rt, np.array(cpu_cls, dtype=np.int16))
@@ -87,10 +92,13 @@ def summarize(path: str) -> RankSummary:
     out_dev, out_src = find_output_device(tl, hcls, links) if dp_mode == "multi_device" else (None, "")
     rows: list[StepBreakdown] = []
     pieces: list[Pieces] = []
+    runs: list[Pieces] = []
     for number, s0, s1 in steps:
-        r, p = attribution.attribute_step(tl, 0, number, s0, s1, devices, out_dev)
+        r, p, sg = attribution.attribute_step(tl, 0, number, s0, s1, devices, out_dev, segments)
         rows.extend(r)
         pieces.append(p)
+        if sg is not None:
+            runs.append(sg)
     _trace_warnings(rt, tl, links, steps, strat, dp_mode, warnings)
     pat = _profile_all_threads(rt, links.launcher) if dp_mode == "multi_device" else None
     if pat is False:
@@ -108,7 +116,7 @@ def summarize(path: str) -> RankSummary:
         device_summaries=device_summaries(tl, 0, devices), top_kernels=top_kernels(tl, 0, devices, steps),
         executions=matching.RankExecutions(ex.start, ex.end, ex.device, ex.kind, ex.keys(), ex.step,
                                            int(rt.base_time_ns or 0)),
-        pieces=Pieces.concat(pieces), warnings=warnings,
+        pieces=Pieces.concat(pieces), segments=Pieces.concat(runs) if segments else None, warnings=warnings,
         steps_start_us=min((a for a, _ in span), default=None), steps_end_us=max((b for _, b in span), default=None),
     )
 
@@ -176,20 +184,21 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _summarize_or_error(path: str) -> RankSummary | TraceError:
+def _summarize_or_error(path: str, segments: bool = False) -> RankSummary | TraceError:
     try:
-        return summarize(path)
+        return summarize(path, segments)
     except TraceError as exc:  # one unreadable rank must not hide the others
         return exc
 
 
-def _summaries(paths: Sequence[str], jobs: int) -> tuple[list[RankSummary], list[TraceError]]:
+def _summaries(paths: Sequence[str], jobs: int, segments: bool = False
+               ) -> tuple[list[RankSummary], list[TraceError]]:
     """Summaries of the readable files and the errors of the unreadable ones (raises when none is readable)."""
     if jobs <= 1 or len(paths) <= 1:
-        results = [_summarize_or_error(p) for p in paths]
+        results = [_summarize_or_error(p, segments) for p in paths]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-            results = list(pool.map(_summarize_or_error, paths))
+            results = list(pool.map(partial(_summarize_or_error, segments=segments), paths))
     good = [r for r in results if isinstance(r, RankSummary)]
     bad = [r for r in results if isinstance(r, TraceError)]
     if not good:
@@ -202,17 +211,26 @@ def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis
 
     ``jobs``: worker processes (default ``min(2, ranks, cpus)``).
     """
+    return _analyze(paths, jobs, segments=False)[0]
+
+
+def attribute(paths: Iterable[str | Path], *, jobs: int | None = None) -> tuple[Analysis, dict[int, Segments]]:
+    """``analyze``, plus every rank's attribution as segments (``dpprof.analyze.segments``), keyed by rank."""
+    return _analyze(paths, jobs, segments=True)
+
+
+def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool) -> tuple[Analysis, dict[int, Segments]]:
     inputs = resolve_inputs(paths)
     files = [str(p) for p in inputs.traces]
     if jobs is None:
         jobs = min(2, len(files), os.cpu_count() or 1)
-    sums, errors = _summaries(files, max(1, jobs))
+    sums, errors = _summaries(files, max(1, jobs), segments)
     manifest = read_manifest(inputs.run_dir)
-    analysis = combine(sums, manifest=manifest)
+    analysis, segs = combine_all(sums, manifest=manifest)
     notes = [AnalysisWarning("unreadable_trace", f"skipped: {e}") for e in errors]
     if inputs.run_dir is not None and manifest is None:
         notes.append(AnalysisWarning("no_manifest", f"{inputs.run_dir}: manifest.json is missing or unreadable "
                                      "(run still starting, or killed): analysed the trace files present"))
     if notes:
         analysis = replace(analysis, warnings=(*notes, *analysis.warnings))
-    return analysis
+    return analysis, segs
