@@ -254,7 +254,37 @@ def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None 
         save()
         if on_point:
             on_point(i, len(planned), points[i])
-    return save()
+    result = diagnose_points(save(), sweep_dir)
+    write_json(sweep_dir / SWEEP_JSON, result.to_json())
+    return result
+
+
+def diagnose_points(result: SweepResult, sweep_dir: Path) -> SweepResult:
+    """Each finished run's diagnosis with the whole sweep behind it: its verdicts in the sweep, its analysis.json
+    (with the diagnosis) in its run directory, and the sweep-level hyperparameters verdict."""
+    from dpprof.analyze.rundata import load_run_data
+    from dpprof.rundir import ANALYSIS
+
+    points = []
+    hyper: dict[str, Any] = {}
+    for p in result.points:
+        if p.status != "done" or not p.run_dir or not is_run_dir(sweep_dir / p.run_dir):
+            points.append(p)
+            continue
+        try:
+            data = load_run_data([sweep_dir / p.run_dir], sweep=result)
+        except Exception as exc:  # one point's diagnosis must not end the sweep: why is recorded in its verdicts
+            points.append(dataclasses.replace(p, verdicts={"error": f"{type(exc).__name__}: {exc}"}))
+            continue
+        diag = data.analysis.diagnosis
+        assert diag is not None  # load_run_data attaches it
+        write_json(sweep_dir / p.run_dir / ANALYSIS, data.analysis.to_json())
+        points.append(dataclasses.replace(p, verdicts={h.id: h.verdict for h in diag.hypotheses}))
+        h = next(x for x in diag.hypotheses if x.id == "hyperparameters")
+        if not hyper or (p.strategy == "dp" and p.gpus > 1):
+            hyper = {"verdict": h.verdict, "reason": h.reason, "rule": h.rule, "evidence": dict(h.evidence),
+                     "from_run": p.name}
+    return dataclasses.replace(result, points=tuple(points), diagnosis={"hyperparameters": hyper} if hyper else {})
 
 
 def render_report(result: SweepResult, sweep_dir: Path) -> tuple[Path | None, str]:

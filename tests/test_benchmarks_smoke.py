@@ -142,3 +142,16 @@ def test_overhead_runs_all_three_comparisons(tmp_path: Path) -> None:
         assert lo <= r["ratio_mean"] <= hi
     assert report["nvml"]["period_ms"] > 0
     assert report["nvml"]["nvml"].startswith(("real NVML", "fake pynvml"))
+
+
+@pytest.mark.slow
+def test_projection_check_runs_end_to_end() -> None:
+    """The projection check profiles a 1-process and a 2-process CPU run and prints projected vs measured."""
+    proc = subprocess.run([sys.executable, str(BENCH / "projection_check.py"), "--model", "tiny", "--batch", "32",
+                           "--steps", "6"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r"projected ([\d.]+) ms .* measured ([\d.]+) ms; error (-?[\d.]+) %", proc.stdout)
+    assert m, proc.stdout
+    projected, measured, error = (float(x) for x in m.groups())
+    # the figures are printed to 0.1 ms, the error from the unrounded ones
+    assert error == pytest.approx(100 * (projected - measured) / measured, abs=1.0)

@@ -88,6 +88,7 @@ def test_run_sweep_writes_json_records_failures_and_resumes(tmp_path, monkeypatc
     assert four.status == "failed" and "exit code 2" in four.reason and "boom" in four.reason
     on_disk = SweepResult.from_json(json.loads((tmp_path / "sweep.json").read_text()))
     assert on_disk == r
+    assert "error" in two.verdicts  # the fake runs have no traces to diagnose: said, not fatal
     calls.clear()
     r2 = sweep.run_sweep(grid, tmp_path, machine=CPU, runner=_fake_runner(calls))
     assert calls == ["ddp-g4-b32-w0"]  # finished points are not run again, the failed one is
@@ -139,5 +140,11 @@ def test_tiny_cpu_sweep_end_to_end(tmp_path):
     assert d2.scaling_efficiency == pytest.approx(d2.images_per_s / d1.images_per_s / 2, abs=5e-4)
     assert "analysis failed" not in d2.reason and d2.categories_us
     assert any("needs 2 CUDA devices" in s for s in r.skipped)
+    # every finished run diagnosed with the sweep behind it; on the CPU the hyperparameters question stays open
+    assert all(set(p.verdicts) == {"data_path", "hardware", "hyperparameters"} for p in r.points if p.status == "done")
+    hyper = r.diagnosis["hyperparameters"]
+    assert hyper["verdict"] == "inconclusive" and "CPU" in hyper["reason"]
+    assert json.loads((out / "runs" / "ddp-g2-b32-w0" / "analysis.json").read_text())["diagnosis"]
     assert (out / "sweep.html").is_file(), proc.stdout
+    assert "What the sweep decides" in (out / "sweep.html").read_text()
     print(f"tiny CPU sweep: {wall:.1f} s wall")

@@ -79,6 +79,7 @@ class RankTimeline:
     busy_cat: np.ndarray  # category index of each activity when busy (rule above)
     launched: np.ndarray  # when each activity's launch call returned, µs (inf when its launcher is unknown)
     autotune: np.ndarray  # bool: launched by an autotuning loop (dpprof.analyze.autotune)
+    optimizer: np.ndarray  # bool: launched inside ``Optimizer.step`` (the optimizer's own GPU work)
     phase: np.ndarray  # DP phase index or -1
     is_comm: np.ndarray  # communication kernel or copy inside a collective
     ex: Executions
@@ -92,6 +93,20 @@ class RankTimeline:
         """Executions that can cover a piece of device ``dev``'s row: its kernels and the rank's gloo spans."""
         sel = np.flatnonzero((self.ex.device == dev) | (self.ex.device < 0))
         return iv.Nesting(self.ex.start[sel], self.ex.end[sel], sel.astype(np.int64))
+
+
+def _named(rt: RankTrace, prefix: str) -> np.ndarray:
+    """Bool per row: the event's name starts with ``prefix``."""
+    by_name = np.array([n.startswith(prefix) for n in rt.names] or [False], dtype=bool)
+    return by_name[rt.name_id]
+
+
+def _launched_in(rt: RankTrace, launcher: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Bool per GPU activity: its launch call lies inside one of the ``spans`` rows (on any thread)."""
+    r = np.flatnonzero(spans)
+    ok = launcher >= 0
+    at = np.where(ok, rt.ts[np.maximum(launcher, 0)], np.nan)
+    return ok & iv.covered(at, iv.union(rt.ts[r], rt.ts[r] + rt.dur[r]))
 
 
 def _thread_busy(rt: RankTrace, busy_rows: np.ndarray, sync_rows: np.ndarray) -> iv.Intervals:
@@ -146,6 +161,7 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
         launched=np.where(links.launcher >= 0, rt.ts[np.maximum(links.launcher, 0)]
                           + rt.dur[np.maximum(links.launcher, 0)], np.inf),
         autotune=(links.launcher >= 0) & timed_launches(rt)[np.maximum(links.launcher, 0)],
+        optimizer=_launched_in(rt, links.launcher, (hcls == C.C_OPTIMIZER) & _named(rt, "Optimizer.step")),
         data_loading=spans_of(hcls == C.C_DATA), host_busy=host_busy,
         host_compute=spans_of(compute_rows), gloo=gloo,
         phase_spans=tuple(iv.union(spans.start[spans.label == i], spans.end[spans.label == i])
@@ -234,7 +250,7 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
             others_busy = iv.covered(mids, iv.union(os_, oe))
             gpu0_only = float(seg[_busy(label) & ~others_busy].sum())
             gpu0_serial = float(seg[_busy(label) & ~np.isin(label, _PHASE_CAT) & ~others_busy].sum())
-        auto = tl.autotune[sel]
+        auto, opt = tl.autotune[sel], tl.optimizer[sel]
         rows.append(StepBreakdown(
             rank=rank, device=int(dev), step=step, duration_us=s1 - s0,
             categories_us={c: float(sums[i]) for i, c in enumerate(CATEGORIES)},
@@ -246,6 +262,7 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
                         if len(u[0])},
             peer_wait_on_us=peer, peer_wait_idle_us=float(seg[waited >= 0].sum()),
             peer_wait_dp_us=float(seg[waited_dp].sum()), gpu0_serial_us=gpu0_serial,
+            optimizer_us=iv.length(iv.union(gs[opt], ge[opt])),
             autotune_us=iv.length(iv.union(gs[auto], ge[auto])), autotune_kernels=int(np.count_nonzero(
                 auto & (tl.start[sel] >= s0) & (tl.rt.kind[tl.gpu_rows[sel]] == K_KERNEL))),
             memcpy_bytes=copy_bytes(tl, sel, s0, s1),

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
     data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,
-                         param_bytes=args.param_bytes)
+                         param_bytes=args.param_bytes, sweep=args.sweep)
     inputs, analysis = data.inputs, data.analysis
     if args.quiet:
         import sys

@@ -44,6 +44,7 @@ class Row:
     gpu0_serial_us: float | None = None
     autotune_us: float = 0.0
     autotune_kernels: float = 0.0
+    optimizer_us: float = 0.0
 
     def pct(self, us: float) -> float:
         """``us`` as a percentage of this row's mean step."""
@@ -84,6 +85,7 @@ def rows(analysis: Analysis) -> list[Row]:
             else None,
             autotune_us=mean([s.autotune_us for s in steps]),
             autotune_kernels=mean([float(s.autotune_kernels) for s in steps]),
+            optimizer_us=mean([s.optimizer_us for s in steps]),
         ))
     return out
 

@@ -4,21 +4,18 @@
 data_parallel.py, ``gather`` -> torch/nn/parallel/comm.py ``gather``): the chunk of every other GPU is a
 peer copy whose destination (``toDevice``) is the output device, and which runs on the *source* GPU's stream
 (aten/src/ATen/native/cuda/Copy.cu, ``copy_device_to_device``), so the device a copy runs on says nothing
-about where it lands; the output device's own chunk is a same-device (DtoD) copy on it. The loss and the
-optimizer then run where the gathered outputs and the module's parameters live: the output device.
+about where it lands; the output device's own chunk is a same-device (DtoD) copy on it. The loss then runs
+where the gathered outputs live, and the optimizer where the parameters live (``device_ids[0]``, usually the same
+GPU): the last resort when a trace shows no Gather copy.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from dpprof.analyze.attribution import RankTimeline
 from dpprof.analyze.model import DP_PHASES
 from dpprof.trace import classify as C
-from dpprof.trace import intervals as iv
-from dpprof.trace.link import Links
 
 _GATHER = DP_PHASES.index("dp_gather")
 
@@ -29,7 +26,7 @@ def _mode(values: list[int]) -> tuple[int, int, int]:
     return value, n, len(values)
 
 
-def output_device(tl: RankTimeline, hcls: np.ndarray, links: Links) -> tuple[int | None, str]:
+def output_device(tl: RankTimeline) -> tuple[int | None, str]:
     """(output device or None, how it was found) of a multi-device DP rank."""
     rt = tl.rt
     gather = tl.phase == _GATHER
@@ -43,14 +40,9 @@ def output_device(tl: RankTimeline, hcls: np.ndarray, links: Links) -> tuple[int
     if same:
         d, n, total = _mode(same)
         return d, f"device of {n} of {total} same-device copies launched in Gather"
-    opt = np.flatnonzero((hcls == C.C_OPTIMIZER)
-                         & np.array([rt.names[i].startswith("Optimizer.step") for i in range(len(rt.names))]
-                                    or [False], dtype=bool)[rt.name_id])
-    ok = links.launcher >= 0
-    launch_ts = np.where(ok, rt.ts[np.maximum(links.launcher, 0)], np.nan)
-    in_opt = ok & iv.covered(launch_ts, iv.union(rt.ts[opt], rt.ts[opt] + rt.dur[opt]))
-    kernels = tl.device[in_opt & (tl.gclass == C.G_COMPUTE)].tolist()
+    kernels = tl.device[tl.optimizer & (tl.gclass == C.G_COMPUTE)].tolist()
     if kernels:
         d, n, total = _mode(kernels)
         return d, f"device of {n} of {total} kernels launched in Optimizer.step"
     return None, "unknown: no copies in Gather and no optimizer kernels in the trace"
+

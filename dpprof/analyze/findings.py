@@ -51,7 +51,7 @@ def _r(x: float, nd: int = 1) -> float:
 def findings(ctx: Context) -> tuple[Finding, ...]:
     """All findings that apply, in a fixed order."""
     out: list[Finding] = []
-    for fn in (_dp_mode, _host_bound, _collective, _buckets, _stragglers, _data_loading, _profiler):
+    for fn in (_dp_mode, _host_bound, _autotuning, _collective, _buckets, _stragglers, _data_loading, _profiler):
         out.extend(fn(ctx))
     return tuple(out)
 
@@ -98,6 +98,31 @@ def _host_bound(ctx: Context) -> list[Finding]:
     detail = (f"{host_pct:.0f} % of the step ({ref.step_us / 1e3:.1f} ms) is host time (CPU ops and kernel "
               f"launches) while GPU {ref.device} is busy only {busy_pct:.0f} % of it: the host bounds the step.")
     return [Finding("host_bound", sev, "Host-bound steps", detail, ev)]
+
+
+#: Autotuning kernels above this share of a GPU's busy time are a warning.
+AUTOTUNE_WARN_PCT = 10.0
+
+
+def _autotuning(ctx: Context) -> list[Finding]:
+    """Kernels of an autotuning loop (cuDNN benchmark mode: dpprof.analyze.autotune), counted and timed."""
+    rs = [r for r in gpu_rows(ctx.analysis) if r.autotune_kernels > 0]
+    if not rs:
+        return []
+    worst = max(rs, key=lambda r: r.autotune_us)
+    pct = 100 * worst.autotune_us / worst.busy_us if worst.busy_us > 0 else 0.0
+    per = {f"{r.rank}:{r.device}": {"kernels_per_step": _r(r.autotune_kernels), "us_per_step": _r(r.autotune_us)}
+           for r in rs}
+    dp = ctx.analysis.strategy == "dp"
+    why = (" DP's replica threads are new every step and cuDNN's benchmark cache is per thread "
+           "(aten/src/ATen/native/cudnn), so they autotune again every step." if dp else
+           " Autotuning should stop after the first steps; steps that keep it include it in their time.")
+    return [Finding("autotuning", "warning" if pct >= AUTOTUNE_WARN_PCT else "info",
+                    "cuDNN autotuning inside the profiled steps",
+                    f"{worst.autotune_kernels:.0f} kernels per step ({worst.autotune_us / 1e3:.2f} ms, {pct:.0f} % of "
+                    f"GPU {worst.device}'s busy time) are autotuning candidates timed between event records "
+                    "(torch.backends.cudnn.benchmark=True): GPU work, but not the model's; the hardware comparison "
+                    f"leaves them out.{why}", {"per_gpu": per, "busy_pct": _r(pct)})]
 
 
 def _comm_rows(ctx: Context) -> list[Row]:

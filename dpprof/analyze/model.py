@@ -105,6 +105,8 @@ class StepBreakdown:
     peer_wait_dp_us: float = 0.0
     #: DP only, on the output device's row: busy outside DP phases while no other GPU is (loss, optimizer...).
     gpu0_serial_us: float | None = None
+    #: GPU busy time of the work launched inside ``Optimizer.step`` (it does not shrink with more GPUs).
+    optimizer_us: float = 0.0
     #: GPU time and count of kernels launched by an autotuning loop (cuDNN benchmark, dpprof.analyze.autotune).
     autotune_us: float = 0.0
     autotune_kernels: int = 0

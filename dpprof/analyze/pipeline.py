@@ -89,7 +89,7 @@ def summarize(path: str, segments: bool = False) -> RankSummary:
     devices = tuple(int(d) for d in np.unique(tl.device))
     comm_kernels = int(np.count_nonzero(tl.ex.is_kernel))
     strat, dp_mode, evidence = strategy.detect(rt, hcls, bool(devices), comm_kernels)
-    out_dev, out_src = find_output_device(tl, hcls, links) if dp_mode == "multi_device" else (None, "")
+    out_dev, out_src = find_output_device(tl) if dp_mode == "multi_device" else (None, "")
     rows: list[StepBreakdown] = []
     pieces: list[Pieces] = []
     runs: list[Pieces] = []

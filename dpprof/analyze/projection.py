@@ -1,23 +1,27 @@
-"""What-if projection: DP and DDP step time and scaling efficiency for N = 1..8 GPUs from one profile.
+"""What-if projection: DP and DDP step time and scaling efficiency for N = 1..8 from one profile (µs).
 
-ALWAYS a projection (``"label": "projection"``), never a measurement. The model, per step, in µs:
+ALWAYS a projection (``"label": "projection"``), never a measurement. The model (terms in
+:mod:`dpprof.analyze.projection_terms`, each unit-tested):
 
-- ``compute_1`` = the profile's mean GPU compute per step × the GPUs it ran on: the compute of the whole
-  global batch on one GPU. It is assumed to split evenly: ``compute_1 / N`` per GPU (the optimizer step,
-  which does not shrink with N, is inside it: a small error for VGG16).
-- ``fixed`` = the rest of the profiled step that is neither compute nor data-parallel communication
-  (data loading, host, other copies, idle): assumed not to change with N.
-- DP(N) = compute_1/N + fixed + (N−1) × per-extra-GPU cost of GPU0's serialized data path, where that
-  cost is either calibrated from a measured multi-GPU DP profile (its dp_* phases ÷ (N−1)) or
-  ``[(params + buffers) broadcast + params reduced] / bw + batch × (input + output bytes) / N / bw``
-  (GPU0's link carries every copy; inputs 3×32×32 fp32 and 10 fp32 outputs per image).
-- DDP(N) = compute_1/N + fixed + exposed allreduce, with ring allreduce ``ar = 2(N−1)/N × param bytes / bw``
-  and ``exposed = max(ar × (1 − overlap), ar − backward)``, backward = ⅔ of compute_1/N (forward:backward
-  ≈ 1:2); overlap is the measured DDP overlap ratio when the profile has DDP communication, else 0.5.
-- N = 1 for both: compute_1 + fixed. Speedup = step(1)/step(N); scaling efficiency = speedup / N.
+* **From the profile**, per step: ``parallel_1`` = forward + backward compute of the whole global batch on one
+  device (single: its compute; DP: the fastest replica × its GPUs; DDP/FSDP: the ranks' mean × ranks), autotuning
+  kernels and the optimizer left out; ``optimizer`` = the optimizer's GPU work (it does not shrink with N: every
+  DDP rank and DP's GPU0 step all parameters); ``loading_1``, ``copies_1`` = data loading and copies of the whole
+  batch; ``host_1`` = one process's host time per step (from a DP profile: its host time shared by its replicas).
+* **DP(N)** = parallel_1/N + optimizer + loading_1 + copies_1 + host_1 × N (one fresh thread per replica launches
+  the same kernels, serialised by the GIL) + GPU0's data path per backend (NCCL ring/tree ≈ one copy of the
+  parameters each way through GPU0's link; copy fallback (N−1) copies; scatter/gather of the batch). A
+  multi-GPU DP profile calibrates the data path: its measured transfer, scaled by the model's ratio.
+* **DDP(N)** = parallel_1/N + optimizer + loading_1/N + copies_1/N + host_1 + exposed allreduce: ring allreduce per
+  bucket (α + 2(N−1)/N × bytes × β; buckets from the manifest's DDP reducer, else DDP's defaults from the
+  parameter bytes), the last bucket not overlapped, the others hidden behind backward (⅔ of compute) as far as it
+  lasts. DP's fixed costs (its replica threads' host time, GPU0's serial work) do not carry into DDP.
+* **Bandwidth per backend**: NCCL over the measured peer link (manifest, or ``--link-gbps``); gloo over the host.
+  α and β come from the run's allreduce probe (manifest ``comm_probe``) when it has one, else from labelled
+  defaults. CPU profiles project DDP over gloo with the collector's thread rule (cores ÷ N threads per process).
+* N = 1 for both: the single-device step. Speedup = step(1)/step(N); scaling efficiency = speedup / N.
 
-Bandwidth: declared (``link_GBps``) or the manifest's slowest measured GPU0 peer link. Without a
-bandwidth, parameter size, or GPU activity in the profile, no rows are projected and ``reason`` says why.
+Every input, default and assumption is listed in the result; ``measured`` rows gain ``error_pct``.
 """
 
 from __future__ import annotations
@@ -25,21 +29,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dpprof.analyze.costs import dp_backend, model_compute
 from dpprof.analyze.diag_figures import (
     INPUT_BYTES_PER_IMAGE,
     OUTPUT_BYTES_PER_IMAGE,
+    Row,
     distinct_gpus,
     get,
     gpu_rows,
     link_gbps,
     mean,
     reference_row,
+    rows,
 )
 from dpprof.analyze.model import Analysis
+from dpprof.analyze.projection_terms import (
+    cpu_compute_us,
+    ddp_exposed_us,
+    default_buckets,
+    dp_comm_us,
+    link_beta_from_fit,
+    ring_allreduce_us,
+)
 
-PROJECTION_MODEL = "dpprof.projection/1"
-DEFAULT_OVERLAP = 0.5
+PROJECTION_MODEL = "dpprof.projection/2"
 BACKWARD_SHARE = 2 / 3
+#: Labelled defaults when the run has no allreduce probe: per-collective latency (µs) and gloo's host bandwidth.
+DEFAULT_ALPHA_US = {"nccl": 15.0, "gloo": 100.0}
+DEFAULT_GLOO_GBPS = 2.0
+DEFAULT_NCCL_HOP_ALPHA_US = 5.0
 
 
 def _unavailable(out: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -50,105 +68,168 @@ def _unavailable(out: dict[str, Any], reason: str) -> dict[str, Any]:
 def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_GBps: float | None = None,
             max_gpus: int = 8, measured: Mapping[tuple[str, int], float] | None = None,
             param_bytes: int | None = None) -> dict[str, Any]:
-    """Projected DP and DDP rows for N = 1..max_gpus (and any N in ``measured``).
-
-    ``measured`` maps (strategy, N) to a measured step time in ms; those rows gain ``measured_step_ms``
-    and ``error_pct`` = (projected − measured) / measured × 100. Rows: ``strategy``, ``gpus``, ``step_ms``,
-    ``comm_ms`` (the data-parallel communication term), ``images_per_s`` (None without a batch size),
-    ``speedup``, ``scaling_efficiency`` (0..1).
-    """
+    """Projected DP and DDP rows for N = 1..max_gpus (and any N in ``measured``: (strategy, N) -> step ms)."""
     measured = dict(measured or {})
-    out: dict[str, Any] = {"label": "projection", "model": PROJECTION_MODEL,
-                           "assumptions": _assumptions(), "inputs": {}, "rows": [], "available": True,
-                           "reason": ""}
+    out: dict[str, Any] = {"label": "projection", "model": PROJECTION_MODEL, "assumptions": [], "inputs": {},
+                           "rows": [], "available": True, "reason": ""}
     ref = reference_row(analysis)
-    gpus = gpu_rows(analysis)
-    if ref is None or not gpus or ref.device < 0:
-        return _unavailable(out, "the profile has no GPU activity: a CPU run's compute does not predict GPU "
-                            "step times")
+    if ref is None:
+        return _unavailable(out, "the profile has no steps")
+    cpu = ref.device < 0
     params = param_bytes or get(manifest, "model_info", "param_bytes")
-    buffers = get(manifest, "model_info", "buffers_bytes") or 0
     if not isinstance(params, (int, float)) or params <= 0:
-        return _unavailable(out, "no parameter size (manifest model_info.param_bytes, or --param-bytes) to size the communication")
-    bw: float | None
-    if link_GBps:
-        bw, bw_src = float(link_GBps), "declared"
-    else:
-        bw, bw_src = link_gbps(manifest)
-        bw_src = f"measured: {bw_src}" if bw else bw_src
-    if not bw or bw <= 0:
-        return _unavailable(out, "no link bandwidth: none measured in the manifest and none declared (--link-gbps)")
-    n_prof = max(1, distinct_gpus(analysis, manifest))
-    compute = mean([r.categories_us["compute"] for r in gpus])
-    dp_meas = ref.dp_phases_us
-    exposed_ar = ref.categories_us["comm"] + ref.categories_us["peer_wait"]
-    compute_1 = compute * n_prof
-    fixed = max(0.0, ref.step_us - ref.categories_us["compute"] - dp_meas - exposed_ar)
+        return _unavailable(out, "no parameter size (manifest model_info.param_bytes, or --param-bytes) to size "
+                            "the communication")
+    cores = get(manifest, "hardware", "cpus")
+    if cpu and not isinstance(cores, int):
+        return _unavailable(out, "a CPU profile needs the node's core count (manifest hardware.cpus) to model the "
+                            "threads per process")
+    p = _profile(analysis, ref, cpu)
+    comm = _comm_model(analysis, manifest, link_GBps, cpu)
+    if comm is None:
+        return _unavailable(out, "no link bandwidth: none measured in the manifest, no allreduce probe, and none "
+                            "declared (--link-gbps)")
+    buffers = float(get(manifest, "model_info", "buffers_bytes") or 0)
     batch = get(manifest, "config", "batch_size")
-    per_byte_us = 1.0 / (bw * 1e3)  # bytes / (GB/s) → µs
-    if analysis.strategy == "dp" and analysis.dp_mode == "multi_device" and n_prof >= 2 and dp_meas > 0:
-        per_extra, dp_src = dp_meas / (n_prof - 1), f"calibrated from the measured {n_prof}-GPU DP phases"
-    else:
-        per_extra, dp_src = None, "bytes ÷ bandwidth"
-    overlap, ovl_src = DEFAULT_OVERLAP, f"default {DEFAULT_OVERLAP} (no DDP communication measured)"
-    if analysis.strategy == "ddp":
-        ovl_exposed = mean([r.categories_us["comm"] for r in gpus])
-        ovl_hidden = mean([r.overlapped_us for r in gpus])
-        if ovl_exposed + ovl_hidden > 0:
-            overlap, ovl_src = ovl_hidden / (ovl_exposed + ovl_hidden), "measured DDP overlap ratio"
-    out["inputs"] = {
-        "profile_strategy": analysis.strategy, "profile_gpus": n_prof, "profile_step_us": round(ref.step_us, 1),
-        "compute_1gpu_us": round(compute_1, 1), "fixed_us": round(fixed, 1), "param_bytes": int(params),
-        "buffers_bytes": int(buffers), "batch_size": batch, "link_GBps": round(bw, 3), "link_source": bw_src,
-        "dp_cost_source": dp_src, "overlap": round(overlap, 3), "overlap_source": ovl_src,
-    }
+    sizes = get(manifest, "ddp", "bucket_sizes_bytes")
+    from_manifest = isinstance(sizes, list) and bool(sizes) and all(isinstance(x, (int, float)) for x in sizes)
+    buckets = [float(x) for x in sizes] if from_manifest else default_buckets(params)
+    io = float(p.pop("io_bytes", 0.0)) or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
+    threads = int(get(manifest, "config", "threads") or get(manifest, "config", "torch_threads") or 1)
+    backend, backend_why = dp_backend(analysis)
+    dp_cal = p.pop("dp_transfer_us", None)
+    n_prof = int(p.pop("n_prof"))
 
-    def dp_comm(n: int) -> float:
-        if n == 1:
-            return 0.0
-        if per_extra is not None:
-            return per_extra * (n - 1)
-        act = (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE) * (n - 1) / n
-        return ((params + buffers) * (n - 1) + params * (n - 1) + act) * per_byte_us
+    def compute(n: int) -> float:
+        if cpu:
+            return cpu_compute_us(p["parallel_1_us"], threads, n, int(cores)) + p["optimizer_us"]
+        return p["parallel_1_us"] / n + p["optimizer_us"]
+
+    def dp_path(n: int) -> float:
+        t = sum(dp_comm_us(params, buffers, io, n, backend, comm["beta_us_per_byte"], DEFAULT_NCCL_HOP_ALPHA_US).values())
+        if dp_cal is not None and n_prof > 1:  # scale the measured transfer by the model's ratio
+            at = sum(dp_comm_us(params, buffers, io, n_prof, backend, comm["beta_us_per_byte"],
+                                DEFAULT_NCCL_HOP_ALPHA_US).values())
+            return dp_cal * t / at if at > 0 else 0.0
+        return t
 
     def ddp_comm(n: int) -> float:
-        if n == 1:
-            return 0.0
-        ar = 2 * (n - 1) / n * params * per_byte_us
-        return max(ar * (1 - overlap), ar - BACKWARD_SHARE * compute_1 / n)
+        times = [ring_allreduce_us(b, n, comm["alpha_us"], comm["beta_us_per_byte"]) for b in buckets]
+        backward = BACKWARD_SHARE * (compute(n) - p["optimizer_us"])
+        return ddp_exposed_us(times, backward)
 
+    strategies = [("ddp", ddp_comm)] if cpu else [("dp", dp_path), ("ddp", ddp_comm)]
+    one = compute(1) + p["loading_1_us"] + p["copies_1_us"] + p["host_1_us"]
     top = max([max_gpus, *(n for _, n in measured)])
-    rows: list[dict[str, Any]] = []
-    for strategy, comm in (("dp", dp_comm), ("ddp", ddp_comm)):
-        one = compute_1 + fixed
+    rows_out: list[dict[str, Any]] = []
+    for strategy, comm_fn in strategies:
         for n in range(1, top + 1):
-            c = comm(n)
-            step = compute_1 / n + fixed + c
-            speedup = one / step if step > 0 else None
-            row: dict[str, Any] = {
-                "strategy": strategy, "gpus": n, "step_ms": round(step / 1e3, 4), "comm_ms": round(c / 1e3, 4),
-                "images_per_s": round(batch / (step / 1e6), 1) if batch and step > 0 else None,
-                "speedup": round(speedup, 3) if speedup else None,
-                "scaling_efficiency": round(speedup / n, 3) if speedup else None,
-            }
-            meas = measured.get((strategy, n))
-            if meas:
-                row["measured_step_ms"] = round(float(meas), 4)
-                row["error_pct"] = round(100 * (step / 1e3 - meas) / meas, 1)
-            rows.append(row)
-    out["rows"] = rows
+            if strategy == "dp":
+                fixed = p["loading_1_us"] + p["copies_1_us"] + p["host_1_us"] * n
+            else:
+                fixed = (p["loading_1_us"] + p["copies_1_us"]) / n + p["host_1_us"]
+            c = comm_fn(n) if n > 1 else 0.0
+            step = compute(n) + fixed + c if n > 1 else one
+            rows_out.append(_row(strategy, n, step, one, c, compute(n), fixed, batch, measured))
+    out["rows"] = rows_out
+    out["inputs"] = {**{k: round(v, 1) for k, v in p.items()}, "profile_strategy": analysis.strategy,
+                     "profile_devices": n_prof, "cpu_profile": cpu, "param_bytes": int(params),
+                     "buffers_bytes": int(buffers), "batch_size": batch, "dp_backend": backend,
+                     "dp_backend_source": backend_why, "dp_transfer_source": "calibrated from the measured "
+                     f"{n_prof}-GPU DP transfer" if dp_cal is not None and n_prof > 1 else "bytes × β",
+                     "buckets_bytes": [int(b) for b in buckets],
+                     "buckets_source": "manifest ddp section (DDP's reducer)" if from_manifest
+                     else "DDP defaults (1 MiB first, then 25 MiB) from the parameter bytes",
+                     **comm, **({"cores": cores, "threads_profiled": threads} if cpu else {})}
+    out["assumptions"] = _assumptions(cpu, comm)
     return out
 
 
-def _assumptions() -> list[str]:
-    return [
-        "compute of the global batch splits evenly over N GPUs (compute_1 / N); the optimizer step is inside it",
-        "data loading, host time, other copies and idle time per step do not change with N",
-        "DP: GPU0's link carries (params + buffers) × (N−1) broadcast, params × (N−1) reduced, and the "
-        "batch's inputs scattered / outputs gathered, one after the other (no overlap)",
-        "DDP: ring allreduce of 2(N−1)/N × parameter bytes per GPU, hidden behind backward by the overlap "
-        f"ratio (measured, else {DEFAULT_OVERLAP}) and at most by backward itself (⅔ of compute)",
-        "inputs are CIFAR-shaped (3×32×32 fp32), outputs 10 fp32 logits per image",
-        "one link bandwidth for every GPU pair; no NVLink/PCIe topology effects, no kernel launch contention",
-    ]
+def _row(strategy: str, n: int, step: float, one: float, comm: float, compute: float, fixed: float,
+         batch: Any, measured: Mapping[tuple[str, int], float]) -> dict[str, Any]:
+    speedup = one / step if step > 0 else None
+    row: dict[str, Any] = {
+        "strategy": strategy, "gpus": n, "step_ms": round(step / 1e3, 4), "compute_ms": round(compute / 1e3, 4),
+        "fixed_ms": round(fixed / 1e3, 4), "comm_ms": round(comm / 1e3, 4),
+        "images_per_s": round(batch / (step / 1e6), 1) if batch and step > 0 else None,
+        "speedup": round(speedup, 3) if speedup else None,
+        "scaling_efficiency": round(speedup / n, 3) if speedup else None,
+    }
+    meas = measured.get((strategy, n))
+    if meas:
+        row["measured_step_ms"] = round(float(meas), 4)
+        row["error_pct"] = round(100 * (step / 1e3 - meas) / meas, 1)
+    return row
 
+
+def _profile(analysis: Analysis, ref: Row, cpu: bool) -> dict[str, float]:
+    """The profile's per-step terms (module docstring)."""
+    rs = (rows(analysis) if cpu else gpu_rows(analysis)) or [ref]
+    n_prof = max(1, len({r.rank for r in rs}) if cpu else distinct_gpus(analysis, None))
+    opt = ref.optimizer_us
+    out: dict[str, float] = {"n_prof": float(n_prof), "optimizer_us": opt}
+    if analysis.strategy == "dp" and analysis.dp_mode == "multi_device" and n_prof > 1:
+        own = max(0.0, model_compute(ref) - (ref.gpu0_serial_us or 0.0))
+        replica = min([own, *(model_compute(r) for r in rs if r.device != ref.device)])
+        out["parallel_1_us"] = replica * n_prof
+        out["loading_1_us"] = ref.categories_us["data_loading"]
+        out["copies_1_us"] = ref.categories_us["memcpy"]
+        out["host_1_us"] = ref.categories_us["host"] / n_prof  # DP's host time shared by its replicas
+        out["dp_transfer_us"] = ref.dp_phases_us
+        out["io_bytes"] = sum(r.ptop_bytes for r in rs)
+    elif analysis.strategy in ("ddp", "fsdp", "distributed") and len({r.rank for r in rs}) > 1:
+        out["parallel_1_us"] = mean([model_compute(r) - r.optimizer_us for r in rs]) * n_prof
+        out["loading_1_us"] = mean([r.categories_us["data_loading"] for r in rs]) * n_prof
+        out["copies_1_us"] = mean([r.categories_us["memcpy"] for r in rs]) * n_prof
+        out["host_1_us"] = mean([r.categories_us["host"] for r in rs])
+    else:
+        out["parallel_1_us"] = max(0.0, model_compute(ref) - opt)
+        out["loading_1_us"] = ref.categories_us["data_loading"]
+        out["copies_1_us"] = ref.categories_us["memcpy"]
+        out["host_1_us"] = ref.categories_us["host"]
+    return out
+
+
+def _comm_model(analysis: Analysis, manifest: Mapping[str, Any] | None, link: float | None,
+                cpu: bool) -> dict[str, Any] | None:
+    """α (µs) and per-link β (µs/byte) for DDP's allreduce, with where each came from."""
+    backend = "gloo" if cpu else "nccl"
+    probe = get(manifest, "comm_probe")
+    if isinstance(probe, Mapping) and probe.get("backend") == backend and \
+            isinstance(probe.get("alpha_us"), (int, float)) and isinstance(probe.get("beta_us_per_byte"), (int, float)) \
+            and isinstance(probe.get("world_size"), int) and probe["beta_us_per_byte"] > 0:
+        return {"comm_backend": backend, "alpha_us": float(probe["alpha_us"]),
+                "beta_us_per_byte": link_beta_from_fit(float(probe["beta_us_per_byte"]), probe["world_size"]),
+                "comm_source": f"measured: the run's {backend} allreduce probe (manifest comm_probe)"}
+    if cpu:
+        return {"comm_backend": backend, "alpha_us": DEFAULT_ALPHA_US[backend],
+                "beta_us_per_byte": 1.0 / (DEFAULT_GLOO_GBPS * 1e3),
+                "comm_source": f"default: α {DEFAULT_ALPHA_US[backend]:.0f} µs, gloo over the host at "
+                               f"{DEFAULT_GLOO_GBPS} GB/s (no allreduce probe in the manifest)"}
+    bw, src = (float(link), "declared (--link-gbps)") if link else link_gbps(manifest)
+    if not bw:
+        return None
+    return {"comm_backend": backend, "alpha_us": DEFAULT_ALPHA_US[backend], "beta_us_per_byte": 1.0 / (bw * 1e3),
+            "link_GBps": round(bw, 3), "comm_source": f"NCCL over the peer link: {src}; α default "
+            f"{DEFAULT_ALPHA_US[backend]:.0f} µs (no allreduce probe)"}
+
+
+def _assumptions(cpu: bool, comm: Mapping[str, Any]) -> list[str]:
+    out = [
+        "forward and backward split evenly over N devices; the optimizer does not shrink with N (every DDP rank and "
+        "DP's GPU0 step all parameters); autotuning kernels are left out",
+        "DDP: each process loads and copies its 1/N of the batch (loaders per process); one process's host time "
+        "per step does not change with N; DP: one process loads and copies the whole batch",
+        f"DDP: ring allreduce per bucket, α + 2(N−1)/N × bytes × β ({comm['comm_source']}); the last bucket cannot "
+        "overlap; the others hide behind backward (⅔ of compute) as far as it lasts",
+        "one link bandwidth for every GPU pair; no NVLink/PCIe topology effects",
+    ]
+    if cpu:
+        out.append("CPU: N processes get cores ÷ N threads each (the collector's rule); compute scales linearly "
+                   "with threads; DP has no GPU to split over and is not projected")
+    else:
+        out.append("DP: one fresh thread per replica launches the same kernels, serialised by the GIL (host time × N); "
+                   "replicate's per-module Python copies are not modelled beyond that; GPU0's data path per backend: "
+                   f"NCCL ring/tree ≈ one copy each way with {DEFAULT_NCCL_HOP_ALPHA_US:.0f} µs per hop, copy "
+                   "fallback (N−1) copies; scatter/gather (N−1)/N of the batch's inputs and outputs")
+    return out

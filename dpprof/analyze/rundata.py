@@ -43,14 +43,17 @@ def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
 
 def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
                   jobs: int | None = None, link_gbps: float | None = None,
-                  param_bytes: int | None = None) -> RunData:
+                  param_bytes: int | None = None, sweep: Any = None) -> RunData:
     """Resolve ``paths`` (a run directory or trace files), analyse them and attach the diagnosis.
 
-    ``baseline``: a single-GPU run of the same configuration (its step time / N is DP's ideal).
+    ``baseline``: a single-GPU run of the same configuration (its compute / N is DP's ideal).
     ``link_gbps`` / ``param_bytes``: declared link bandwidth and model size for the what-if projection.
+    ``sweep``: a sweep directory, its sweep.json, or a SweepResult (the hyperparameters question, and measured
+    step times beside the projection).
     """
     from dpprof.analyze.diagnosis import diagnose
     from dpprof.analyze.pipeline import analyze
+    from dpprof.analyze.sweep_model import SweepResult, read_sweep
 
     inputs = resolve_inputs([Path(p) for p in paths])
     analysis = analyze([str(p) for p in paths], jobs=jobs)
@@ -61,10 +64,11 @@ def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence
         base_inputs = resolve_inputs([Path(p) for p in baseline])
         base_analysis = analyze([str(p) for p in baseline], jobs=jobs)
         base_manifest = read_manifest(base_inputs.run_dir)
+    result = sweep if isinstance(sweep, SweepResult) or sweep is None else read_sweep(Path(sweep))
     if analysis.diagnosis is None:
         analysis = analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml, baseline=base_analysis,
                                                     baseline_manifest=base_manifest, link_gbps=link_gbps,
-                                                    param_bytes=param_bytes))
+                                                    param_bytes=param_bytes, sweep=result))
     return RunData(inputs=inputs, analysis=analysis, manifest=manifest, nvml=nvml, notes=tuple(notes))
 
 
@@ -75,6 +79,9 @@ def add_diagnosis_options(p: Any) -> None:
                    "(otherwise the ideal is estimated and labelled so)")
     p.add_argument("--link-gbps", type=_positive_float, default=None, metavar="GBPS",
                    help="declared GPU link bandwidth (GB/s) for the what-if projection, where the run measured none")
+    p.add_argument("--sweep", type=Path, default=None, metavar="SWEEP_DIR",
+                   help="a `dpprof sweep` directory (or its sweep.json): answers the hyperparameters question "
+                   "and puts measured step times beside the projection")
     p.add_argument("--param-bytes", type=_positive_int, default=None, metavar="BYTES",
                    help="model parameter bytes for the projection, where no manifest states them "
                    "(CIFAR VGG16: 58913064)")

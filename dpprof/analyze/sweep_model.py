@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.model import _from_plain, _to_plain
@@ -43,6 +44,8 @@ class SweepPoint:
     categories_us: Mapping[str, float] = field(default_factory=dict)
     speedup: float | None = None
     scaling_efficiency: float | None = None
+    #: The run's diagnosis with the whole sweep behind it: {hypothesis id: verdict}.
+    verdicts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int, int, int]:
@@ -68,6 +71,8 @@ class SweepResult:
     #: One line per configuration this machine cannot run: "dp-g4-b64-w0: needs 4 GPUs, 0 available".
     skipped: tuple[str, ...] = ()
     schema: str = SWEEP_SCHEMA
+    #: The verdicts the sweep makes possible (the hyperparameters question): id -> {verdict, reason, rule, evidence}.
+    diagnosis: Mapping[str, Any] = field(default_factory=dict)
 
     def point(self, strategy: str, gpus: int, batch_size: int, workers: int) -> SweepPoint | None:
         for p in self.points:
@@ -85,3 +90,21 @@ class SweepResult:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"not a dpprof sweep (schema {got!r}, expected {SWEEP_SCHEMA!r})")
         return _from_plain(cls, data)
+
+
+SWEEP_FILE = "sweep.json"
+
+
+def read_sweep(path: Path) -> SweepResult:
+    """A sweep from its directory or its ``sweep.json``; one-line DpprofError when it is not one."""
+    from dpprof.errors import DpprofError
+    from dpprof.rundir import read_json
+
+    file = path / SWEEP_FILE if path.is_dir() else path
+    data = read_json(file) if file.is_file() else None
+    if data is None:
+        raise DpprofError(f"{path}: no readable sweep.json (run `dpprof sweep` first)")
+    try:
+        return SweepResult.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DpprofError(f"{file}: not a dpprof sweep ({exc})") from None

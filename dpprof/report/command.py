@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from dpprof.report.fmt import HYPOTHESIS_TITLES, VERDICT_LABELS
 
     target, run_inputs = write_report(args.inputs, args.out, baseline=args.baseline,
-                                      link_gbps=args.link_gbps, param_bytes=args.param_bytes)
+                                      link_gbps=args.link_gbps, param_bytes=args.param_bytes, sweep=args.sweep)
     analysis = run_inputs.analysis
     if analysis.diagnosis is not None:
         for h in analysis.diagnosis.hypotheses:

@@ -39,10 +39,17 @@ def sweep_context(result: SweepResult, out: Path, sweep_dir: Path | None = None)
                       fmt.num(p.step_ms_median), fmt.num(p.images_per_s),
                       fmt.num(p.speedup), "–" if p.scaling_efficiency is None else f"{100 * p.scaling_efficiency:.0f} %",
                       fmt.num(p.epoch_time_s), _final_acc(p.epochs)],
+            "verdicts": [fmt.VERDICT_LABELS.get(p.verdicts.get(h, ""), "–") if p.verdicts else "–"
+                         for h in ("data_path", "hardware")],
         })
     counts = {s: sum(p.status == s for p in result.points) for s in ("done", "skipped", "failed")}
+    hyper = result.diagnosis.get("hyperparameters") if isinstance(result.diagnosis, dict) else None
     return {
         "title": "dpprof sweep",
+        "hyper": None if not hyper else {
+            "verdict": hyper.get("verdict"), "label": fmt.VERDICT_LABELS.get(hyper.get("verdict", ""), ""),
+            "reason": hyper.get("reason", ""), "rule": hyper.get("rule", ""),
+            "evidence": fmt.rows(hyper.get("evidence") or {})},
         "grid": fmt.rows(result.grid),
         "machine": fmt.rows(result.machine),
         "counts": counts,

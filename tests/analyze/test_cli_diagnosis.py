@@ -60,3 +60,37 @@ def test_bad_declared_bandwidth_is_a_user_error(h200: dict[str, Path], capsys) -
         main(["analyze", str(h200["single_vgg16cifar"]), "--link-gbps", "-3"])
     assert exc.value.code == 2
     assert "--link-gbps" in capsys.readouterr().err
+
+
+def _gpu_sweep(path: Path) -> Path:
+    """A sweep.json of a 4-GPU machine: DP's gap to DDP moves with the batch size (0.5 -> 0.15)."""
+    from dpprof.analyze.sweep_model import SweepPoint, SweepResult
+    from dpprof.rundir import write_json
+
+    pts = []
+    for b, dp, ddp in ((64, 0.3, 0.8), (256, 0.7, 0.85)):
+        pts += [SweepPoint("dp", 4, b, 4, status="done", scaling_efficiency=dp),
+                SweepPoint("ddp", 4, b, 1, status="done", scaling_efficiency=ddp)]
+    path.mkdir(parents=True)
+    write_json(path / "sweep.json", SweepResult(points=tuple(pts), machine={"cuda_devices": 4}).to_json())
+    return path
+
+
+def test_sweep_option_answers_the_hyperparameters_question(tmp_path: Path) -> None:
+    traces, _ = write_dp_run(tmp_path / "dp", 4, "balanced")
+    out = tmp_path / "a.json"
+    sweep_dir = _gpu_sweep(tmp_path / "sweep")
+    assert main(["analyze", str(traces), "--sweep", str(sweep_dir), "--json", str(out), "--quiet"]) == 0
+    h = _diagnosis(out)["hypotheses"][2]
+    assert h["verdict"] == "supported" and "dp-g4-b64-w4 (0.300) vs ddp-g4-b64-w1 (0.800)" in h["reason"]
+    report = tmp_path / "r.html"
+    assert main(["report", str(traces), "--sweep", str(sweep_dir / "sweep.json"), "--out", str(report)]) == 0
+    assert "dp-g4-b64-w4" in report.read_text()
+
+
+def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    traces, _ = write_dp_run(tmp_path / "dp", 2, "balanced")
+    (tmp_path / "nosweep").mkdir()
+    assert main(["analyze", str(traces), "--sweep", str(tmp_path / "nosweep"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep.json" in err[0]

@@ -297,6 +297,10 @@ def test_dp_dup00_is_host_bound_in_replica_threads_and_inconclusive(h200):
     assert f["host_bound"].severity == "critical" and f["host_bound"].evidence["host_pct"] > 90
     assert "replica threads" in f["host_bound"].detail and "not the GPUs" in f["host_bound"].detail
     assert any("cudnn.benchmark" in x for x in d.advice)
+    # 1,965 kernels per step against 287 on one GPU (FIELD_NOTES): 2 replicas x 287, the rest is autotuning
+    auto = f["autotuning"].evidence["per_gpu"]["0:0"]
+    assert auto["kernels_per_step"] == pytest.approx(1965 - 2 * 287, abs=15)
+    assert "replica threads are new every step" in f["autotuning"].detail
 
 
 def test_ddp2_gloo_gets_ddp_findings(h200):

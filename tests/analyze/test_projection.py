@@ -1,13 +1,23 @@
-"""The what-if projection: its documented model reproduced by hand, labels, measured-vs-projected rows."""
+"""The what-if projection: each term against its formula, the model reproduced by hand, labels and errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from dpprof.analyze.projection import DEFAULT_OVERLAP, project
+from dpprof.analyze.projection import BACKWARD_SHARE, DEFAULT_ALPHA_US, project
+from dpprof.analyze.projection_terms import (
+    MiB,
+    cpu_compute_us,
+    ddp_exposed_us,
+    default_buckets,
+    dp_comm_us,
+    link_beta_from_fit,
+    ring_allreduce_us,
+)
 from tests.analyze.diag_builders import analysis, dp4
 
 P = 50_000_000  # parameter bytes
+BETA = 1 / 25e3  # 25 GB/s -> µs per byte
 MANIFEST = {"config": {"batch_size": 128}, "model_info": {"param_bytes": P, "buffers_bytes": 0},
             "link_bandwidth": {"p2p_GBps": {"0->1": 25.0}}}
 
@@ -16,50 +26,116 @@ def row(proj, strategy, n):
     return next(r for r in proj["rows"] if r["strategy"] == strategy and r["gpus"] == n)
 
 
+# ---- terms -----------------------------------------------------------------------------------------------
+def test_ring_allreduce_and_the_fit_beta():
+    assert ring_allreduce_us(1e6, 1, 10.0, 1e-3) == 0.0
+    assert ring_allreduce_us(1e6, 4, 10.0, 1e-3) == pytest.approx(10.0 + 1.5 * 1e6 * 1e-3)
+    # a fit at 2 ranks measures β_fit = 2(2-1)/2 β = β; at 4 ranks β_fit = 1.5 β
+    assert link_beta_from_fit(3e-3, 2) == pytest.approx(3e-3)
+    assert link_beta_from_fit(1.5e-3, 4) == pytest.approx(1e-3)
+
+
+def test_default_buckets_follow_ddp():
+    assert default_buckets(60 * MiB) == [1 * MiB, 25 * MiB, 25 * MiB, 9 * MiB]
+    assert default_buckets(0.5 * MiB) == [0.5 * MiB]
+
+
+def test_only_the_last_bucket_and_what_backward_cannot_hide_are_exposed():
+    assert ddp_exposed_us([100.0, 200.0, 50.0], backward_us=1000.0) == 50.0
+    assert ddp_exposed_us([100.0, 200.0, 50.0], backward_us=250.0) == 50.0 + 50.0
+    assert ddp_exposed_us([], 10.0) == 0.0
+
+
+def test_dp_data_path_per_backend():
+    nccl = dp_comm_us(P, 1000, 4000, 4, "nccl", BETA, 5.0)
+    assert nccl["broadcast_us"] == pytest.approx(5.0 * 3 + (P + 1000) * BETA)
+    assert nccl["reduce_us"] == pytest.approx(5.0 * 3 + P * BETA)
+    copies = dp_comm_us(P, 1000, 4000, 4, "copies", BETA, 5.0)
+    assert copies["broadcast_us"] == pytest.approx(3 * (P + 1000) * BETA)
+    assert copies["scatter_gather_us"] == pytest.approx(4000 * 3 / 4 * BETA)
+    assert sum(dp_comm_us(P, 0, 0, 1, "nccl", BETA, 5.0).values()) == 0.0
+
+
+def test_cpu_threads_per_process():
+    # 2 cores: 1 process with 2 threads computed the batch in 1000 µs; 2 processes get 1 thread each.
+    assert cpu_compute_us(1000.0, 2, 2, 2) == pytest.approx(1000.0)
+    assert cpu_compute_us(1000.0, 1, 4, 16) == pytest.approx(1000.0 / 4 / 4)
+
+
+# ---- the model -------------------------------------------------------------------------------------------
 def test_single_gpu_profile_projects_dp_and_ddp_by_the_documented_model():
-    # compute 8 ms, fixed (data loading + idle) 1 ms; bw 25 GB/s → 1 byte = 1/25e3 µs.
-    a = analysis("single", {(0, 0): {"compute": 8000, "data_loading": 600, "idle": 400}})
+    # compute 8 ms of which the optimizer 0.5 ms; loading 0.6, host 0.3, copies 0.1 ms
+    a = analysis("single", {(0, 0): {"compute": 8000, "data_loading": 600, "host": 300, "memcpy": 100}},
+                 extra={(0, 0): {"optimizer_us": 500.0}})
     proj = project(a, MANIFEST, max_gpus=4)
     assert proj["label"] == "projection" and proj["available"] and proj["assumptions"]
-    assert proj["inputs"]["compute_1gpu_us"] == 8000 and proj["inputs"]["fixed_us"] == 1000
-    assert row(proj, "dp", 1)["step_ms"] == pytest.approx(9.0) == row(proj, "ddp", 1)["step_ms"]
+    i = proj["inputs"]
+    assert (i["parallel_1_us"], i["optimizer_us"], i["host_1_us"]) == (7500, 500, 300)
+    one = 9000.0
+    assert row(proj, "dp", 1)["step_ms"] == pytest.approx(one / 1e3) == row(proj, "ddp", 1)["step_ms"]
     n = 4
-    act = 128 * (3 * 32 * 32 * 4 + 40) * (n - 1) / n
-    dp = 8000 / n + 1000 + (2 * P * (n - 1) + act) / 25e3
+    io = 128 * (3 * 32 * 32 * 4 + 40)
+    dp_path = 3 * P * BETA * 2 + io * 3 / 4 * BETA  # a single-GPU trace shows no NCCL: the copy fallback
+    dp = 7500 / n + 500 + 600 + 100 + 300 * n + dp_path
     assert row(proj, "dp", n)["step_ms"] == pytest.approx(dp / 1e3, abs=1e-4)
-    ar = 2 * (n - 1) / n * P / 25e3
-    ddp = 8000 / n + 1000 + max(ar * (1 - DEFAULT_OVERLAP), ar - 2 / 3 * 8000 / n)
-    assert row(proj, "ddp", n)["step_ms"] == pytest.approx(ddp / 1e3, abs=1e-4)
-    assert row(proj, "ddp", n)["scaling_efficiency"] == pytest.approx(9000 / ddp / n, abs=1e-3)
-    assert row(proj, "ddp", n)["images_per_s"] == pytest.approx(128 / (ddp / 1e6), rel=1e-4)
-    # DP's serialized data path grows with N: its efficiency falls below DDP's
-    assert row(proj, "dp", 4)["scaling_efficiency"] < row(proj, "ddp", 4)["scaling_efficiency"]
+    buckets = default_buckets(P)
+    times = [ring_allreduce_us(b, n, DEFAULT_ALPHA_US["nccl"], BETA) for b in buckets]
+    exposed = ddp_exposed_us(times, BACKWARD_SHARE * 7500 / n)
+    ddp = 7500 / n + 500 + (600 + 100) / n + 300 + exposed
+    r = row(proj, "ddp", n)
+    assert r["step_ms"] == pytest.approx(ddp / 1e3, abs=1e-4)
+    assert r["scaling_efficiency"] == pytest.approx(one / ddp / n, abs=1e-3)
+    assert r["images_per_s"] == pytest.approx(128 / (ddp / 1e6), rel=1e-4)
+    assert row(proj, "dp", 4)["scaling_efficiency"] < r["scaling_efficiency"]
+
+
+def test_dp_fixed_costs_do_not_carry_into_ddp():
+    """From a host-bound 4-GPU DP profile, DDP keeps one replica's share of the host time, not all of it."""
+    dp = dp4({"compute": 10000, "host": 40000, "dp_broadcast": 2000}, {"compute": 10000, "idle": 42000},
+             gpu0_serial=0.0)
+    p = project(dp, MANIFEST)
+    assert p["inputs"]["host_1_us"] == pytest.approx(10000)
+    assert "calibrated" in p["inputs"]["dp_transfer_source"]
+    assert row(p, "ddp", 4)["step_ms"] < 0.5 * row(p, "dp", 4)["step_ms"]
+    # the measured 4-GPU transfer is reproduced at N = 4
+    assert row(p, "dp", 4)["comm_ms"] == pytest.approx(2.0)
+
+
+def test_manifest_buckets_and_the_allreduce_probe():
+    m = {**MANIFEST, "ddp": {"bucket_sizes_bytes": [10 * MiB, 30 * MiB]},
+         "comm_probe": {"backend": "nccl", "world_size": 2, "alpha_us": 40.0, "beta_us_per_byte": 2e-4}}
+    a = analysis("single", {(0, 0): {"compute": 8000}})
+    p = project(a, m, max_gpus=2)
+    assert p["inputs"]["buckets_bytes"] == [10 * MiB, 30 * MiB] and "probe" in p["inputs"]["comm_source"]
+    times = [ring_allreduce_us(b, 2, 40.0, 2e-4) for b in (10 * MiB, 30 * MiB)]
+    assert row(p, "ddp", 2)["comm_ms"] == pytest.approx(ddp_exposed_us(times, BACKWARD_SHARE * 8000 / 2) / 1e3,
+                                                        abs=1e-4)
+
+
+def test_cpu_profile_projects_gloo_ddp_with_the_thread_rule():
+    m = {"config": {"batch_size": 64, "threads": 2}, "model_info": {"param_bytes": 4_000_000},
+         "hardware": {"cpus": 2}}
+    a = analysis("single", {(0, -1): {"compute": 100000, "host": 2000, "data_loading": 1000}})
+    p = project(a, m, max_gpus=2, measured={("ddp", 2): 130.0})
+    assert {r["strategy"] for r in p["rows"]} == {"ddp"}  # no DP without GPUs
+    assert "default" in p["inputs"]["comm_source"] and p["inputs"]["comm_backend"] == "gloo"
+    r = row(p, "ddp", 2)
+    assert r["compute_ms"] == pytest.approx(100.0)  # two processes of one thread: no faster than one of two
+    assert r["error_pct"] == pytest.approx(100 * (r["step_ms"] - 130.0) / 130.0, abs=0.1)
 
 
 def test_declared_bandwidth_overrides_and_measured_rows_get_errors():
     a = analysis("single", {(0, 0): {"compute": 8000, "idle": 1000}})
     proj = project(a, MANIFEST, link_GBps=100.0, max_gpus=2, measured={("ddp", 2): 6.0, ("dp", 8): 20.0})
-    assert proj["inputs"]["link_source"] == "declared"
+    assert "declared" in proj["inputs"]["comm_source"]
     r = row(proj, "ddp", 2)
     assert r["measured_step_ms"] == 6.0
     assert r["error_pct"] == pytest.approx(100 * (r["step_ms"] - 6.0) / 6.0, abs=0.1)
     assert row(proj, "dp", 8)["measured_step_ms"] == 20.0  # rows extend to cover measured N
 
 
-def test_dp_profile_calibrates_dp_cost_and_ddp_profile_measures_overlap():
-    dp = dp4({"compute": 10000, "dp_broadcast": 6000}, {"compute": 10000, "idle": 6000})
-    p = project(dp, MANIFEST)
-    assert "calibrated" in p["inputs"]["dp_cost_source"]
-    assert row(p, "dp", 4)["comm_ms"] == pytest.approx(6.0)  # reproduces the measured 4-GPU phases
-    assert row(p, "dp", 2)["comm_ms"] == pytest.approx(2.0)
-    ddp = analysis("ddp", {(0, 0): {"compute": 8000, "comm": 1000}, (1, 1): {"compute": 8000, "comm": 1000}},
-                   overlapped={(0, 0): 3000, (1, 1): 3000})
-    q = project(ddp, MANIFEST)
-    assert q["inputs"]["overlap"] == pytest.approx(0.75) and q["inputs"]["overlap_source"] == "measured DDP overlap ratio"
-
-
 @pytest.mark.parametrize("per,manifest,why", [
-    ({(0, -1): {"compute": 5000}}, MANIFEST, "no GPU activity"),
+    ({(0, -1): {"compute": 5000}}, {"model_info": {"param_bytes": 10}}, "core count"),
     ({(0, 0): {"compute": 5000}}, {"link_bandwidth": {"p2p_GBps": {"0->1": 10}}}, "no parameter size"),
     ({(0, 0): {"compute": 5000}}, {"model_info": {"param_bytes": 10}}, "no link bandwidth"),
 ])

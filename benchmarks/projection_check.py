@@ -1,0 +1,70 @@
+"""Check the what-if projection against a measurement: a 2-process gloo DDP step projected from a 1-process CPU
+profile, beside the measured 2-process run (both by ``dpprof profile`` on this machine, one after the other).
+
+The projection reads the 1-process run (compute, optimizer, loading, host; the collector's thread rule: each of
+N processes gets cores ÷ N threads) and, when the 2-process run measured one, its allreduce probe (α, β);
+the measured figure is the 2-process run's median unprofiled step. Prints both and the error.
+
+Usage: ``python benchmarks/projection_check.py [--model resnet18] [--batch 64] [--steps 14] [--keep DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from dpprof.analyze.pipeline import analyze  # noqa: E402
+from dpprof.analyze.projection import project  # noqa: E402
+from dpprof.rundir import lookup, read_manifest  # noqa: E402
+
+
+def profile(out: Path, name: str, strategy: str, nproc: int, model: str, batch: int, steps: int) -> Path:
+    argv = [sys.executable, "-m", "dpprof.cli", "profile", "--strategy", strategy, "--model", model, "--device", "cpu",
+            "--batch-size", str(batch), "--steps", str(steps), "--out", str(out), "--run-name", name, "--quiet"]
+    if strategy == "ddp":
+        argv += ["--nproc", str(nproc)]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+    return out / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=14)
+    p.add_argument("--keep", type=Path, default=None, help="keep the two run directories here")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.keep or Path(tmp)
+        one = profile(out, "one", "single", 1, args.model, args.batch, args.steps)
+        two = profile(out, "two", "ddp", 2, args.model, args.batch, args.steps)
+        m1, m2 = read_manifest(one) or {}, read_manifest(two) or {}
+        measured = lookup(m2, "profiler", "unprofiled_step_ms_median") or lookup(m2, "summary", "step_ms_median")
+        manifest = dict(m1)
+        probe = lookup(m2, "comm_probe")
+        if isinstance(probe, dict) and probe.get("alpha_us") is not None:
+            manifest["comm_probe"] = probe  # the 1-process run has no peer to probe
+        proj = project(analyze([one]), manifest, max_gpus=2,
+                       measured={("ddp", 2): float(measured)} if measured else None)
+        if not proj["available"]:
+            print(f"projection unavailable: {proj['reason']}")
+            return 1
+        row = next(r for r in proj["rows"] if r["strategy"] == "ddp" and r["gpus"] == 2)
+        one_ms = lookup(m1, "profiler", "unprofiled_step_ms_median") or lookup(m1, "summary", "step_ms_median")
+        print(f"projection check ({args.model}, global batch {args.batch}, CPU, {lookup(m1, 'hardware', 'cpus')} cores)")
+        print(f"  1-process step, measured (unprofiled median): {one_ms:.1f} ms")
+        print(f"  2-process gloo DDP step: projected {row['step_ms']:.1f} ms (compute {row['compute_ms']:.1f}, "
+              f"fixed {row['fixed_ms']:.1f}, exposed allreduce {row['comm_ms']:.1f}); measured {measured:.1f} ms; "
+              f"error {row.get('error_pct')} %")
+        print(f"  communication model: {proj['inputs']['comm_source']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
