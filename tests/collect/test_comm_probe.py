@@ -85,38 +85,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _group_worker(rank: int, world: int, port: int, enabled: bool, out: Any) -> None:
+def _group_worker(rank: int, world: int, port: int, out: Any) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        out.put((rank, probe_for_run("ddp", True, world, "cpu", enabled)))
+        out.put((rank, probe_for_run("ddp", True, world, "cpu"), probe_for_run("ddp", True, world, "cpu", False)))
     finally:
         dist.destroy_process_group()
 
 
-def _run_group(world: int, enabled: bool = True) -> dict[int, dict[str, Any]]:
-    """``probe_for_run`` on every rank of a fresh gloo group of ``world`` processes."""
+@pytest.mark.slow
+def test_two_gloo_processes_measure_and_agree() -> None:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_group_worker, args=(r, world, port, enabled, q)) for r in range(world)]
+    procs = [ctx.Process(target=_group_worker, args=(r, 2, port, q)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(q.get(timeout=120) for _ in procs)
+    res = {rank: (on, off) for rank, on, off in (q.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    return results
-
-
-@pytest.mark.slow
-def test_two_gloo_processes_measure_and_agree() -> None:
-    res = _run_group(2)
-    s0, s1 = res[0], res[1]
+    (s0, off0), (s1, off1) = res[0], res[1]
     assert s0["measured"] is True, s0
     assert (s0["backend"], s0["world_size"], s0["device"]) == ("gloo", 2, "cpu")
     assert s0["sizes_bytes"] == list(comm_probe.CPU_SIZES_BYTES) and s0["repeats"] == comm_probe.REPEATS
@@ -125,12 +119,16 @@ def test_two_gloo_processes_measure_and_agree() -> None:
     assert s0["time_us_median"][-1] > s0["time_us_median"][0]  # 1 MiB takes longer than 4 KiB
     assert s0["beta_us_per_byte"] > 0 and s0["bandwidth_GBps"] > 0
     assert s0["duration_ms"] < 1000, s0["duration_ms"]
+    assert off0["reason"] == off1["reason"] == "turned off (--no-comm-probe)" and off0["measured"] is False
     print(f"gloo probe, 2 processes: {s0}")
 
 
-@pytest.mark.slow
-def test_world_size_one_and_turned_off() -> None:
-    assert _run_group(1)[0] == {"measured": False, "reason": "world size 1: no peer to reduce with",
-                                "backend": "gloo", "world_size": 1}
-    off = _run_group(2, enabled=False)
-    assert off[0]["reason"] == off[1]["reason"] == "turned off (--no-comm-probe)"
+def test_world_size_one_is_not_measured(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert probe_for_run("ddp", True, 1, "cpu") == {
+            "measured": False, "reason": "world size 1: no peer to reduce with", "backend": "gloo", "world_size": 1}
+    finally:
+        dist.destroy_process_group()
