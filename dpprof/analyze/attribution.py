@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpprof.analyze.autotune import timed_launches
 from dpprof.analyze.collectives import Executions, executions
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, StepBreakdown
 from dpprof.trace import classify as C
@@ -77,6 +78,7 @@ class RankTimeline:
     gclass: np.ndarray  # classify.GPU_CLASSES code
     busy_cat: np.ndarray  # category index of each activity when busy (rule above)
     launched: np.ndarray  # when each activity's launch call returned, µs (inf when its launcher is unknown)
+    autotune: np.ndarray  # bool: launched by an autotuning loop (dpprof.analyze.autotune)
     phase: np.ndarray  # DP phase index or -1
     is_comm: np.ndarray  # communication kernel or copy inside a collective
     ex: Executions
@@ -143,6 +145,7 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
         busy_cat=busy, phase=links.phase, is_comm=is_comm, ex=ex,
         launched=np.where(links.launcher >= 0, rt.ts[np.maximum(links.launcher, 0)]
                           + rt.dur[np.maximum(links.launcher, 0)], np.inf),
+        autotune=(links.launcher >= 0) & timed_launches(rt)[np.maximum(links.launcher, 0)],
         data_loading=spans_of(hcls == C.C_DATA), host_busy=host_busy,
         host_compute=spans_of(compute_rows), gloo=gloo,
         phase_spans=tuple(iv.union(spans.start[spans.label == i], spans.end[spans.label == i])
@@ -216,7 +219,8 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
             if m.any():
                 label[iv.covered(mids, iv.union(gs[m], ge[m])) & (label < 0)] = cat
         busy_us = float(seg[label >= 0].sum())
-        waited = _paint_idle(tl, mids, label, dev, tl.device[others], os_, oe)
+        waited, waited_dp = _paint_idle(tl, mids, label, dev, tl.device[others], os_, oe,
+                                        tl.phase[others] >= 0)
         uid = nest.label_at(mids)
         uid[~np.isin(label, tuple(SPLIT_CATS))] = -1
         pieces.append(_runs(step, dev, bp, label, uid, waited, uid >= 0))
@@ -225,9 +229,12 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
         sums = np.bincount(label, weights=seg, minlength=len(CATEGORIES))
         peer = {f"GPU {o}": float(seg[waited == o].sum()) for o in np.unique(waited[waited >= 0]).tolist()}
         phase = tl.phase[sel]
-        gpu0_only = None
+        gpu0_only = gpu0_serial = None
         if output_device is not None and dev == output_device:
-            gpu0_only = busy_us - iv.intersection_length(iv.union(gs, ge), iv.union(os_, oe))
+            others_busy = iv.covered(mids, iv.union(os_, oe))
+            gpu0_only = float(seg[_busy(label) & ~others_busy].sum())
+            gpu0_serial = float(seg[_busy(label) & ~np.isin(label, _PHASE_CAT) & ~others_busy].sum())
+        auto = tl.autotune[sel]
         rows.append(StepBreakdown(
             rank=rank, device=int(dev), step=step, duration_us=s1 - s0,
             categories_us={c: float(sums[i]) for i, c in enumerate(CATEGORIES)},
@@ -238,15 +245,19 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
             dp_host_us={p: iv.length(iv.clip(u, s0, s1)) for p, u in zip(DP_PHASES, tl.phase_spans, strict=True)
                         if len(u[0])},
             peer_wait_on_us=peer, peer_wait_idle_us=float(seg[waited >= 0].sum()),
+            peer_wait_dp_us=float(seg[waited_dp].sum()), gpu0_serial_us=gpu0_serial,
+            autotune_us=iv.length(iv.union(gs[auto], ge[auto])), autotune_kernels=int(np.count_nonzero(
+                auto & (tl.start[sel] >= s0) & (tl.rt.kind[tl.gpu_rows[sel]] == K_KERNEL))),
             memcpy_bytes=copy_bytes(tl, sel, s0, s1),
         ))
     return rows, Pieces.concat(pieces), Pieces.concat(segs) if segments else None
 
 
 def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, dev: int, o_dev: np.ndarray,
-                os_: np.ndarray, oe: np.ndarray) -> np.ndarray:
+                os_: np.ndarray, oe: np.ndarray, o_dp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label the still-unlabelled pieces (GPU idle, or a host row) in priority order, in place; returns, per
-    piece, the other GPU waited for (``peer_wait`` on queued work) or -1."""
+    piece, the other GPU waited for (``peer_wait`` on queued work) or -1, and whether that GPU was then running
+    DP data-path work (``o_dp``: the other activities launched in a DP phase)."""
     def paint(mask: np.ndarray, cat: int) -> None:
         label[(label < 0) & mask] = cat
 
@@ -255,6 +266,7 @@ def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, dev: int,
         paint(iv.covered(mids, tl.host_compute), CAT["compute"])
     paint(iv.covered(mids, tl.gloo), CAT["comm"])
     waited = np.full(len(mids), -1, dtype=np.int64)
+    waited_dp = np.zeros(len(mids), dtype=bool)
     if dev >= 0 and len(o_dev):
         cand = (label < 0) & _queued(tl, dev, mids)
         best_end = np.full(len(mids), -np.inf)
@@ -265,10 +277,17 @@ def _paint_idle(tl: RankTimeline, mids: np.ndarray, label: np.ndarray, dev: int,
             k = np.clip(np.searchsorted(s, mids, side="right") - 1, 0, len(s) - 1)
             inside = cand & (s[k] <= mids) & (mids < e[k]) & (e[k] > best_end)
             waited[inside], best_end[inside] = o, e[k][inside]
+            dp_o = o_dp & (o_dev == o)
+            waited_dp[inside] = iv.covered(mids[inside], iv.union(os_[dp_o], oe[dp_o]))
         paint(waited >= 0, CAT["peer_wait"])
     paint(iv.covered(mids, tl.host_busy), CAT["host"])
     label[label < 0] = CAT["idle"]
-    return waited
+    return waited, waited_dp
+
+
+def _busy(label: np.ndarray) -> np.ndarray:
+    """Pieces a GPU activity of the row's device covers (the busy categories, not idle waiting)."""
+    return np.isin(label, _BUSY_ORDER)
 
 
 def _queued(tl: RankTimeline, dev: int, mids: np.ndarray) -> np.ndarray:

@@ -16,6 +16,9 @@ from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
 from dpprof.analyze.sweep_model import SweepResult
 from dpprof.rundir import lookup as get
 
+#: NVML clock event reasons that slow a busy GPU (nvml.h / pynvml ``nvmlClocksEventReason*``): SwPowerCap 0x4,
+#: HwSlowdown 0x8, SwThermalSlowdown 0x20, HwThermalSlowdown 0x40, HwPowerBrakeSlowdown 0x80.
+SLOWDOWN_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 #: CIFAR-shaped workloads (dpprof's models): 3×32×32 fp32 inputs, 10 fp32 logits per image.
 INPUT_BYTES_PER_IMAGE = 3 * 32 * 32 * 4
 OUTPUT_BYTES_PER_IMAGE = 10 * 4
@@ -35,6 +38,12 @@ class Row:
     overlapped_us: float
     dp_phase_gpu_us: Mapping[str, float] = field(default_factory=dict)
     ptop_bytes: float = 0.0
+    dp_host_us: Mapping[str, float] = field(default_factory=dict)
+    peer_wait_on_us: Mapping[str, float] = field(default_factory=dict)
+    peer_wait_dp_us: float = 0.0
+    gpu0_serial_us: float | None = None
+    autotune_us: float = 0.0
+    autotune_kernels: float = 0.0
 
     def pct(self, us: float) -> float:
         """``us`` as a percentage of this row's mean step."""
@@ -66,6 +75,15 @@ def rows(analysis: Analysis) -> list[Row]:
             overlapped_us=mean([s.comm_overlapped_us for s in steps]),
             dp_phase_gpu_us={p: mean([s.dp_phase_gpu_us.get(p, 0.0) for s in steps]) for p in DP_PHASES},
             ptop_bytes=mean([float(s.memcpy_bytes.get("PtoP", 0)) for s in steps]),
+            dp_host_us={p: mean([s.dp_host_us.get(p, 0.0) for s in steps]) for p in DP_PHASES
+                        if any(p in s.dp_host_us for s in steps)},
+            peer_wait_on_us={k: mean([s.peer_wait_on_us.get(k, 0.0) for s in steps])
+                             for k in sorted({k for s in steps for k in s.peer_wait_on_us})},
+            peer_wait_dp_us=mean([s.peer_wait_dp_us for s in steps]),
+            gpu0_serial_us=mean(g0s) if (g0s := [s.gpu0_serial_us for s in steps if s.gpu0_serial_us is not None])
+            else None,
+            autotune_us=mean([s.autotune_us for s in steps]),
+            autotune_kernels=mean([float(s.autotune_kernels) for s in steps]),
         ))
     return out
 
@@ -169,10 +187,15 @@ class GpuNvml:
     util_gpu_mean_pct: float | None  # % of time a kernel was running (NVML utilization.gpu)
     util_mem_mean_pct: float | None
     mem_used_max_bytes: int | None
-    sm_clock_max_mhz: float | None
+    sm_clock_max_mhz: float | None  # highest SM clock sampled
     #: Median SM clock over samples with utilization.gpu ≥ 50 % (None if none): throttling shows here.
     sm_clock_busy_median_mhz: float | None
     power_max_mw: float | None
+    #: The device's maximum SM clock (nvmlDeviceGetMaxClockInfo), when the collector recorded it.
+    sm_clock_limit_mhz: float | None = None
+    #: Share (0..1) of busy samples whose clock event reasons include a thermal or power slowdown; None when the
+    #: samples carry no reasons.
+    throttle_reason_share: float | None = None
 
 
 def _raw(obj: Any, *names: str) -> list[float]:
@@ -219,6 +242,10 @@ def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
         mem = _values(g, "mem_used_bytes")
         power = _values(g, "power_mw")
         memu = _values(g, "util_mem_pct", "util_mem")
+        reasons = _raw(g, "clock_event_reasons")
+        busy_reasons = [int(x) for x, u in zip(reasons, raw_u, strict=False) if u >= 50 and x == x] \
+            if len(reasons) == len(raw_u) else []
+        limit = g.get("sm_clock_max_mhz") if isinstance(g, Mapping) else getattr(g, "sm_clock_max_mhz", None)
         out.append(GpuNvml(
             gpu=idx, samples=max(len(util), len(mem)),
             util_gpu_mean_pct=mean(util) if util else None,
@@ -227,5 +254,8 @@ def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
             sm_clock_max_mhz=max(clock) if clock else None,
             sm_clock_busy_median_mhz=statistics.median(busy_clock) if busy_clock else None,
             power_max_mw=max(power) if power else None,
+            sm_clock_limit_mhz=float(limit) if isinstance(limit, (int, float)) and limit > 0 else None,
+            throttle_reason_share=(sum(1 for x in busy_reasons if x & SLOWDOWN_REASONS) / len(busy_reasons))
+            if busy_reasons else None,
         ))
     return tuple(sorted(out, key=lambda g: g.gpu))

@@ -143,8 +143,11 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
     for x in found:
         if x.id == "straggler":
             who = x.evidence["participant"]
-            out.append(f"{who} arrives last at collectives by {x.evidence['mean_lateness_us'] / 1e3:.2f} ms on average "
-                       f"and costs the others {x.evidence['caused_wait_pct_of_step']} % of a step: check "
+            late = x.evidence.get("mean_lateness_us")
+            cost = x.evidence.get("caused_wait_pct_of_step")
+            out.append(f"{who} arrives last at collectives"
+                       + (f" by {late / 1e3:.2f} ms on average" if late is not None else "")
+                       + (f" and costs the others {cost} % of a step" if cost is not None else "") + ": check "
                        + ("that rank's data loader, host load and GPU clocks." if who.startswith("rank") else
                           "that GPU's clocks, power and temperature (nvidia-smi -q -d PERFORMANCE) and what else runs "
                           "on it."))

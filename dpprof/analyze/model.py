@@ -100,6 +100,14 @@ class StepBreakdown:
     #: The part of ``peer_wait`` when this GPU was idle with its next work queued behind another GPU (outside
     #: any collective kernel: DP's copies wait for the other device's stream); the rest is inside collectives.
     peer_wait_idle_us: float = 0.0
+    #: The part of ``peer_wait_idle_us`` while the GPU waited for was running DP data-path work (e.g. the output
+    #: device waiting for Gather's copies, which run on the source GPUs' streams).
+    peer_wait_dp_us: float = 0.0
+    #: DP only, on the output device's row: busy outside DP phases while no other GPU is (loss, optimizer...).
+    gpu0_serial_us: float | None = None
+    #: GPU time and count of kernels launched by an autotuning loop (cuDNN benchmark, dpprof.analyze.autotune).
+    autotune_us: float = 0.0
+    autotune_kernels: int = 0
     #: Bytes copied in this step by copy kind.
     memcpy_bytes: Mapping[str, int] = field(default_factory=dict)
 

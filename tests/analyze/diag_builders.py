@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, Analysis, DeviceSummary, RankInfo, StepBreakdown, Straggler
 
+Key = tuple[int, int]
 
-def rows(per_row: Mapping[tuple[int, int], Mapping[str, float]], steps: int = 3,
-         gpu0_only: float | None = None, overlapped: Mapping[tuple[int, int], float] | None = None,
-         busy: Mapping[tuple[int, int], float] | None = None, out_dev: int = 0) -> tuple[StepBreakdown, ...]:
-    """``steps`` identical steps per (rank, device) row; categories not given are 0; the step is their sum."""
+
+def rows(per_row: Mapping[Key, Mapping[str, float]], steps: int = 3,
+         gpu0_only: float | None = None, overlapped: Mapping[Key, float] | None = None,
+         busy: Mapping[Key, float] | None = None, out_dev: int = 0, gpu0_serial: float | None = None,
+         peer_wait_on: Mapping[Key, Mapping[str, float]] | None = None,
+         extra: Mapping[Key, Mapping[str, Any]] | None = None) -> tuple[StepBreakdown, ...]:
+    """``steps`` identical steps per (rank, device) row; categories not given are 0; the step is their sum.
+
+    ``gpu0_only`` / ``gpu0_serial``: on the DP output device's row; ``peer_wait_on``: whom each row's peer_wait
+    waited for; ``extra``: other StepBreakdown fields per row (e.g. ``autotune_us``)."""
     out = []
     for (rank, dev), cats in sorted(per_row.items()):
         full = {c: float(cats.get(c, 0.0)) for c in CATEGORIES}
         dur = sum(full.values())
-        b = (busy or {}).get((rank, dev), full["compute"] + full["memcpy"] + full["comm"] + full["peer_wait"])
+        b = (busy or {}).get((rank, dev), full["compute"] + full["memcpy"] + full["comm"]
+                             + sum(full[p] for p in ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")))
+        on = dict((peer_wait_on or {}).get((rank, dev), {}))
         for s in range(steps):
             out.append(StepBreakdown(
                 rank=rank, device=dev, step=s + 3, duration_us=dur, categories_us=full,
                 comm_overlapped_us=(overlapped or {}).get((rank, dev), 0.0),
                 gpu0_only_us=gpu0_only if (dev == out_dev and gpu0_only is not None) else None,
-                busy_us=b if dev >= 0 else 0.0))
+                gpu0_serial_us=gpu0_serial if (dev == out_dev and gpu0_serial is not None) else None,
+                busy_us=b if dev >= 0 else 0.0, peer_wait_on_us=on, **dict((extra or {}).get((rank, dev), {}))))
     return tuple(out)
 
 
-def analysis(strategy: str, per_row: Mapping[tuple[int, int], Mapping[str, float]], *, dp_mode: str | None = None,
+def analysis(strategy: str, per_row: Mapping[Key, Mapping[str, float]], *, dp_mode: str | None = None,
              world_size: int | None = None, stragglers: tuple[Straggler, ...] = (),
              straggler_summary: Mapping[str, object] | None = None, **kw: object) -> Analysis:
     steps = rows(per_row, **kw)  # type: ignore[arg-type]
