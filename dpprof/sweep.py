@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult
+from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult, total_loader_workers
 from dpprof.rundir import is_run_dir, read_json, read_manifest, write_json
 
 SWEEP_JSON = "sweep.json"
@@ -148,6 +148,11 @@ def measure(point: SweepPoint, run_dir: Path) -> SweepPoint:
     epochs = [e for e in (m.get("epochs") or []) if isinstance(e, Mapping)]
     full = [float(e["time_s"]) for e in epochs if not e.get("partial") and isinstance(e.get("time_s"), (int, float))]
     reason = point.reason
+    config = m.get("config") or {}
+    workers, world = config.get("workers"), config.get("world_size")
+    total = point.total_workers
+    if isinstance(workers, int) and isinstance(world, int):  # what the run really started
+        total = total_loader_workers(point.strategy, world, workers)
     categories: dict[str, float] = {}
     try:
         categories = mean_categories(run_dir)
@@ -159,7 +164,7 @@ def measure(point: SweepPoint, run_dir: Path) -> SweepPoint:
         images_per_s=_num(summary.get("images_per_s_median")),
         epoch_time_s=sum(full) / len(full) if full else None,
         epochs=tuple((_num(e.get("train_acc")), _num(e.get("test_acc")), _num(e.get("time_s"))) for e in epochs),
-        categories_us=categories)
+        categories_us=categories, total_workers=total)
 
 
 def _num(v: Any) -> float | None:

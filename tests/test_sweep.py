@@ -148,3 +148,37 @@ def test_tiny_cpu_sweep_end_to_end(tmp_path):
     assert (out / "sweep.html").is_file(), proc.stdout
     assert "What the sweep decides" in (out / "sweep.html").read_text()
     print(f"tiny CPU sweep: {wall:.1f} s wall")
+
+
+def test_total_workers_count_every_loading_process(tmp_path):
+    grid = sweep.Grid(strategies=("single", "dp", "ddp"), gpus=(1, 4), batch_sizes=(64,), workers=(0, 2))
+    p = {name: pl.point.total_workers for name, pl in by_name(sweep.plan(grid, {"cuda_devices": 4}, tmp_path)).items()}
+    # --workers is per process: DDP's 4 ranks each start 2 workers, DP's one process starts 2
+    assert p["ddp-g4-b64-w2"] == 8 and p["dp-g4-b64-w2"] == 2 and p["ddp-g1-b64-w2"] == 2
+    assert p["single-g1-b64-w2"] == 2 and p["single-g4-b64-w2"] == 2  # skipped points say it too
+    assert p["ddp-g4-b64-w0"] == p["dp-g4-b64-w0"] == 0
+    assert SweepPoint("fsdp", 8, 64, 3).total_workers == 24
+
+
+def test_total_workers_from_the_runs_manifest(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "mean_categories", lambda run_dir: {})
+    run = tmp_path / "ddp-g2-b32-w2"
+    (run / "traces").mkdir(parents=True)
+    # a launcher that gave DDP 3 ranks of 1 worker (e.g. through extra arguments): the manifest wins
+    write_json(run / "manifest.json", {"schema": "dpprof.manifest/1", "config": {"workers": 1, "world_size": 3},
+                                       "summary": {}})
+    point = SweepPoint("ddp", 2, 32, 2, status="pending")
+    assert point.total_workers == 4 and sweep.measure(point, run).total_workers == 3
+    write_json(run / "manifest.json", {"schema": "dpprof.manifest/1", "summary": {}})  # config unknown
+    assert sweep.measure(point, run).total_workers == 4
+
+
+def test_total_workers_in_sweep_json_and_derived_for_older_files():
+    pts = (SweepPoint("ddp", 4, 64, 2, status="done", images_per_s=1.0), SweepPoint("dp", 4, 64, 2))
+    data = SweepResult(points=pts).to_json()
+    assert [p["total_workers"] for p in data["points"]] == [8, 2]
+    old = json.loads(json.dumps(data))
+    for p in old["points"]:
+        del p["total_workers"]  # a sweep.json written before the field existed
+    back = SweepResult.from_json(old)
+    assert [p.total_workers for p in back.points] == [8, 2] and back == SweepResult.from_json(data)

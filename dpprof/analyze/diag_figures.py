@@ -7,6 +7,8 @@ bytes are per step; bandwidths GB/s (1e9 bytes per second). NVML figures are sum
 
 from __future__ import annotations
 
+import functools
+import operator
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +17,11 @@ from typing import Any
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
 from dpprof.analyze.sweep_model import SweepResult
 from dpprof.rundir import lookup as get
+from dpprof.trace.nvml_samples import CLOCK_EVENT_BITS
 
-#: NVML clock event reasons that slow a busy GPU (nvml.h / pynvml ``nvmlClocksEventReason*``): SwPowerCap 0x4,
-#: HwSlowdown 0x8, SwThermalSlowdown 0x20, HwThermalSlowdown 0x40, HwPowerBrakeSlowdown 0x80.
-SLOWDOWN_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+#: NVML clock event reasons that slow a busy GPU: power cap, hardware slowdown, thermal slowdowns, power brake.
+SLOWDOWN_REASONS = functools.reduce(operator.or_, (CLOCK_EVENT_BITS[k] for k in (
+    "sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")))
 #: CIFAR-shaped workloads (dpprof's models): 3×32×32 fp32 inputs, 10 fp32 logits per image.
 INPUT_BYTES_PER_IMAGE = 3 * 32 * 32 * 4
 OUTPUT_BYTES_PER_IMAGE = 10 * 4
@@ -189,7 +192,7 @@ class GpuNvml:
     util_gpu_mean_pct: float | None  # % of time a kernel was running (NVML utilization.gpu)
     util_mem_mean_pct: float | None
     mem_used_max_bytes: int | None
-    sm_clock_max_mhz: float | None  # highest SM clock sampled
+    sm_clock_peak_mhz: float | None  # highest SM clock sampled
     #: Median SM clock over samples with utilization.gpu ≥ 50 % (None if none): throttling shows here.
     sm_clock_busy_median_mhz: float | None
     power_max_mw: float | None
@@ -253,7 +256,7 @@ def nvml_per_gpu(nvml: Any) -> tuple[GpuNvml, ...]:
             util_gpu_mean_pct=mean(util) if util else None,
             util_mem_mean_pct=mean(memu) if memu else None,
             mem_used_max_bytes=int(max(mem)) if mem else None,
-            sm_clock_max_mhz=max(clock) if clock else None,
+            sm_clock_peak_mhz=max(clock) if clock else None,
             sm_clock_busy_median_mhz=statistics.median(busy_clock) if busy_clock else None,
             power_max_mw=max(power) if power else None,
             sm_clock_limit_mhz=float(limit) if isinstance(limit, (int, float)) and limit > 0 else None,

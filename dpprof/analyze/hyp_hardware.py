@@ -122,7 +122,7 @@ def _throttling(ctx: Context) -> tuple[dict[str, Any], bool]:
     """GPUs that NVML shows throttled while busy (clock drop % and slowdown-reason share), and whether all are."""
     out: dict[str, Any] = {}
     for g in ctx.nvml:
-        limit = g.sm_clock_limit_mhz or g.sm_clock_max_mhz
+        limit = g.sm_clock_limit_mhz or g.sm_clock_peak_mhz
         drop = 100 * (1 - g.sm_clock_busy_median_mhz / limit) if limit and g.sm_clock_busy_median_mhz else None
         reasons = g.throttle_reason_share
         if (drop is not None and drop >= CLOCK_DROP_PCT) or (reasons is not None and reasons >= REASON_SHARE):

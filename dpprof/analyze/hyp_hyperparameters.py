@@ -14,10 +14,10 @@ from typing import Any
 
 from dpprof.analyze.diag_figures import Context, get, mean, reference_row
 from dpprof.analyze.model import Hypothesis
+from dpprof.analyze.sweep_model import PER_PROCESS_LOADERS, total_loader_workers
 
 SUPPORTED = 0.20
 NOT_SUPPORTED = 0.05
-PER_PROCESS = ("ddp", "fsdp")
 
 RULE = (
     "from a sweep: DP's gap to DDP = DP's scaling efficiency − DDP's at the largest GPU count, for pairs of points "
@@ -29,22 +29,20 @@ RULE = (
 
 
 def total_workers(p: Any) -> int:
-    """Loader workers of a sweep point over all its processes (sweep.json's ``total_workers`` when present)."""
-    t = getattr(p, "total_workers", None)
-    if isinstance(t, int):
-        return t
-    return p.workers * (p.gpus if p.strategy in PER_PROCESS else 1)
+    """Loader workers of a sweep point over all its processes."""
+    return p.total_workers if isinstance(p.total_workers, int) else \
+        total_loader_workers(p.strategy, p.gpus, p.workers)
 
 
 def gap_pairs(sweep: Any) -> tuple[int | None, list[dict[str, Any]]]:
     """(GPU count, pairs of DP and DDP points of equal batch and total workers with their efficiencies)."""
     done = [p for p in sweep.points if p.status == "done" and p.gpus > 1 and p.scaling_efficiency is not None]
-    both = {p.gpus for p in done if p.strategy == "dp"} & {p.gpus for p in done if p.strategy in PER_PROCESS}
+    both = {p.gpus for p in done if p.strategy == "dp"} & {p.gpus for p in done if p.strategy in PER_PROCESS_LOADERS}
     if not both:
         return None, []
     n = max(both)
     dp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy == "dp" and p.gpus == n}
-    ddp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy in PER_PROCESS and p.gpus == n}
+    ddp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy in PER_PROCESS_LOADERS and p.gpus == n}
     pairs = []
     for key in sorted(dp.keys() & ddp.keys()):
         a, b = dp[key], ddp[key]

@@ -6,6 +6,9 @@ device, every name of :data:`dpprof.analyze.model.CATEGORIES`), accuracies are f
 collector's manifest records them. ``speedup`` = images/s of this point ÷ images/s of the 1-GPU
 (or 1-process) point with the same strategy, batch size and workers; ``scaling_efficiency`` =
 speedup ÷ gpus (1.0 = linear). Both are None when that reference point is missing.
+``workers`` is ``--workers``, DataLoader workers *per process*; ``total_workers`` is the loader workers of
+the whole run (:func:`total_loader_workers`): DDP's N processes each start their own, so DDP at
+``workers`` = 2 over 4 processes loads with 8 workers against DP's 2.
 
 The JSON contract (``schema: dpprof.sweep/1``) may be extended, never renamed.
 """
@@ -24,6 +27,16 @@ POINT_STATUSES: tuple[str, ...] = ("done", "skipped", "failed")
 
 #: One epoch of a point: (train_acc, test_acc, time_s); accuracies 0..1 or None when not measured.
 EpochRow = tuple[float | None, float | None, float | None]
+
+
+#: Strategies that run one process per GPU, each with its own DataLoader (and its own ``--workers``).
+PER_PROCESS_LOADERS: tuple[str, ...] = ("ddp", "fsdp")
+
+
+def total_loader_workers(strategy: str, processes: int, workers: int) -> int:
+    """DataLoader workers of a whole run: ``workers`` per process x the processes that load (DDP/FSDP: one
+    per rank, ``processes`` = world size; single and DP: the one process, whatever the GPU count)."""
+    return workers * (processes if strategy in PER_PROCESS_LOADERS else 1)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,13 @@ class SweepPoint:
     scaling_efficiency: float | None = None
     #: The run's diagnosis with the whole sweep behind it: {hypothesis id: verdict}.
     verdicts: Mapping[str, str] = field(default_factory=dict)
+    #: DataLoader workers of the whole run (``workers`` x loading processes); from the run's manifest once
+    #: done, else from the grid. Derived the same way when a sweep.json from before this field is read.
+    total_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_workers is None:
+            object.__setattr__(self, "total_workers", total_loader_workers(self.strategy, self.gpus, self.workers))
 
     @property
     def key(self) -> tuple[str, int, int, int]:

@@ -74,6 +74,8 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
     r.add_argument("--with-stack", action="store_true", help="record Python stacks (large traces)")
     r.add_argument("--nvml-period-ms", type=int, default=100, help="NVML polling period (default 100 ms)")
     r.add_argument("--no-probe", action="store_true", help="skip the link bandwidth probe on GPUs")
+    r.add_argument("--no-comm-probe", action="store_true",
+                   help="ddp: skip the short allreduce probe (latency and bandwidth) before training")
     r.add_argument("--out", default="traces", help="parent folder of the run directory (default traces)")
     r.add_argument("--run-name", help="run directory name (default <strategy>-<model>-b<batch>-<UTC stamp>)")
     r.add_argument("--report", action="store_true", help="write the HTML report when the run ends")
@@ -143,7 +145,8 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
                     with_stack=args.with_stack, nvml_period_ms=args.nvml_period_ms, loss_every=args.loss_every,
                     exact_timing=args.exact_timing, device=device, cudnn_benchmark=not args.no_cudnn_benchmark,
                     probe=not args.no_probe, command=argv, created_unix_ns=time.time_ns(), quiet=args.quiet,
-                    threads=_threads(args.threads, args.strategy, device, args.nproc))
+                    threads=_threads(args.threads, args.strategy, device, args.nproc),
+                    comm_probe=not args.no_comm_probe)
     topo = None
     if cfg.strategy == "dp":
         cfg.device_ids = ids

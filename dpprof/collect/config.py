@@ -67,6 +67,7 @@ class RunConfig:
     backend: str | None = None
     cudnn_benchmark: bool = True
     probe: bool = True
+    comm_probe: bool = True  # the allreduce probe at the start of a DDP run (dpprof.collect.comm_probe)
     run_dir: str = ""
     run_id: str = ""
     command: list[str] = field(default_factory=list)

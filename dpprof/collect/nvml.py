@@ -1,7 +1,9 @@
 """Background NVML sampler: one JSON line per GPU per poll, appended to ``nvml.<host>.jsonl`` as it goes.
 
 Format: docs/run-format.md ("nvml.<host>.jsonl"). Units are in the field names: ``*_pct`` percent,
-``*_bytes`` bytes, ``power_mw`` milliwatts, ``sm_clock_mhz`` MHz, ``pcie_*_kbps`` KB/s, ``t_ns`` Unix ns.
+``*_bytes`` bytes, ``power_mw`` milliwatts, ``sm_clock_mhz`` MHz, ``pcie_*_kbps`` KB/s, ``t_ns`` Unix ns,
+``clock_event_reasons`` NVML's bitmask of why the clocks are below their maximum (bits in
+:data:`dpprof.trace.nvml_samples.CLOCK_EVENT_BITS`); each GPU's ``sm_clock_max_mhz`` is in the header.
 
 ``util_gpu_pct`` is NVML's utilization.gpu: the percent of the driver's own sample period (1/6 s to 1 s
 depending on the product) during which one or more kernels ran. One busy SM saturates it, and polling
@@ -45,8 +47,16 @@ SCHEMA = "dpprof.nvml/1"
 #: Sample fields, in the order they are written.
 FIELDS: tuple[str, ...] = (
     "util_gpu_pct", "util_mem_pct", "mem_used_bytes", "power_mw", "sm_clock_mhz",
-    "pcie_tx_kbps", "pcie_rx_kbps",
+    "pcie_tx_kbps", "pcie_rx_kbps", "clock_event_reasons",
 )
+#: NVML calls that read the clock event reasons bitmask, newest first: the throttle-reasons call is
+#: deprecated (nvidia-ml-py 13: "will be removed in CUDA 14.0") but is all that older bindings and
+#: drivers have. Both return the same bits.
+CLOCK_REASON_CALLS: tuple[str, ...] = (
+    "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
+)
+#: pynvml's NVML_ERROR_FUNCTION_NOT_FOUND: the binding has the function, the driver's library does not.
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
 #: Consecutive failed polls after which the sampler gives up (the run goes on without samples).
 MAX_CONSECUTIVE_FAILURES = 3
 #: PCIe throughput is read only if reading it on every GPU costs at most this share of the period:
@@ -91,6 +101,7 @@ class NvmlSampler:
         self._samples = 0
         self._failures = 0
         self._gave_up = False
+        self._reasons_call: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def __enter__(self) -> NvmlSampler:
@@ -157,10 +168,47 @@ class NvmlSampler:
             return
         self._gpus = [g for g, _ in visible]
         self._handles = [h for _, h in visible]
-        self._header["gpus"] = [g.to_json() for g in self._gpus]
+        self._header["gpus"] = [dict(g.to_json(), sm_clock_max_mhz=self._max_sm_clock(g, h))
+                                for g, h in zip(self._gpus, self._handles, strict=True)]
         self._header["pcie"] = self._check_pcie()
+        self._header["clock_event_reasons_call"] = self._reasons_call = self._pick_reasons_call()
         self.available = True
         self._header["available"] = True
+
+    def _max_sm_clock(self, gpu: NvmlGpu, handle: Any) -> int | None:
+        """The GPU's maximum SM clock (MHz), read once: the reference a sampled clock is compared with."""
+        nv = self._nv
+        assert nv is not None
+        try:
+            mhz = int(nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM))
+        except Exception as exc:  # any failure here costs one header field, never the run
+            self._warn(f"NVML cannot read the maximum SM clock of GPU {gpu.cuda_index} ({describe_error(exc)}): "
+                       "recorded as null")
+            return None
+        return mhz if mhz > 0 else None  # 0 is what some virtualised GPUs report: no maximum known
+
+    def _pick_reasons_call(self) -> str | None:
+        """The first of :data:`CLOCK_REASON_CALLS` that this pynvml and driver have (tried on the first
+        GPU), or None (the field is then null in every sample)."""
+        nv = self._nv
+        assert nv is not None
+        missing = []
+        for name in CLOCK_REASON_CALLS:
+            call = getattr(nv, name, None)
+            if call is None:
+                missing.append(f"{name} not in this pynvml")
+                continue
+            try:
+                call(self._handles[0])
+            except Exception as exc:
+                if getattr(exc, "value", None) == getattr(nv, "NVML_ERROR_FUNCTION_NOT_FOUND",
+                                                          NVML_ERROR_FUNCTION_NOT_FOUND):
+                    missing.append(f"{name} not in this driver")
+                    continue
+                # Not supported on this GPU, or a transient error: the per-sample reads note it.
+            return name
+        self._warn(f"NVML cannot read clock event reasons ({'; '.join(missing)}): recorded as null")
+        return None
 
     def _check_pcie(self) -> dict[str, Any]:
         """Time one TX+RX read on the first GPU; keep PCIe fields only if all GPUs fit the budget."""
@@ -232,6 +280,9 @@ class NvmlSampler:
         rec["power_mw"] = self._int(self._field(gpu, "power", lambda: nv.nvmlDeviceGetPowerUsage(h)))
         rec["sm_clock_mhz"] = self._int(
             self._field(gpu, "sm clock", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)))
+        call = self._reasons_call
+        rec["clock_event_reasons"] = None if call is None else self._int(
+            self._field(gpu, "clock event reasons", lambda: getattr(nv, call)(h)))
         pcie = self._header.get("pcie") or {}
         for key, counter in (("pcie_tx_kbps", "NVML_PCIE_UTIL_TX_BYTES"), ("pcie_rx_kbps", "NVML_PCIE_UTIL_RX_BYTES")):
             rec[key] = self._int(self._field(
@@ -251,11 +302,13 @@ class NvmlSampler:
         try:
             return read()
         except Exception as exc:
-            if getattr(exc, "value", None) != getattr(self._nv, "NVML_ERROR_NOT_SUPPORTED", 3):
+            unsupported = (getattr(self._nv, "NVML_ERROR_NOT_SUPPORTED", 3),
+                           getattr(self._nv, "NVML_ERROR_FUNCTION_NOT_FOUND", NVML_ERROR_FUNCTION_NOT_FOUND))
+            if getattr(exc, "value", None) not in unsupported:
                 raise
             self._unsupported.add(key)
-            self._warn_line(f"NVML cannot read {what} on GPU {gpu.cuda_index} ({gpu.name}): not supported, "
-                       "recorded as null")
+            self._warn_line(f"NVML cannot read {what} on GPU {gpu.cuda_index} ({gpu.name}): not supported "
+                            f"({describe_error(exc)}), recorded as null")
             return None
 
     # -- output -----------------------------------------------------------------------------------

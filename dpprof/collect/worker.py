@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from dpprof.collect.comm_probe import probe_for_run
 from dpprof.collect.config import RunConfig
 from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.manifest import Manifest, StepsWriter, node_gpus, steps_file_name, write_node_file
@@ -155,6 +156,11 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
     watch: BucketWatch | None = None
     t0 = time.perf_counter()
     try:
+        # Every rank, before training: allreduce latency and bandwidth for the projection (rank 0 records).
+        comm = probe_for_run(cfg.strategy, ctx.distributed, ctx.world_size, ctx.device, cfg.comm_probe)
+        if manifest is not None:
+            manifest.data["comm_probe"] = comm
+            manifest.write()
         with contextlib.ExitStack() as stack:
             if sampler is not None:
                 stack.enter_context(sampler)

@@ -3,7 +3,9 @@
 No torch, no pynvml. Tolerant by design: a run killed mid-write leaves a cut-short last line (reported as
 ``truncated``, not an error) and any line that is not a JSON object of a known type is counted in
 ``bad_lines`` and skipped. Units are those of the file: ``t_ns`` Unix ns (int64), ``*_pct`` percent,
-``mem_used_bytes`` bytes, ``power_mw`` mW, ``sm_clock_mhz`` MHz, ``pcie_*_kbps`` KB/s; a null reading is NaN.
+``mem_used_bytes`` bytes, ``power_mw`` mW, ``sm_clock_mhz`` MHz, ``pcie_*_kbps`` KB/s, ``clock_event_reasons``
+NVML's bitmask (:data:`CLOCK_EVENT_BITS`, exact as float64); a null reading is NaN, and so is every sample of a
+field that an older file does not have.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -22,9 +25,44 @@ from dpprof.errors import DpprofError
 #: Sample fields the reader turns into arrays (float64, NaN for null); others are ignored.
 FIELDS: tuple[str, ...] = (
     "util_gpu_pct", "util_mem_pct", "mem_used_bytes", "power_mw", "sm_clock_mhz",
-    "pcie_tx_kbps", "pcie_rx_kbps",
+    "pcie_tx_kbps", "pcie_rx_kbps", "clock_event_reasons",
 )
 PATTERN = "nvml*.jsonl"
+
+#: Bits of ``clock_event_reasons``: why NVML says the clocks are below their maximum. Values and NVML names
+#: from nvidia-ml-py 13.615.71 (``pynvml.nvmlClocksEventReason*``; the deprecated ``nvmlClocksThrottleReason*``
+#: have the same values). Meanings in docs/run-format.md.
+CLOCK_EVENT_BITS: Mapping[str, int] = MappingProxyType({
+    "gpu_idle": 0x1,                    # nvmlClocksEventReasonGpuIdle
+    "applications_clocks_setting": 0x2,  # nvmlClocksEventReasonApplicationsClocksSetting
+    "sw_power_cap": 0x4,                # nvmlClocksEventReasonSwPowerCap
+    "hw_slowdown": 0x8,                 # nvmlClocksEventReasonHwSlowdown
+    "sync_boost": 0x10,                 # nvmlClocksEventReasonSyncBoost
+    "sw_thermal_slowdown": 0x20,        # nvmlClocksEventReasonSwThermalSlowdown
+    "hw_thermal_slowdown": 0x40,        # nvmlClocksEventReasonHwThermalSlowdown
+    "hw_power_brake_slowdown": 0x80,    # nvmlClocksEventReasonHwPowerBrakeSlowdown
+    "display_clock_setting": 0x100,     # nvmlClocksEventReasonDisplayClockSetting
+    # newer drivers; nvidia-ml-py 13.615.71 names these two only as nvmlClocksThrottleReason*
+    "board_limit": 0x200,               # nvmlClocksThrottleReasonBoardLimit
+    "reliability": 0x400,               # nvmlClocksThrottleReasonReliability
+})
+
+
+def clock_events(reasons: np.ndarray, *names: str) -> np.ndarray:
+    """Per sample, whether any of the named :data:`CLOCK_EVENT_BITS` is set (False where unread, NaN).
+
+    ``clock_events(g.fields["clock_event_reasons"], "sw_thermal_slowdown", "hw_thermal_slowdown")``.
+    """
+    mask = 0
+    for name in names:
+        if name not in CLOCK_EVENT_BITS:
+            raise KeyError(f"unknown clock event reason {name!r} (known: {', '.join(CLOCK_EVENT_BITS)})")
+        mask |= CLOCK_EVENT_BITS[name]
+    values = np.asarray(reasons, dtype=np.float64)
+    read = ~np.isnan(values)
+    bits = np.zeros(values.shape, dtype=np.int64)
+    bits[read] = values[read].astype(np.int64)
+    return read & ((bits & mask) != 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,7 +70,9 @@ class GpuSamples:
     """All samples of one GPU of one node, sorted by time. ``fields[name]`` is aligned with ``t_ns``.
 
     ``node`` is the file's key (``nvml.<node>.jsonl``: the host name, or ``<host>-node<N>`` when two
-    nodes of a run share a host); ``host`` is the machine the header names.
+    nodes of a run share a host); ``host`` is the machine the header names. ``sm_clock_max_mhz`` is the
+    GPU's maximum SM clock (MHz, NVML's ``nvmlDeviceGetMaxClockInfo``, read once per run; None in files
+    written before it was recorded, or when NVML could not read it).
     """
 
     node: str
@@ -43,6 +83,7 @@ class GpuSamples:
     name: str | None
     t_ns: np.ndarray
     fields: Mapping[str, np.ndarray]
+    sm_clock_max_mhz: int | None = None
 
     @property
     def label(self) -> str:
@@ -121,6 +162,7 @@ class _Line(msgspec.Struct):
     sm_clock_mhz: float | None = None
     pcie_tx_kbps: float | None = None
     pcie_rx_kbps: float | None = None
+    clock_event_reasons: float | None = None
     message: str | None = None
 
 
@@ -175,7 +217,8 @@ def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
         gpus.append(GpuSamples(
             node=node, host=host, cuda_index=cuda_index, nvml_index=nvml_index,
             uuid=meta.get("uuid"), name=meta.get("name"), t_ns=t[order],
-            fields={f: vals[order, k] for k, f in enumerate(FIELDS)}))
+            fields={f: vals[order, k] for k, f in enumerate(FIELDS)},
+            sm_clock_max_mhz=_int_or_none(meta.get("sm_clock_max_mhz"))))
     n = sum(len(v) for v in rows.values())
     # header warnings are repeated as lines when they happen mid-run: keep each once, in order
     nf = NvmlFile(path=str(path), node=node, host=host, header=header, warnings=tuple(dict.fromkeys(warnings)),

@@ -17,18 +17,24 @@ from dpprof.collect.nvml import NvmlSampler, map_cuda_indices
 
 UUIDS = ["GPU-aaaa1111-0000-0000-0000-000000000000", "GPU-bbbb2222-0000-0000-0000-000000000000",
          "GPU-cccc3333-0000-0000-0000-000000000000"]
+#: Clock event reasons per GPU, bits as nvidia-ml-py 13.615 defines them: none; GpuIdle (0x1);
+#: SwPowerCap (0x4) | SwThermalSlowdown (0x20) | HwPowerBrakeSlowdown (0x80).
+REASONS = [0x0, 0x1, 0x4 | 0x20 | 0x80]
 
 
 class FakeNVMLError(Exception):
     def __init__(self, value: int) -> None:
-        super().__init__({3: "Not Supported", 15: "GPU is lost", 12: "NVML Shared Library Not Found"}[value])
+        super().__init__({3: "Not Supported", 15: "GPU is lost", 12: "NVML Shared Library Not Found",
+                          13: "Function Not Found"}[value])
         self.value = value
 
 
 class FakeNvml(types.ModuleType):
-    """Enough of pynvml for the sampler and hwinfo. GPU i reports util 10+i, power 1000*(i+1) mW..."""
+    """Enough of pynvml for the sampler and hwinfo. GPU i reports util 10+i, power 1000*(i+1) mW,
+    clock event reasons ``REASONS[i]``, a maximum SM clock of ``max_sm_clock_mhz[i]``..."""
 
     NVML_ERROR_NOT_SUPPORTED = 3
+    NVML_ERROR_FUNCTION_NOT_FOUND = 13
     NVML_ERROR_GPU_IS_LOST = 15
     NVML_CLOCK_SM = 1
     NVML_PCIE_UTIL_TX_BYTES = 0
@@ -53,6 +59,11 @@ class FakeNvml(types.ModuleType):
         self.power_supported = True
         self.pcie_delay_s = 0.0
         self.init_error: int | None = None
+        self.max_sm_clock_mhz = [1980, 1980, 1785][:n] + [1980] * max(0, n - 3)
+        #: NVML error raised by the new clock event reasons call (13: a driver older than the binding)
+        self.event_reasons_error: int | None = None
+        self.throttle_reasons_error: int | None = None
+        self.reasons_calls: list[str] = []
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -94,6 +105,22 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
         assert kind == self.NVML_CLOCK_SM
         return 1980
+
+    def nvmlDeviceGetMaxClockInfo(self, h: int, kind: int) -> int:
+        assert kind == self.NVML_CLOCK_SM
+        return self.max_sm_clock_mhz[h]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
+        self.reasons_calls.append("event")
+        if self.event_reasons_error is not None:
+            raise FakeNVMLError(self.event_reasons_error)
+        return REASONS[h]
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:
+        self.reasons_calls.append("throttle")
+        if self.throttle_reasons_error is not None:
+            raise FakeNVMLError(self.throttle_reasons_error)
+        return REASONS[h]
 
     def nvmlDeviceGetPcieThroughput(self, h: int, counter: int) -> int:
         time.sleep(self.pcie_delay_s)
@@ -146,12 +173,17 @@ def test_samples_values_and_header(tmp_path: Path, fake_nvml: FakeNvml, monkeypa
     assert [g["cuda_index"] for g in header["gpus"]] == [0, 1, 2]
     assert header["gpus"][1]["uuid"] == UUIDS[1] and header["driver"] == "580.159.04"
     assert header["pcie"]["sampled"] is True
+    assert [g["sm_clock_max_mhz"] for g in header["gpus"]] == [1980, 1980, 1785]
+    assert header["clock_event_reasons_call"] == "nvmlDeviceGetCurrentClocksEventReasons"
+    assert "clock_event_reasons" in header["fields"]
     assert header["polls"] >= 3 and header["samples"] == 3 * header["polls"] == len(samples)
     assert header["poll_cost_us_median"] > 0 and header["sample_cost_us_median"] > 0
     first = {r["cuda_index"]: r for r in samples[:3]}
     assert first[2] == {"type": "sample", "t_ns": first[2]["t_ns"], "nvml_index": 2, "cuda_index": 2,
                         "util_gpu_pct": 12, "util_mem_pct": 22, "mem_used_bytes": 3 * 2**30,
-                        "power_mw": 3000, "sm_clock_mhz": 1980, "pcie_tx_kbps": 100, "pcie_rx_kbps": 200}
+                        "power_mw": 3000, "sm_clock_mhz": 1980, "pcie_tx_kbps": 100, "pcie_rx_kbps": 200,
+                        "clock_event_reasons": 0xA4}
+    assert [first[i]["clock_event_reasons"] for i in range(3)] == REASONS
     t = [r["t_ns"] for r in samples if r["cuda_index"] == 0]
     assert t == sorted(t) and abs(t[0] - time.time_ns()) < 60e9
     assert fake_nvml.inits == 1 and fake_nvml.shutdowns == 1
@@ -219,6 +251,59 @@ def test_unsupported_field_is_null_and_noted_once(tmp_path: Path, fake_nvml: Fak
     samples = [r for r in lines(path) if r["type"] == "sample"]
     assert samples and all(r["power_mw"] is None and r["util_gpu_pct"] is not None for r in samples)
     assert len(s.warnings) == 3 and all("power" in w for w in s.warnings)  # once per GPU
+
+
+def _reasons_of(path: Path) -> dict[int, set[int | None]]:
+    out: dict[int, set[int | None]] = {}
+    for r in lines(path):
+        if r["type"] == "sample":
+            out.setdefault(r["cuda_index"], set()).add(r["clock_event_reasons"])
+    return out
+
+
+@pytest.mark.parametrize("older", ["driver", "binding"])
+def test_clock_event_reasons_fall_back_to_the_deprecated_call(tmp_path: Path, fake_nvml: FakeNvml,
+                                                              monkeypatch: pytest.MonkeyPatch, older: str) -> None:
+    if older == "driver":  # a binding that has the new call over a driver that does not
+        fake_nvml.event_reasons_error = 13
+    else:  # an nvidia-ml-py from before the rename
+        monkeypatch.delattr(FakeNvml, "nvmlDeviceGetCurrentClocksEventReasons")
+    path = tmp_path / "nvml.hostA.jsonl"
+    s = run_sampler(path, until=lambda s: len(s._costs_ns) >= 2)
+    assert s.warnings == []
+    assert lines(path)[0]["clock_event_reasons_call"] == "nvmlDeviceGetCurrentClocksThrottleReasons"
+    assert _reasons_of(path) == {i: {r} for i, r in enumerate(REASONS)}
+    assert fake_nvml.reasons_calls.count("event") == (1 if older == "driver" else 0)  # tried once, at start
+
+
+def test_clock_event_reasons_unreadable_are_null_and_sampling_goes_on(tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    fake_nvml.event_reasons_error = fake_nvml.throttle_reasons_error = 13
+    fake_nvml.max_sm_clock_mhz = [1980, 0, 1980]  # 0: no maximum known
+    path = tmp_path / "nvml.hostA.jsonl"
+    s = run_sampler(path, until=lambda s: len(s._costs_ns) >= 2)
+    header = lines(path)[0]
+    assert header["clock_event_reasons_call"] is None and header["polls"] >= 2
+    assert [g["sm_clock_max_mhz"] for g in header["gpus"]] == [1980, None, 1980]
+    assert len(s.warnings) == 1 and "clock event reasons" in s.warnings[0] and "not in this driver" in s.warnings[0]
+    assert _reasons_of(path) == {0: {None}, 1: {None}, 2: {None}}
+
+
+def test_clock_event_reasons_not_supported_per_gpu_and_max_clock_error(tmp_path: Path, fake_nvml: FakeNvml,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def max_clock(h: int, kind: int) -> int:
+        raise FakeNVMLError(15)
+
+    monkeypatch.setattr(fake_nvml, "nvmlDeviceGetMaxClockInfo", max_clock)
+    fake_nvml.event_reasons_error = 3
+    path = tmp_path / "nvml.hostA.jsonl"
+    s = run_sampler(path, until=lambda s: len(s._costs_ns) >= 2)
+    header = lines(path)[0]
+    assert header["clock_event_reasons_call"] == "nvmlDeviceGetCurrentClocksEventReasons"
+    assert [g["sm_clock_max_mhz"] for g in header["gpus"]] == [None, None, None]
+    assert _reasons_of(path) == {0: {None}, 1: {None}, 2: {None}}
+    assert sum("maximum SM clock" in w for w in s.warnings) == 3
+    assert sum("clock event reasons" in w and "not supported" in w for w in s.warnings) == 3  # once per GPU
+    assert header["polls"] >= 2 and not s._gave_up
 
 
 def test_slow_pcie_is_skipped(tmp_path: Path, fake_nvml: FakeNvml) -> None:

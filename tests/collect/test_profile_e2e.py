@@ -55,6 +55,8 @@ def test_single(tmp_path):
     assert run.name.startswith("single-tiny-b16-")
     m = _check_common(run, "single", 8, 1)
     assert m["dp_mode"] is None and m["ddp"] is None
+    assert m["comm_probe"] == {"measured": False, "reason": "strategy single: no process group", "backend": None,
+                               "world_size": None}
     data = trace_json(next((run / "traces").iterdir()))
     assert data["distributedInfo"]["rank"] == 0 and data["distributedInfo"]["world_size"] == 1
 
@@ -91,6 +93,11 @@ def test_ddp_two_gloo_processes_through_torchrun(ddp_run):
     assert ddp["buckets"] == 1 and ddp["bucket_cap_mb"] == 25.0 and 1 <= ddp["read_after_step"] < 8
     assert (ddp["gradient_as_bucket_view"], ddp["broadcast_buffers"], ddp["static_graph"],
             ddp["find_unused_parameters"]) == (False, True, False, False)
+    # the allreduce probe ran before training, over the run's own gloo group
+    probe = m["comm_probe"]
+    assert probe["measured"] is True and (probe["backend"], probe["world_size"], probe["device"]) == ("gloo", 2, "cpu")
+    assert len(probe["sizes_bytes"]) == len(probe["time_us_median"]) >= 3 and min(probe["time_us_median"]) > 0
+    assert {"alpha_us", "beta_us_per_byte", "bandwidth_GBps", "fit_residual_rms_us"} <= set(probe)
 
 
 def test_hta_reads_both_ranks_without_rank_warnings(ddp_run, monkeypatch):

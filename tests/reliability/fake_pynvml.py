@@ -19,6 +19,8 @@ NVML_CLOCK_SM = 1
 NVML_PCIE_UTIL_TX_BYTES = 0
 NVML_PCIE_UTIL_RX_BYTES = 1
 UUID = "GPU-fa4e0000-0000-0000-0000-000000000000"
+#: nvmlClocksEventReasonSwPowerCap | nvmlClocksEventReasonSwThermalSlowdown (nvidia-ml-py 13.615)
+CLOCK_EVENT_REASONS = 0x4 | 0x20
 _reads = 0
 _fail_after = int(os.environ.get("FAKE_NVML_FAIL_AFTER", "3"))
 
@@ -84,6 +86,16 @@ def nvmlDeviceGetPowerUsage(h: int) -> int:  # noqa: N802
 def nvmlDeviceGetClockInfo(h: int, clock: int) -> int:  # noqa: N802
     _alive()
     return 1500
+
+
+def nvmlDeviceGetMaxClockInfo(h: int, clock: int) -> int:  # noqa: N802
+    _alive()
+    return 1980
+
+
+def nvmlDeviceGetCurrentClocksEventReasons(h: int) -> int:  # noqa: N802
+    _alive()
+    return CLOCK_EVENT_REASONS
 
 
 def __getattr__(name: str) -> Any:

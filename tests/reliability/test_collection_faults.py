@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from dpprof.trace.nvml_samples import read_nvml
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ["profile", "--model", "tiny", "--batch-size", "16", "--workers", "0"]
 # The profiler window (wait 2 + warmup 1 + active 3) ends at step 6: its trace is on disk after it.
@@ -179,6 +181,11 @@ def test_nvml_failing_mid_run(tmp_path: Path) -> None:
     lines = [json.loads(x) for f in run.glob("nvml*.jsonl") for x in f.read_text().splitlines()]
     kinds = [x.get("type") for x in lines]
     assert "sample" in kinds, "the fake GPU was never sampled (was the sampler started on a CPU run?)"
+    # the clock event reasons and the maximum SM clock reach the run directory and its reader
+    assert lines[0]["gpus"][0]["sm_clock_max_mhz"] == 1980
+    assert {x["clock_event_reasons"] for x in lines if x.get("type") == "sample"} == {0x4 | 0x20}
+    (gpu,) = read_nvml(run).gpus
+    assert gpu.sm_clock_max_mhz == 1980 and set(gpu.fields["clock_event_reasons"]) == {36.0}
     warnings = [x for x in lines if x.get("type") == "warning"]
     assert warnings and kinds.index("warning") > kinds.index("sample"), kinds
     assert any("lost" in w["message"].lower() or "fail" in w["message"].lower() for w in warnings), warnings

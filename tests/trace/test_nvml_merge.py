@@ -17,7 +17,7 @@ import pytest
 from dpprof import cli
 from dpprof.errors import DpprofError
 from dpprof.trace.nvml_merge import COUNTERS, format_us, merge_run, merge_run_detailed
-from dpprof.trace.nvml_samples import read_nvml
+from dpprof.trace.nvml_samples import CLOCK_EVENT_BITS, clock_events, read_nvml
 
 COUNTER_NAMES = {name: key for key, name in COUNTERS}
 
@@ -233,6 +233,9 @@ def test_reader_tolerates_garbage_and_cut_short_line(tmp_path: Path) -> None:
     assert g0.t_ns.dtype == np.int64 and g0.t_ns.tolist() == [1_000, 3_000]
     assert g0.fields["util_gpu_pct"].tolist() == [10.0, 30.0]
     assert np.isnan(g1.fields["power_mw"][0]) and np.isnan(g0.fields["pcie_tx_kbps"]).all()
+    # a file from before clock event reasons and maximum clocks were recorded
+    assert np.isnan(g0.fields["clock_event_reasons"]).all() and g0.sm_clock_max_mhz is None
+    assert not clock_events(g0.fields["clock_event_reasons"], "sw_power_cap").any()
     assert data.gpu("n1", 1) is g1 and data.gpu("machine", 0) is g0 and data.gpu("n1", 7) is None
     assert any("3 unreadable" in w for w in data.warnings) and any("cut short" in w for w in data.warnings)
 
@@ -260,3 +263,42 @@ def test_sampler_output_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(g0) == len(g1) == data.files[0].header["polls"] >= 1
     assert set(g1.fields["util_gpu_pct"]) == {11.0} and set(g1.fields["power_mw"]) == {2000.0}
     assert g0.uuid == "GPU-aaaa1111-0000-0000-0000-000000000000"
+    assert (g0.sm_clock_max_mhz, g1.sm_clock_max_mhz) == (1980, 1980)
+    assert set(g0.fields["clock_event_reasons"]) == {0.0} and set(g1.fields["clock_event_reasons"]) == {1.0}
+    assert clock_events(g1.fields["clock_event_reasons"], "gpu_idle").all()
+
+
+def test_clock_event_reasons_and_max_clock_read_back(tmp_path: Path) -> None:
+    header = {"type": "header", "host": "h", "gpus": [
+        {"nvml_index": 0, "cuda_index": 0, "uuid": "GPU-0", "name": "H200", "sm_clock_max_mhz": 1980},
+        {"nvml_index": 1, "cuda_index": 1, "uuid": "GPU-1", "name": "H200", "sm_clock_max_mhz": None}]}
+    reasons = [0x0, 0x4 | 0x20, None, 0x40, 0x1]
+    rows = [dict(sample(1000 * (k + 1), 0, 50), clock_event_reasons=r) for k, r in enumerate(reasons)]
+    rows.append(dict(sample(1000, 1, 50), clock_event_reasons=0x80))
+    (tmp_path / "nvml.h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+    g0, g1 = read_nvml(tmp_path).gpus
+    assert (g0.sm_clock_max_mhz, g1.sm_clock_max_mhz) == (1980, None)
+    got = g0.fields["clock_event_reasons"]
+    assert got[[0, 1, 3, 4]].tolist() == [0.0, 36.0, 64.0, 1.0] and np.isnan(got[2])
+    thermal = clock_events(got, "sw_thermal_slowdown", "hw_thermal_slowdown")
+    assert thermal.tolist() == [False, True, False, True, False]
+    assert clock_events(got, "sw_power_cap").tolist() == [False, True, False, False, False]
+    assert clock_events(g1.fields["clock_event_reasons"], "hw_power_brake_slowdown").tolist() == [True]
+    with pytest.raises(KeyError):
+        clock_events(got, "throttled")
+
+
+def test_clock_event_bits_are_pynvmls() -> None:
+    nv = pytest.importorskip("pynvml")
+    names = {"gpu_idle": "GpuIdle", "applications_clocks_setting": "ApplicationsClocksSetting",
+             "sw_power_cap": "SwPowerCap", "hw_slowdown": "HwSlowdown", "sync_boost": "SyncBoost",
+             "sw_thermal_slowdown": "SwThermalSlowdown", "hw_thermal_slowdown": "HwThermalSlowdown",
+             "hw_power_brake_slowdown": "HwPowerBrakeSlowdown", "display_clock_setting": "DisplayClockSetting",
+             "board_limit": "BoardLimit", "reliability": "Reliability"}
+    assert set(names) == set(CLOCK_EVENT_BITS)
+    for ours, theirs in names.items():
+        if hasattr(nv, f"nvmlClocksThrottleReason{theirs}"):  # the last two are recent additions
+            assert CLOCK_EVENT_BITS[ours] == getattr(nv, f"nvmlClocksThrottleReason{theirs}")
+        if hasattr(nv, f"nvmlClocksEventReason{theirs}"):  # older nvidia-ml-py has only the Throttle names
+            assert CLOCK_EVENT_BITS[ours] == getattr(nv, f"nvmlClocksEventReason{theirs}")
+    assert hasattr(nv, "nvmlClocksThrottleReasonGpuIdle")
