@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         row = next(r for r in proj["rows"] if r["strategy"] == "ddp" and r["gpus"] == 2)
         one_ms = lookup(m1, "profiler", "unprofiled_step_ms_median") or lookup(m1, "summary", "step_ms_median")
         print(f"projection check ({args.model}, global batch {args.batch}, CPU, {lookup(m1, 'hardware', 'cpus')} cores)")
-        print(f"  1-process step, measured (unprofiled median): {one_ms:.1f} ms")
-        print(f"  2-process gloo DDP step: projected {row['step_ms']:.1f} ms (compute {row['compute_ms']:.1f}, "
-              f"fixed {row['fixed_ms']:.1f}, exposed allreduce {row['comm_ms']:.1f}); measured {measured:.1f} ms; "
+        print(f"  1-process step, measured (unprofiled median): {one_ms:.3f} ms; profiler deflation "
+              f"{proj['inputs']['profiler_deflation']}")
+        print(f"  2-process gloo DDP step: projected {row['step_ms']:.3f} ms (compute {row['compute_ms']:.3f}, "
+              f"fixed {row['fixed_ms']:.3f}, exposed allreduce {row['comm_ms']:.3f}); measured {measured:.3f} ms; "
               f"error {row.get('error_pct')} %")
         print(f"  communication model: {proj['inputs']['comm_source']}")
     return 0

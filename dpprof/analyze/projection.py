@@ -19,6 +19,8 @@ ALWAYS a projection (``"label": "projection"``), never a measurement. The model 
 * **Bandwidth per backend**: NCCL over the measured peer link (manifest, or ``--link-gbps``); gloo over the host.
   α and β come from the run's allreduce probe (manifest ``comm_probe``) when it has one, else from labelled
   defaults. CPU profiles project DDP over gloo with the collector's thread rule (cores ÷ N threads per process).
+* The profile's per-step terms are divided by the run's measured profiler overhead ratio (manifest
+  ``profiler.overhead_ratio``), so that rows compare with unprofiled steps.
 * N = 1 for both: the single-device step. Speedup = step(1)/step(N); scaling efficiency = speedup / N.
 
 Every input, default and assumption is listed in the result; ``measured`` rows gain ``error_pct``.
@@ -85,6 +87,13 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
         return _unavailable(out, "a CPU profile needs the node's core count (manifest hardware.cpus) to model the "
                             "threads per process")
     p = _profile(analysis, ref, cpu)
+    # The profiler slows what it records (most on the host and on CPU ranks): the profile's per-step terms are
+    # deflated by the run's measured ratio of profiled to unprofiled step time, when the manifest has it.
+    ratio = get(manifest, "profiler", "overhead_ratio")
+    ratio = float(ratio) if isinstance(ratio, (int, float)) and ratio > 1.0 else 1.0
+    for k in ("parallel_1_us", "optimizer_us", "loading_1_us", "copies_1_us", "host_1_us", "dp_transfer_us"):
+        if k in p:
+            p[k] /= ratio
     comm = _comm_model(analysis, manifest, link_GBps, cpu)
     if comm is None:
         return _unavailable(out, "no link bandwidth: none measured in the manifest, no allreduce probe, and none "
@@ -140,8 +149,12 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
                      "buckets_bytes": [int(b) for b in buckets],
                      "buckets_source": "manifest ddp section (DDP's reducer)" if from_manifest
                      else "DDP defaults (1 MiB first, then 25 MiB) from the parameter bytes",
+                     "profiler_deflation": round(ratio, 3),
                      **comm, **({"cores": cores, "threads_profiled": threads} if cpu else {})}
     out["assumptions"] = _assumptions(cpu, comm)
+    if ratio > 1.0:
+        out["assumptions"].append(f"the profile's times are divided by the profiler's measured overhead ratio "
+                                  f"({ratio:.2f}: profiled ÷ unprofiled median step)")
     return out
 
 
