@@ -293,6 +293,12 @@ def _analyze(paths):
 def test_dp_dup00_is_host_bound_in_replica_threads_and_inconclusive(h200):
     d = diagnose(_analyze([h200["dp_dup00"]]))
     assert verdicts(d)["data_path"] == "inconclusive" and "only 1 GPU" in d.hypotheses[0].reason
+    # each DP phase split into its GPU transfer and its host time: replicate is milliseconds of Python on the
+    # host against ~0.12 ms of GPU work
+    ev = d.hypotheses[0].evidence
+    assert ev["dp_transfer_us"]["dp_broadcast"] == pytest.approx(117, abs=8)
+    assert ev["dp_host_us"]["dp_broadcast"] > 20 * ev["dp_transfer_us"]["dp_broadcast"]
+    assert ev["dp_transfer_us"]["dp_reduce"] == pytest.approx(231, abs=5)
     f = {x.id: x for x in d.findings}
     assert f["host_bound"].severity == "critical" and f["host_bound"].evidence["host_pct"] > 90
     assert "replica threads" in f["host_bound"].detail and "not the GPUs" in f["host_bound"].detail
