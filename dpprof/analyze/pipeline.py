@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from dpprof.trace.link import host_class, link
 from dpprof.trace.load import K_CPU_OP, K_OTHER, K_RUNTIME, RankTrace, clock_offset_us, load_trace
 
 _COLL_NAME = ("nccl:", "gloo:", "rccl:", "mpi:", "ucc:")
+_LISTED = 20  # missing ranks named in the warning
 
 
 @dataclass
@@ -60,9 +63,9 @@ class RankSummary:
     steps_end_us: float | None = None
 
 
-def summarize(path: str) -> RankSummary:
+def summarize(path: str, max_inflate: int | None = None) -> RankSummary:
     """Load and attribute one trace file. Runs in a worker process; pure apart from reading ``path``."""
-    rt = load_trace(path)
+    rt = load_trace(path, max_inflate)
     gpu_cls, cpu_cls = C.classify_names(rt.names)
     hcls = host_class(rt, np.array(cpu_cls, dtype=np.int16))
     communicates = rt.world_size != 1
@@ -93,6 +96,7 @@ def summarize(path: str) -> RankSummary:
                                         "they cannot be in a DP phase", count=links.unlinked))
     if rt.ns_converted:
         warnings.append(AnalysisWarning("ns_timestamps", "timestamps were in nanoseconds; converted to µs"))
+    warnings += [AnalysisWarning(code, message, count=n) for code, message, n in rt.notes]
     pat = _profile_all_threads(rt, links.launcher) if dp_mode == "multi_device" else None
     if pat is False:
         warnings.append(AnalysisWarning(
@@ -173,20 +177,22 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _summarize_or_error(path: str) -> RankSummary | TraceError:
+def _summarize_or_error(path: str, max_inflate: int | None = None) -> RankSummary | TraceError:
     try:
-        return summarize(path)
+        return summarize(path, max_inflate)
     except TraceError as exc:  # one unreadable rank must not hide the others
         return exc
 
 
-def _summaries(paths: Sequence[str], jobs: int) -> tuple[list[RankSummary], list[TraceError]]:
+def _summaries(paths: Sequence[str], jobs: int,
+               max_inflate: int | None = None) -> tuple[list[RankSummary], list[TraceError]]:
     """Summaries of the readable files and the errors of the unreadable ones (raises when none is readable)."""
+    one = partial(_summarize_or_error, max_inflate=max_inflate)
     if jobs <= 1 or len(paths) <= 1:
-        results = [_summarize_or_error(p) for p in paths]
+        results = [one(p) for p in paths]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-            results = list(pool.map(_summarize_or_error, paths))
+            results = list(pool.map(one, paths))
     good = [r for r in results if isinstance(r, RankSummary)]
     bad = [r for r in results if isinstance(r, TraceError)]
     if not good:
@@ -194,16 +200,16 @@ def _summaries(paths: Sequence[str], jobs: int) -> tuple[list[RankSummary], list
     return good, bad
 
 
-def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis:
+def analyze(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None) -> Analysis:
     """Analyse a run directory, a folder of traces or trace files. Raises DpprofError on bad input.
 
-    ``jobs``: worker processes (default ``min(2, ranks, cpus)``).
+    ``jobs``: worker processes (default ``min(2, ranks, cpus)``; never more than the files or the CPUs).
+    ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
     """
     inputs = resolve_inputs(paths)
     files = [str(p) for p in inputs.traces]
-    if jobs is None:
-        jobs = min(2, len(files), os.cpu_count() or 1)
-    sums, errors = _summaries(files, max(1, jobs))
+    jobs = min(2 if jobs is None else jobs, len(files), os.cpu_count() or 1)
+    sums, errors = _summaries(files, max(1, jobs), max_inflate)
     manifest = read_manifest(inputs.run_dir)
     analysis = combine(sums, manifest=manifest)
     notes = [AnalysisWarning("unreadable_trace", f"skipped: {e}") for e in errors]
@@ -309,8 +315,12 @@ def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict 
         if manifest.get("status") == "running" or manifest.get("complete") is False:
             warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "
                                             f"{manifest.get('status')!r}): analysed the traces written so far"))
-    missing = sorted(set(range(world)) - set(ranks)) if world > 1 else []
-    if missing:
+    # Counted against the files present, never enumerated: a header may claim a world size of 1e9.
+    present = set(ranks)
+    n_missing = world - sum(1 for r in present if 0 <= r < world) if world > 1 else 0
+    if n_missing:
+        shown = list(islice((r for r in range(world) if r not in present), _LISTED))
+        more = f" and {n_missing - len(shown):,} more" if n_missing > len(shown) else ""
         warnings.append(AnalysisWarning("missing_ranks", f"world size {world} but no trace for rank(s) "
-                                        f"{', '.join(map(str, missing))}: analysed the ranks present",
-                                        count=len(missing)))
+                                        f"{', '.join(map(str, shown))}{more}: analysed the ranks present",
+                                        count=n_missing))

@@ -34,6 +34,9 @@ _KIND_OF_CAT: dict[str, int] = {
 ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "tid", "device", "stream", "correlation", "external_id", "nbytes")
 
 _get = attrgetter
+#: The device of a GPU event whose id does not fit (below -1, beyond int32): the loader skips and counts it.
+BAD_DEVICE = -2
+_INT32_MAX = 2**31 - 1
 _is_event = partial(is_, Event)
 
 
@@ -64,6 +67,12 @@ def _floats(values: list[float | None]) -> np.ndarray:
         return np.fromiter(values, np.float64, len(values))
     except TypeError:
         return np.array(values, dtype=np.float64)
+
+
+def _pid_device(pid: Any) -> int:
+    if not isinstance(pid, int):
+        return -1
+    return pid if 0 <= pid <= _INT32_MAX else BAD_DEVICE
 
 
 @dataclass
@@ -110,9 +119,9 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     dev = _opt_int(list(map(_get("device"), gargs)))
     if np.any(dev < 0):  # no args.device: the GPU pid is the device (Kineto's "GPU N" processes use pid N)
         pid = [xs[i].pid for i in gpu_list]
-        dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
+        dev = np.where(dev >= 0, dev, [_pid_device(p) for p in pid])
     device = np.full(n, -1, dtype=np.int32)
-    device[gpu] = dev
+    device[gpu] = np.where((dev >= -1) & (dev <= _INT32_MAX), dev, BAD_DEVICE)  # no wrap-around into int32
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
     cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
             "stream": stream, "correlation": correlation, "external_id": external_id, "nbytes": nb}
