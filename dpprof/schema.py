@@ -6,7 +6,7 @@ type (a string for a count, NaN, Infinity, 10**400, a list for a mapping, nestin
 file) is left out, as if absent (every reader already copes with a missing field), and named in a
 problem line (``"manifest.json: config.world_size: expected an integer, got str"``). Fields the
 contract does not name are kept when they are plain JSON (shallow, finite, int64); null is allowed
-everywhere. Semantic limits (a world size of 1e9) are the readers' to check against the files present.
+for every field (not for an element of a list). Semantic limits (a world size of 1e9) are the readers' to check against the files present.
 
 The manifest will become a typed model; until then this table is where its types are written down.
 """
@@ -120,6 +120,9 @@ def check(value: Any, spec: Any, where: str, problems: list[str]) -> tuple[bool,
     elif isinstance(spec, list) and isinstance(value, list):
         out = []
         for i, item in enumerate(value):
+            if item is None:  # null is "absent" for a field, but an element of a list is never absent
+                problems.append(f"{where}[{i}]: expected {_expected(spec[0])}, got null")
+                continue
             keep, item = check(item, spec[0], f"{where}[{i}]", problems)
             if keep:
                 out.append(item)

@@ -41,6 +41,7 @@ from dpprof.rundir import (
     TRACES_DIR,
     rank_from_name,
     read_checked,
+    read_json,
     read_manifest,
     resolve_inputs,
     write_json,
@@ -285,9 +286,12 @@ def merge_run_detailed(run_dir: Path, max_inflate: int | None = None) -> tuple[l
 
 
 def _list_in_manifest(run_dir: Path) -> None:
-    """Record the merged files in ``manifest.json``'s ``files.merged`` (when there is a manifest)."""
-    manifest = read_manifest(run_dir)
-    if manifest is None:
+    """Record the merged files in ``manifest.json``'s ``files.merged`` (when there is a manifest).
+
+    The manifest is read as it is, not type-checked: the rewrite must not drop the fields it does not touch.
+    """
+    manifest = read_json(run_dir / MANIFEST)
+    if not isinstance(manifest, dict):
         return
     merged = sorted(str(p.relative_to(run_dir)) for p in (run_dir / MERGED_DIR).glob("*.pt.trace.json*")
                     if not p.name.startswith("."))
