@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,8 @@ def test_errors_and_file_names_are_one_escaped_line(tmp_path: Path) -> None:
 
 def test_nvml_warnings_and_markup_on_a_terminal(tmp_path: Path) -> None:
     """merge-nvml prints the NVML file's own warning lines; a backend in rich markup is printed as text."""
-    run = case_dir("sidecars_wrong_types", tmp_path)
+    run = tmp_path / "run"  # merge-nvml writes into the run: a copy, not the committed case
+    shutil.copytree(case_dir("sidecars_wrong_types", tmp_path), run)
     rc, out = on_pty("merge-nvml", str(run))
     assert rc == 0, out
     assert_no_raw_controls(out)
