@@ -142,3 +142,14 @@ def test_overhead_runs_all_three_comparisons(tmp_path: Path) -> None:
         assert lo <= r["ratio_mean"] <= hi
     assert report["nvml"]["period_ms"] > 0
     assert report["nvml"]["nvml"].startswith(("real NVML", "fake pynvml"))
+
+
+def test_hostile_input_script_runs(tmp_path: Path) -> None:
+    """benchmarks/hostile_input.py at tiny sizes: every row measured, the bomb and the cut trace refused."""
+    out = tmp_path / "h.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "hostile_input.py"), "--bomb-mb", "0.05", "--trace-mb", "1",
+                           "--ranks", "20", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["gzip bomb"]["exit"] == 2 and rows["truncated trace (2/3)"]["exit"] == 2
+    assert rows["the same trace, whole"]["exit"] == 0 and rows["report, 20-rank steps"]["exit"] == 0
