@@ -95,9 +95,10 @@ def read_json(path: Path) -> Any | None:
     the parser's limit). A path that exists but is not a regular file is refused (DpprofError)."""
     if not path.exists():
         return None
+    check_input(path)  # a FIFO would block, a device never end: refused, not read
     try:
         return json.loads(read_input(path).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (DpprofError, ValueError, UnicodeDecodeError, RecursionError):  # unreadable: as if missing
         return None
 
 
