@@ -1,8 +1,9 @@
 """``dpprof`` command line: thin. Each subcommand lives with its stage and is imported only when run.
 
 A subcommand module exposes ``HELP`` (one line), ``prepare_parser(parser)`` and ``run(args) -> int``.
-User errors (``DpprofError``) become one line on stderr and exit code 2; nothing prints a traceback
-unless ``DPPROF_DEBUG=1``.
+User errors (``DpprofError``) become one line on stderr (control characters escaped, see
+``dpprof.term``) and exit code 2; nothing prints a traceback unless ``DPPROF_DEBUG=1``. A closed stdout
+(``| head``) ends printing quietly; SIGTERM unwinds a command like Ctrl-C (``dpprof.fileio.command_scope``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
 from dpprof import __version__
-from dpprof.errors import DpprofError
+from dpprof.errors import DpprofError, Terminated
 
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.
 COMMANDS: dict[str, str] = {
@@ -30,7 +32,9 @@ COMMANDS: dict[str, str] = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's own convention)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        from dpprof.term import clean
+
+        self.exit(2, clean(f"{self.prog}: error: {message}") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,24 +50,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    from dpprof.fileio import command_scope
+    from dpprof.term import guard_streams
+
+    with guard_streams():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        with command_scope(), warnings.catch_warnings():
+            if not os.environ.get("DPPROF_DEBUG"):
+                # numpy/matplotlib warnings are for dpprof's developers: what the user must know is in
+                # dpprof's own warnings. Forked analysis workers inherit the filter.
+                warnings.simplefilter("ignore")
+            return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dpprof.term import echo
+
     try:
         return int(args._module.run(args) or 0)
     except DpprofError as exc:
-        print(f"dpprof {args.command}: error: {exc}", file=sys.stderr)
+        echo(f"dpprof {args.command}: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"dpprof {args.command}: interrupted", file=sys.stderr)
+        echo(f"dpprof {args.command}: interrupted", err=True)
         return 130
+    except Terminated as exc:
+        echo(f"dpprof {args.command}: terminated by signal {exc.signum}", err=True)
+        return 128 + exc.signum
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("DPPROF_DEBUG"):
             raise
-        print(f"dpprof {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(set DPPROF_DEBUG=1 for the traceback)", file=sys.stderr)
+        echo(f"dpprof {args.command}: internal error: {type(exc).__name__}: {exc} "
+             "(set DPPROF_DEBUG=1 for the traceback)", err=True)
         return 1
 
 

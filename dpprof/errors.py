@@ -16,3 +16,12 @@ class DpprofError(Exception):
 
 class TraceError(DpprofError):
     """A trace file that cannot be read at all (not JSON, truncated, no events)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised so that a command unwinds like on Ctrl-C (temporary files removed); exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+

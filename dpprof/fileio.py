@@ -1,4 +1,20 @@
-"""Atomic file writing: a reader never sees a half-written file, and a failed write keeps the old one."""
+"""Every file dpprof reads or writes goes through here.
+
+Reading (:func:`open_input`): only regular files are opened. A FIFO would block forever, ``/dev/zero``
+never ends, a socket cannot be read: they are refused up front with one line, before any read.
+
+Writing (:func:`atomic_open` and the helpers on it): a reader never sees a half-written file and a failed
+write keeps the old one; and dpprof writes only where it was told and only regular files:
+
+* a device node, a FIFO, a socket or a directory at the output path is refused, never replaced;
+* inside a run directory (``within``), no symbolic link is followed: a ``merged/`` that links elsewhere
+  is refused, so a run never makes dpprof write outside itself;
+* an explicit output that is a symbolic link is written at the link's target (the link stays);
+* within :func:`command_scope` (every CLI command), a file the command has read is never replaced by
+  one of its outputs (``report T.json.gz --out T.json.gz``), unless the writer says it rewrites it;
+* ``-`` means standard output;
+* SIGTERM (like SIGINT) unwinds the command, so the temporary file of a write in progress is removed.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +23,27 @@ import errno
 import gzip
 import io
 import os
+import signal
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from dpprof.errors import DpprofError
+from dpprof.errors import DpprofError, Terminated
+
+STDOUT = "-"
+#: (st_dev, st_ino) -> path of every file read since command_scope() began; None outside a scope.
+_inputs: dict[tuple[int, int], str] | None = None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _describe(exc: OSError, path: Path) -> str:
@@ -23,22 +54,170 @@ def _describe(exc: OSError, path: Path) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | None = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it is fsynced and renamed onto ``path``.
+# --- reading ----------------------------------------------------------------------------------------
 
-    ``compress`` gzips the content (default: when ``path`` ends in ``.gz``). On any error the temporary
-    file is removed, ``path`` keeps its previous content, and an ``OSError`` becomes a ``DpprofError``.
+def check_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofError) -> os.stat_result:
+    """``stat`` of ``path`` (links followed) when it is a regular file; ``error`` (one line) otherwise."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: is {_kind(st.st_mode)}, not a regular file: refused (not read)")
+    return st
+
+
+def open_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofError) -> IO[bytes]:
+    """Open a regular file for binary reading; ``error`` (one line) for anything else, nothing read.
+
+    Opened non-blocking and checked again on the descriptor, so a file swapped for a FIFO after the
+    first check cannot block either.
+    """
+    check_input(path, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise error(f"{path}: is {_kind(st.st_mode)}, not a regular file: refused (not read)")
+    os.set_blocking(fd, True)
+    remember_input(path, st)
+    return open(fd, "rb")
+
+
+def read_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofError) -> bytes:
+    """All bytes of a regular file (see :func:`open_input`)."""
+    with open_input(path, error) as fh:
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def remember_input(path: str | os.PathLike[str], st: os.stat_result | None = None) -> None:
+    """Record ``path`` as read by the current command: no output of it may replace it."""
+    if _inputs is None:
+        return
+    with contextlib.suppress(OSError):
+        st = st or os.stat(path)
+        _inputs[(st.st_dev, st.st_ino)] = str(path)
+
+
+@contextlib.contextmanager
+def command_scope() -> Iterator[None]:
+    """One CLI command: its inputs are protected from its outputs, and SIGTERM unwinds it (temp files removed)."""
+    global _inputs
+    saved = _inputs
+    _inputs = {}
+    old_handler: Any = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        old_handler = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        _inputs = saved
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def is_stdout(path: str | os.PathLike[str] | None) -> bool:
+    return path is not None and os.fspath(path) == STDOUT
+
+
+def _no_links_below(path: Path, within: Path) -> None:
+    """Refuse ``path`` unless it lies inside ``within`` through real directories (no symbolic link)."""
+    try:
+        rel = path.relative_to(within)
+    except ValueError:
+        raise DpprofError(f"{path}: outside the run directory {within}: not written") from None
+    if ".." in rel.parts:
+        raise DpprofError(f"{path}: leaves the run directory {within}: not written")
+    cur = within
+    for part in rel.parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise DpprofError(f"{cur}: is a symbolic link inside the run directory: dpprof does not follow "
+                              "links out of a run (nothing written)")
+
+
+def output_target(path: str | os.PathLike[str], within: str | os.PathLike[str] | None = None,
+                  replace_input: bool = False) -> Path:
+    """The file that writing ``path`` will replace; DpprofError (one line) when it must not be written.
+
+    ``within``: the run directory the output belongs to (no link followed below it). Otherwise a final
+    symbolic link is followed to its target. The target must not exist or be a regular file, and must not
+    be a file the current command has read (unless ``replace_input``: a deliberate rewrite).
     """
     path = Path(path)
-    if compress is None:
-        compress = path.suffix == ".gz"
-    binary = "b" in mode
+    if within is not None:
+        _no_links_below(path, Path(within))
+        target = path
+    else:
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
     except OSError as exc:
         raise DpprofError(_describe(exc, path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DpprofError(f"{path}: is {_kind(st.st_mode)}: dpprof writes only regular files (nothing written)")
+    source = _inputs.get((st.st_dev, st.st_ino)) if _inputs is not None and not replace_input else None
+    if source is not None:
+        raise DpprofError(f"{path}: is an input of this command ({source}): not overwritten")
+    return target
+
+
+def _make_dirs(folder: Path, within: Path | None) -> None:
+    if within is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    d = within
+    for part in folder.relative_to(within).parts:  # one level at a time; an existing link is refused
+        d = d / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d)
+        if d.is_symlink() or not d.is_dir():
+            raise DpprofError(f"{d}: not a directory inside the run directory (nothing written)")
+
+
+@contextlib.contextmanager
+def _stdout(binary: bool) -> Iterator[IO]:
+    sys.stdout.flush()
+    yield sys.stdout.buffer if binary else sys.stdout
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | None = None, *,
+                within: str | os.PathLike[str] | None = None, replace_input: bool = False) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    ``compress`` gzips the content (default: when ``path`` ends in ``.gz``). ``-`` writes to standard
+    output. ``within`` / ``replace_input``: see :func:`output_target`. On any error the temporary file is
+    removed, ``path`` keeps its previous content, and an ``OSError`` becomes a ``DpprofError``.
+    """
+    binary = "b" in mode
+    if is_stdout(path):
+        with _stdout(binary) as out:
+            yield out
+        return
+    target = output_target(path, within, replace_input)
+    if compress is None:
+        compress = target.suffix == ".gz"
+    try:
+        _make_dirs(target.parent, Path(within) if within is not None else None)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise DpprofError(_describe(exc, Path(path))) from None
     try:
         with os.fdopen(fd, "wb") as raw:
             with contextlib.ExitStack() as stack:
@@ -55,11 +234,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", compress: bool | 
                     text.detach()
             raw.flush()
             os.fsync(raw.fileno())
-            os.fchmod(raw.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; files get the usual mode
-        os.replace(tmp, path)
+            os.fchmod(raw.fileno(), 0o666 & ~UMASK)  # mkstemp makes 0600; files get the usual mode
+        os.replace(tmp, target)
     except OSError as exc:
         _unlink(tmp)
-        raise DpprofError(_describe(exc, path)) from None
+        raise DpprofError(_describe(exc, Path(path))) from None
     except BaseException:
         _unlink(tmp)
         raise
@@ -71,7 +250,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe
+UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe
 
 
 def _unlink(path: str) -> None:
@@ -79,12 +258,15 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (gzipped when the name ends in ``.gz``)."""
-    with atomic_open(path, "wb") as fh:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | bytearray, **where: Any) -> None:
+    """Write ``data`` to ``path`` atomically (gzipped when the name ends in ``.gz``; ``-``: stdout).
+
+    ``where``: ``within`` / ``replace_input`` of :func:`atomic_open`.
+    """
+    with atomic_open(path, "wb", **where) as fh:
         fh.write(data)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str | os.PathLike[str], text: str, **where: Any) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (``-``: stdout)."""
+    write_bytes_atomic(path, text.encode("utf-8"), **where)

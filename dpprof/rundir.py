@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.errors import DpprofError
-from dpprof.fileio import write_text_atomic
+from dpprof.fileio import check_input, read_input, remember_input, write_text_atomic
+from dpprof.schema import MANIFEST as MANIFEST_SPEC
+from dpprof.schema import check_file
 
 TRACES_DIR = "traces"
 MERGED_DIR = "merged"
@@ -33,10 +35,14 @@ def rank_from_name(path: str | Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def is_trace_file(path: Path) -> bool:
+def _trace_name(path: Path) -> bool:
     name = path.name
-    return path.is_file() and not name.startswith(".") and name.endswith(TRACE_SUFFIXES) \
-        and name not in (MANIFEST, ANALYSIS)
+    return not name.startswith(".") and name.endswith(TRACE_SUFFIXES) and name not in (MANIFEST, ANALYSIS) \
+        and path.exists() and not path.is_dir()  # a dangling link is skipped; a FIFO is refused later
+
+
+def is_trace_file(path: Path) -> bool:
+    return path.is_file() and _trace_name(path)
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,14 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
             if is_run_dir(p):
                 run_dir = p
                 folder = p / TRACES_DIR
-            found = sorted(f for f in folder.iterdir() if is_trace_file(f)) if folder.is_dir() else []
+            found = sorted(f for f in folder.iterdir() if _trace_name(f)) if folder.is_dir() else []
             if not found:
                 raise DpprofError(f"{p}: no trace files (*.json, *.json.gz) in {folder}")
             traces.extend(found)
         else:
             traces.append(p)
+    for t in traces:  # up front, before anything is read: a FIFO would block, /dev/zero never end
+        remember_input(t, check_input(t))
     if run_dir is None and len(given) == 1 and given[0].is_file():
         parent = given[0].parent
         if parent.name == TRACES_DIR and is_run_dir(parent.parent):
@@ -83,18 +91,33 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
 
 
 def read_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is missing or unreadable (a cut-short run)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    """A JSON file's content, or None when it is missing or unreadable (a cut-short run, nesting beyond
+    the parser's limit). A path that exists but is not a regular file is refused (DpprofError)."""
+    if not path.exists():
         return None
+    check_input(path)  # a FIFO would block, a device never end: refused, not read
+    try:
+        return json.loads(read_input(path).decode("utf-8"))
+    except (DpprofError, ValueError, UnicodeDecodeError, RecursionError):  # unreadable: as if missing
+        return None
+
+
+def read_checked(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """A JSON object file with the fields of the wrong type left out (``dpprof.schema``), and the problems."""
+    data = read_json(path)
+    return (None, []) if data is None else check_file(data, spec, path.name)
+
+
+def read_manifest_checked(run_dir: Path | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The run's manifest (fields of the wrong type left out) and what was wrong; (None, []) without one."""
+    if run_dir is None:
+        return None, []
+    return read_checked(run_dir / MANIFEST, MANIFEST_SPEC)
 
 
 def read_manifest(run_dir: Path | None) -> dict[str, Any] | None:
-    if run_dir is None:
-        return None
-    data = read_json(run_dir / MANIFEST)
-    return data if isinstance(data, dict) else None
+    """The run's manifest, every field of the type docs/run-format.md gives it (wrong ones left out)."""
+    return read_manifest_checked(run_dir)[0]
 
 
 def lookup(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
@@ -112,9 +135,9 @@ def dumps_json(obj: Any, indent: int | None = 1) -> str:
     return json.dumps(_clean(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as deterministic JSON, atomically."""
-    write_text_atomic(path, dumps_json(obj))
+def write_json(path: Path, obj: Any, **where: Any) -> None:
+    """Write ``obj`` as deterministic JSON, atomically (``where``: see ``dpprof.fileio.atomic_open``)."""
+    write_text_atomic(path, dumps_json(obj), **where)
 
 
 def _clean(obj: Any) -> Any:

@@ -239,7 +239,7 @@ def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None 
 
     def save() -> SweepResult:
         result = SweepResult(points=with_speedups(points), grid=grid.as_json(), machine=machine, skipped=skipped)
-        write_json(sweep_dir / SWEEP_JSON, result.to_json())
+        write_json(sweep_dir / SWEEP_JSON, result.to_json(), replace_input=True)  # read by load_previous
         return result
 
     save()

@@ -48,10 +48,11 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dpprof.sweep import Grid, machine_info, plan, render_report, run_sweep
+    from dpprof.term import console as make_console
+    from dpprof.term import echo
 
     if args.steps is not None and args.steps < 1 or args.epochs is not None and args.epochs < 1:
         raise DpprofError("--steps and --epochs must be at least 1")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 model=args.model, epochs=args.epochs,
                 steps=args.steps if args.steps is not None or args.epochs is not None else 12, extra_args=extra)
     out: Path = args.out or Path("sweeps") / args.model
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     machine = machine_info()
     planned = plan(grid, machine, out / "runs")
     skipped = [p.point for p in planned if p.argv is None]
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({machine['cuda_devices']} CUDA devices, {machine['cpus']} CPUs) → {out}")
     for s in skipped:
         console.print(f"  skipped {s.name}: {s.reason}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=args.no_progress) as progress:
         task = progress.add_task("configurations", total=len(planned))
 
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         eff = f", efficiency {p.scaling_efficiency:.2f}" if p.scaling_efficiency is not None else ""
         ips = f"{p.images_per_s:.1f} img/s" if p.images_per_s is not None else "no throughput"
         console.print(f"  {p.name}: {ips}{eff}")
-    print(f"sweep: {len(done)} done, {len(failed)} failed, {len(skipped)} skipped; {out / 'sweep.json'}")
+    echo(f"sweep: {len(done)} done, {len(failed)} failed, {len(skipped)} skipped; {out / 'sweep.json'}")
     if not args.no_report:
         path, why = render_report(result, out)
-        print(f"sweep report: {path}" if path else f"sweep: {why}")
+        echo(f"sweep report: {path}" if path else f"sweep: {why}")
     return 1 if failed and not done else 0

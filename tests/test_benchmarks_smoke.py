@@ -155,3 +155,14 @@ def test_projection_check_runs_end_to_end() -> None:
     projected, measured, error = (float(x) for x in m.groups())
     # the figures are printed to 0.001 ms, the error (to 0.1 %) from the unrounded ones
     assert error == pytest.approx(100 * (projected - measured) / measured, abs=0.1 + 0.1 * (1 + projected / measured) / measured)
+
+
+def test_hostile_input_script_runs(tmp_path: Path) -> None:
+    """benchmarks/hostile_input.py at tiny sizes: every row measured, the bomb and the cut trace refused."""
+    out = tmp_path / "h.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "hostile_input.py"), "--bomb-mb", "0.05", "--trace-mb", "1",
+                           "--ranks", "20", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["gzip bomb"]["exit"] == 2 and rows["truncated trace (2/3)"]["exit"] == 2
+    assert rows["the same trace, whole"]["exit"] == 0 and rows["report, 20-rank steps"]["exit"] == 0

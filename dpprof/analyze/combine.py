@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from dpprof.analyze.pipeline import RankSummary
 
 _PEER_WAIT = CAT["peer_wait"]
+_LISTED = 20  # missing ranks named in the warning
 _COMM = CAT["comm"]
 
 
@@ -186,8 +188,12 @@ def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict 
         if manifest.get("status") == "running" or manifest.get("complete") is False:
             warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "
                                             f"{manifest.get('status')!r}): analysed the traces written so far"))
-    missing = sorted(set(range(world)) - set(ranks)) if world > 1 else []
-    if missing:
+    # Counted against the files present, never enumerated: a header may claim a world size of 1e9.
+    present = set(ranks)
+    n_missing = world - sum(1 for r in present if 0 <= r < world) if world > 1 else 0
+    if n_missing:
+        shown = list(islice((r for r in range(world) if r not in present), _LISTED))
+        more = f" and {n_missing - len(shown):,} more" if n_missing > len(shown) else ""
         warnings.append(AnalysisWarning("missing_ranks", f"world size {world} but no trace for rank(s) "
-                                        f"{', '.join(map(str, missing))}: analysed the ranks present",
-                                        count=len(missing)))
+                                        f"{', '.join(map(str, shown))}{more}: analysed the ranks present",
+                                        count=n_missing))

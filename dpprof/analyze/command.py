@@ -1,4 +1,4 @@
-"""``dpprof analyze RUN_DIR|TRACE... [--json OUT] [--merge-nvml] [--jobs N]``.
+"""``dpprof analyze RUN_DIR|TRACE... [--json OUT|-] [--merge-nvml] [--jobs N] [--max-inflate BYTES]``.
 
 Never imports torch or matplotlib: the analysis needs only msgspec, numpy and rich.
 """
@@ -6,57 +6,69 @@ Never imports torch or matplotlib: the analysis needs only msgspec, numpy and ri
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "Attribute every step on every GPU (DP/DDP-aware) and print/write the analysis"
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
-    from dpprof.analyze.rundata import add_diagnosis_options
+    from dpprof.analyze.rundata import add_diagnosis_options, add_read_options
 
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.json, *.json.gz), one per rank")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the analysis JSON here "
-                   "(default for a run directory: RUN/analysis.json)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the analysis JSON here, - for standard "
+                   "output (the table then goes to stderr; default for a run directory: RUN/analysis.json)")
     p.add_argument("--no-json", action="store_true", help="do not write the analysis JSON")
     p.add_argument("--merge-nvml", action="store_true", help="also write NVML-merged traces into RUN/merged/")
     add_diagnosis_options(p)
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes (default min(2, ranks))")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes (default min(2, ranks); never more than the trace files or the CPUs)")
+    add_read_options(p)
     p.add_argument("--quiet", action="store_true", help="print only warnings")
 
 
 def run(args: argparse.Namespace) -> int:
     from dpprof.analyze.rundata import load_run_data
     from dpprof.errors import DpprofError
+    from dpprof.fileio import is_stdout, output_target
     from dpprof.report.console import render
     from dpprof.rundir import ANALYSIS, write_json
+    from dpprof.term import echo
 
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
+    if args.json_out and not is_stdout(args.json_out):
+        output_target(args.json_out)  # a device or FIFO is refused before the analysis, not after
     data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,
-                         param_bytes=args.param_bytes, sweep=args.sweep)
+                         param_bytes=args.param_bytes, sweep=args.sweep, max_inflate=args.max_inflate)
     inputs, analysis = data.inputs, data.analysis
-    if args.quiet:
-        import sys
-
-        for w in analysis.warnings:
-            who = f"rank {w.rank}: " if w.rank is not None else ""
-            print(f"warning [{w.code}] {who}{w.message}", file=sys.stderr)
-    else:
-        render(analysis)
     out: Path | None = None
+    within: Path | None = None
     if args.json_out:
         out = Path(args.json_out)
     elif inputs.run_dir is not None and not args.no_json:
-        out = inputs.run_dir / ANALYSIS
+        out, within = inputs.run_dir / ANALYSIS, inputs.run_dir
+    to_stdout = out is not None and not args.no_json and is_stdout(out)
+    # Results first: whatever happens to the console afterwards (| head), the files are written.
     if out is not None and not args.no_json:
-        write_json(out, analysis.to_json())
-        print(f"analysis written to {out}")
+        write_json(out, analysis.to_json(), within=within)
+    merged = []
     if args.merge_nvml:
         if inputs.run_dir is None:
             raise DpprofError("--merge-nvml needs a run directory (with nvml.<host>.jsonl and a manifest)")
         from dpprof.trace.nvml_merge import merge_run
 
-        for path in merge_run(inputs.run_dir):
-            print(f"merged NVML samples into {path}")
+        merged = merge_run(inputs.run_dir, args.max_inflate)
+    console_file = sys.stderr if to_stdout else None  # --json -: the JSON owns stdout, the table goes to stderr
+    if args.quiet:
+        for w in analysis.warnings:
+            who = f"rank {w.rank}: " if w.rank is not None else ""
+            echo(f"warning [{w.code}] {who}{w.message}", err=True)
+    else:
+        render(analysis, file=console_file)
+    if out is not None and not args.no_json and not to_stdout:
+        echo(f"analysis written to {out}", err=to_stdout)
+    for path in merged:
+        echo(f"merged NVML samples into {path}", err=to_stdout)
     return 0

@@ -74,11 +74,12 @@ class RankSummary:
     steps_end_us: float | None = None
 
 
-def summarize(path: str, segments: bool = False) -> RankSummary:
+def summarize(path: str, segments: bool = False, max_inflate: int | None = None) -> RankSummary:
     """Load and attribute one trace file. Runs in a worker process; pure apart from reading ``path``.
 
-    ``segments``: also keep every run of every step row (``RankSummary.segments``) for timeline views."""
-    rt = load_trace(path)
+    ``segments``: also keep every run of every step row (``RankSummary.segments``) for timeline views;
+    ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``)."""
+    rt = load_trace(path, max_inflate)
     gpu_cls, cpu_cls = C.classify_names(rt.names)
     hcls = host_class(rt, np.array(cpu_cls, dtype=np.int16))
     communicates = rt.world_size != 1
@@ -141,6 +142,7 @@ def _trace_warnings(rt: RankTrace, tl: attribution.RankTimeline, links: object, 
                                         "they cannot be in a DP phase", count=unlinked))
     if rt.ns_converted:
         warnings.append(AnalysisWarning("ns_timestamps", "timestamps were in nanoseconds; converted to µs"))
+    warnings += [AnalysisWarning(code, message, count=n) for code, message, n in rt.notes]
     if strat == "ddp" and rt.world_size == 1:
         warnings.append(AnalysisWarning(
             "ddp_world_size_1", "DDP with world size 1 communicates nothing: its nccl:/gloo: spans are "
@@ -184,21 +186,23 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _summarize_or_error(path: str, segments: bool = False) -> RankSummary | TraceError:
+def _summarize_or_error(path: str, segments: bool = False, max_inflate: int | None = None
+                        ) -> RankSummary | TraceError:
     try:
-        return summarize(path, segments)
+        return summarize(path, segments, max_inflate)
     except TraceError as exc:  # one unreadable rank must not hide the others
         return exc
 
 
-def _summaries(paths: Sequence[str], jobs: int, segments: bool = False
+def _summaries(paths: Sequence[str], jobs: int, segments: bool = False, max_inflate: int | None = None
                ) -> tuple[list[RankSummary], list[TraceError]]:
     """Summaries of the readable files and the errors of the unreadable ones (raises when none is readable)."""
+    one = partial(_summarize_or_error, segments=segments, max_inflate=max_inflate)
     if jobs <= 1 or len(paths) <= 1:
-        results = [_summarize_or_error(p, segments) for p in paths]
+        results = [one(p) for p in paths]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-            results = list(pool.map(partial(_summarize_or_error, segments=segments), paths))
+            results = list(pool.map(one, paths))
     good = [r for r in results if isinstance(r, RankSummary)]
     bad = [r for r in results if isinstance(r, TraceError)]
     if not good:
@@ -206,25 +210,27 @@ def _summaries(paths: Sequence[str], jobs: int, segments: bool = False
     return good, bad
 
 
-def analyze(paths: Iterable[str | Path], *, jobs: int | None = None) -> Analysis:
+def analyze(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None) -> Analysis:
     """Analyse a run directory, a folder of traces or trace files. Raises DpprofError on bad input.
 
-    ``jobs``: worker processes (default ``min(2, ranks, cpus)``).
+    ``jobs``: worker processes (default ``min(2, ranks, cpus)``; never more than the files or the CPUs).
+    ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
     """
-    return _analyze(paths, jobs, segments=False)[0]
+    return _analyze(paths, jobs, False, max_inflate)[0]
 
 
-def attribute(paths: Iterable[str | Path], *, jobs: int | None = None) -> tuple[Analysis, dict[int, Segments]]:
+def attribute(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None
+              ) -> tuple[Analysis, dict[int, Segments]]:
     """``analyze``, plus every rank's attribution as segments (``dpprof.analyze.segments``), keyed by rank."""
-    return _analyze(paths, jobs, segments=True)
+    return _analyze(paths, jobs, True, max_inflate)
 
 
-def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool) -> tuple[Analysis, dict[int, Segments]]:
+def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool, max_inflate: int | None
+             ) -> tuple[Analysis, dict[int, Segments]]:
     inputs = resolve_inputs(paths)
     files = [str(p) for p in inputs.traces]
-    if jobs is None:
-        jobs = min(2, len(files), os.cpu_count() or 1)
-    sums, errors = _summaries(files, max(1, jobs), segments)
+    jobs = min(2 if jobs is None else jobs, len(files), os.cpu_count() or 1)
+    sums, errors = _summaries(files, max(1, jobs), segments, max_inflate)
     manifest = read_manifest(inputs.run_dir)
     analysis, segs = combine_all(sums, manifest=manifest)
     notes = [AnalysisWarning("unreadable_trace", f"skipped: {e}") for e in errors]

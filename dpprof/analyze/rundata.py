@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.model import Analysis
+from dpprof.analyze.model import Analysis, AnalysisWarning
 from dpprof.errors import DpprofError
-from dpprof.rundir import Inputs, read_manifest, resolve_inputs
+from dpprof.rundir import Inputs, read_manifest, read_manifest_checked, resolve_inputs
+from dpprof.trace.inflate import add_read_options  # noqa: F401 (re-exported beside add_diagnosis_options)
+
+_SHOWN = 5  # manifest problems spelled out in the warning
 
 
 @dataclass(frozen=True)
@@ -43,26 +46,33 @@ def read_nvml_data(run_dir: Path | None) -> tuple[Any | None, list[str]]:
 
 def load_run_data(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
                   jobs: int | None = None, link_gbps: float | None = None,
-                  param_bytes: int | None = None, sweep: Any = None) -> RunData:
+                  param_bytes: int | None = None, sweep: Any = None, max_inflate: int | None = None) -> RunData:
     """Resolve ``paths`` (a run directory or trace files), analyse them and attach the diagnosis.
 
     ``baseline``: a single-GPU run of the same configuration (its compute / N is DP's ideal).
     ``link_gbps`` / ``param_bytes``: declared link bandwidth and model size for the what-if projection.
     ``sweep``: a sweep directory, its sweep.json, or a SweepResult (the hyperparameters question, and measured
     step times beside the projection).
+    ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
+    Manifest fields of the wrong type are left out and named in the analysis' warnings.
     """
     from dpprof.analyze.diagnosis import diagnose
     from dpprof.analyze.pipeline import analyze
     from dpprof.analyze.sweep_model import SweepResult, read_sweep
 
     inputs = resolve_inputs([Path(p) for p in paths])
-    analysis = analyze([str(p) for p in paths], jobs=jobs)
-    manifest = read_manifest(inputs.run_dir)
+    analysis = analyze([str(p) for p in paths], jobs=jobs, max_inflate=max_inflate)
+    manifest, problems = read_manifest_checked(inputs.run_dir)
+    if problems:
+        analysis = replace(analysis, warnings=(*analysis.warnings, AnalysisWarning(
+            "manifest_fields", "; ".join(problems[:_SHOWN]) + (f"; and {len(problems) - _SHOWN} more"
+                                                               if len(problems) > _SHOWN else ""),
+            count=len(problems))))
     nvml, notes = read_nvml_data(inputs.run_dir)
     base_analysis = base_manifest = None
     if baseline:
         base_inputs = resolve_inputs([Path(p) for p in baseline])
-        base_analysis = analyze([str(p) for p in baseline], jobs=jobs)
+        base_analysis = analyze([str(p) for p in baseline], jobs=jobs, max_inflate=max_inflate)
         base_manifest = read_manifest(base_inputs.run_dir)
     result = sweep if isinstance(sweep, SweepResult) or sweep is None else read_sweep(Path(sweep))
     if analysis.diagnosis is None:

@@ -124,6 +124,10 @@ def _threads(given: int | None, strategy: str, device: str, nproc: int) -> int |
 
 def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
     """(RunConfig, launcher Topology or None) from the parsed arguments; validates both."""
+    from dpprof.collect.run_dir import check_run_name
+
+    if args.run_name is not None:
+        check_run_name(args.run_name)
     import torch
 
     from dpprof.collect.config import RunConfig, default_run_name, scaled_lr, validate
@@ -174,24 +178,22 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
     cfg.per_rank_batch_size = cfg.batch_size // cfg.world_size
     validate(cfg)
     name = args.run_name or default_run_name(cfg, args.rdzv_id if cfg.nnodes > 1 else None, cfg.created_unix_ns)
-    cfg.run_dir = str(_run_dir(Path(args.out), name, shared=cfg.nnodes > 1, explicit=bool(args.run_name)))
-    cfg.run_id = Path(cfg.run_dir).name
+    path = Path(args.out) / name
+    if args.run_name and cfg.nnodes == 1 and path.exists():  # early; run() creates it atomically
+        raise DpprofError(f"{path} already exists: a new run never writes into an existing run directory "
+                          "(choose another --run-name)")
+    cfg.run_dir, cfg.run_id = str(path), name
     return cfg, topo
 
 
-def _run_dir(out: Path, name: str, shared: bool, explicit: bool) -> Path:
-    """A fresh run directory; nodes of one multi-node run share theirs."""
-    path = out / name
-    if shared:
-        return path
-    if path.exists() and any(path.iterdir()):
-        if explicit:
-            raise DpprofError(f"{path} already exists and is not empty: choose another --run-name")
-        n = 2
-        while (out / f"{name}-{n}").exists():
-            n += 1
-        path = out / f"{name}-{n}"
-    return path
+def _create_run_dir(args: argparse.Namespace, cfg: Any) -> Path:
+    """Create the run directory atomically (see dpprof.collect.run_dir); cfg.run_dir/run_id follow it."""
+    from dpprof.collect.run_dir import create_run_dir, rendezvous_record
+
+    rdzv = rendezvous_record(args.rdzv_id, args.rdzv_endpoint, cfg.nnodes) if cfg.nnodes > 1 else None
+    run_dir = create_run_dir(Path(args.out), cfg.run_id, explicit=bool(args.run_name), rendezvous=rdzv)
+    cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name
+    return run_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,11 +202,7 @@ def run(args: argparse.Namespace) -> int:
     # The command line as typed when run from a shell; from Python (tests) only what is known.
     argv = ["dpprof", *sys.argv[1:]] if "profile" in sys.argv[1:] else ["dpprof", "profile"]
     cfg, topo = build_config(args, argv)
-    run_dir = Path(cfg.run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DpprofError(f"cannot create {run_dir}: {exc.strerror or exc}") from None
+    run_dir = _create_run_dir(args, cfg)
     if not cfg.quiet:
         print(f"dpprof profile: {cfg.strategy} {cfg.model} on {cfg.device}, global batch {cfg.batch_size}, "
               f"lr {cfg.lr:g} ({cfg.lr_rule.split(' (')[0]}) -> {run_dir}", flush=True)

@@ -177,13 +177,14 @@ class Manifest:
 
     def write(self) -> None:
         self.refresh_files()
-        write_json(self.run_dir / MANIFEST, self.data)
+        # The collector's own file, rewritten as the run goes (also after reading it: mark_unfinished).
+        write_json(self.run_dir / MANIFEST, self.data, within=self.run_dir, replace_input=True)
 
 
 def write_node_file(run_dir: Path, node_key: str, data: dict[str, Any]) -> str:
     """Write ``nodes/<node_key>.json``; returns its path relative to the run directory."""
     rel = f"{NODES_DIR}/{node_key}.json"
-    write_json(run_dir / rel, data)
+    write_json(run_dir / rel, data, within=run_dir)
     return rel
 
 

@@ -9,9 +9,9 @@ class ConsoleProgress:
     """Shown by global rank 0 only. On a non-terminal (CI, torchrun pipes) rich prints no live bar."""
 
     def __init__(self, rank: int = 0) -> None:
-        from rich.console import Console
+        from dpprof.term import console
 
-        self.console = Console()  # stdout: torchrun passes it through untouched
+        self.console = console()  # stdout: torchrun passes it through untouched
         self.rank = rank
         self._progress: Any = None
         self._task: Any = None

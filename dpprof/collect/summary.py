@@ -52,8 +52,8 @@ def summary_lines(run_dir: Path) -> list[str]:
 
 
 def print_summary(run_dir: Path) -> None:
-    from rich.console import Console
+    from dpprof.term import console as make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     for line in summary_lines(run_dir):
-        console.print(line, markup=False, soft_wrap=True)
+        console.print(line, soft_wrap=True)

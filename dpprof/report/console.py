@@ -1,4 +1,7 @@
-"""The per-step, per-GPU table on the console (rich), rendered only from an Analysis."""
+"""The per-step, per-GPU table on the console (rich), rendered only from an Analysis.
+
+Printed with ``dpprof.term.console``: every string from a trace (paths, backends, warnings) is shown with its
+control characters escaped."""
 
 from __future__ import annotations
 
@@ -31,22 +34,25 @@ def _shown_categories(steps: tuple[StepBreakdown, ...]) -> list[str]:
 
 def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = None) -> None:
     """Print the header, the per-step table (ms, with % of the step) and the warnings."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(file=file, width=width, highlight=False, soft_wrap=False)
+    from dpprof.term import clean
+    from dpprof.term import console as make_console
+
+    console = make_console(file=file, width=width)
     if width is None and not console.is_terminal:
         console.width = 160  # pipes and files: do not squeeze the table into 80 columns
-    head = f"strategy: [bold]{analysis.strategy}[/bold]"
+    head = Text.assemble("strategy: ", (clean(analysis.strategy), "bold"))
     if analysis.dp_mode:
-        head += f" — {DP_MODE_TEXT.get(analysis.dp_mode, analysis.dp_mode)}"
+        head.append(clean(f" — {DP_MODE_TEXT.get(analysis.dp_mode, analysis.dp_mode)}"))
     if analysis.output_device is not None:
-        head += f"; output device GPU{analysis.output_device}"
+        head.append(f"; output device GPU{analysis.output_device}")
     console.print(head)
     for r in analysis.ranks:
         devs = ", ".join(f"GPU{d}" for d in r.devices) or "no GPU (host timeline)"
         extra = f", world size {r.world_size} ({r.backend})" if r.world_size else ""
-        console.print(f"rank {r.rank}: {r.path} — {devs}{extra}, {r.events:,} events", markup=False)
+        console.print(f"rank {r.rank}: {r.path} — {devs}{extra}, {r.events:,} events")
     cats = _shown_categories(analysis.steps)
     table = Table(title="Per step and GPU: where the time went (ms; the categories sum to the step)",
                   show_lines=False, header_style="bold", pad_edge=False)
@@ -80,4 +86,4 @@ def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = 
                           f"(residual median {o.residual_us:.1f} µs, max {o.max_residual_us:.1f} µs)", markup=False)
     for w in analysis.warnings:
         who = f"rank {w.rank}: " if w.rank is not None else ""
-        console.print(f"warning [{w.code}] {who}{w.message}", markup=False, style="yellow")
+        console.print(f"warning [{w.code}] {who}{w.message}", style="yellow")

@@ -14,9 +14,14 @@ from typing import Any
 
 from dpprof.analyze.model import Analysis
 from dpprof.analyze.rundata import load_run_data
+from dpprof.errors import DpprofError
+from dpprof.fileio import read_input
 from dpprof.report.plots import GpuSeries, StepTime
 from dpprof.rundir import MERGED_DIR
+from dpprof.schema import STEP as STEP_SPEC
+from dpprof.schema import check_file
 
+_MAX_INDEX = 2**31  # ranks and steps beyond this are not from a real run
 _TRACE_SUFFIX = re.compile(r"(\.pt)?\.trace\.json(\.gz)?$|\.json(\.gz)?$|\.gz$")
 
 
@@ -50,28 +55,44 @@ def run_name(run_dir: Path | None, traces: Sequence[Path], manifest: Mapping[str
 
 
 def read_step_times(run_dir: Path | None) -> tuple[tuple[StepTime, ...], list[str]]:
-    """Per-step wall times of every rank from ``steps.rank*.jsonl``; unreadable lines are counted."""
+    """Per-step wall times of every rank from ``steps.rank*.jsonl``; unreadable lines are counted.
+
+    Each line is checked against ``dpprof.schema.STEP``: a line without an integer rank and step (0 to
+    2**31) and a finite, non-negative wall time is skipped and counted, never turned into a figure.
+    """
     if run_dir is None:
         return (), []
     out: list[StepTime] = []
     bad = 0
     for path in sorted(run_dir.glob("steps.rank*.jsonl")):
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError as exc:
-            return (), [f"{path.name}: cannot read ({exc.strerror})"]
+            lines = read_input(path).decode("utf-8", errors="replace").splitlines()
+        except DpprofError as exc:
+            return (), [str(exc)]
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-                out.append(StepTime(rank=int(rec["rank"]), step=int(rec["step"]), wall_ms=float(rec["wall_ms"]),
-                                    # steps of the profiler's wait/warmup phases are slowed too
-                                    profiled=bool(rec.get("profiled") or rec.get("profiler_on"))))
-            except (ValueError, KeyError, TypeError):
+            rec = _step_record(line)
+            if rec is None:
                 bad += 1  # a cut-short last line of a killed run, or garbage
+                continue
+            # steps of the profiler's wait/warmup phases are slowed too
+            out.append(StepTime(rank=rec["rank"], step=rec["step"], wall_ms=float(rec["wall_ms"]),
+                                profiled=bool(rec.get("profiled") or rec.get("profiler_on"))))
     notes = [f"{bad} unreadable line(s) in steps.rank*.jsonl were skipped"] if bad else []
     return tuple(sorted(out, key=lambda t: (t.rank, t.step))), notes
+
+
+def _step_record(line: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    rec, problems = check_file(data, STEP_SPEC, "")
+    if rec is None or problems:
+        return None
+    ok = all(isinstance(rec.get(k), int) and 0 <= rec[k] < _MAX_INDEX for k in ("rank", "step"))
+    return rec if ok and rec.get("wall_ms") is not None and rec["wall_ms"] >= 0 else None
 
 
 def profiled_step_times(analysis: Analysis) -> tuple[StepTime, ...]:

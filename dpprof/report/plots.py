@@ -26,6 +26,9 @@ from dpprof.report.svg import (
 
 #: Above this many (device, step) rows the breakdown shows the mean step per device instead.
 MAX_STEP_ROWS = 36
+#: Above this many ranks the step-time plot shows, per step, the median over ranks and the min-max band
+#: (one line per rank of 3,000 ranks took minutes to draw and could not be read).
+MAX_RANK_SERIES = 8
 
 
 @dataclass(frozen=True)
@@ -221,11 +224,16 @@ def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
     # A histogram says little about a handful of steps: it is drawn from 8 steps on.
     hist = len(values) >= 8
     kw: dict[str, Any] = {"ncols": 2, "gridspec_kw": {"width_ratios": [3, 1]}, "sharey": True} if hist else {"ncols": 1}
+    by_rank: dict[int, list[StepTime]] = defaultdict(list)
+    for t in times:
+        by_rank[t.rank].append(t)
     with figure(FIG_W, 3.4, squeeze=False, **kw) as (fig, axes):
         ax = axes[0][0]
-        for i, r in enumerate(ranks):
+        if len(ranks) > MAX_RANK_SERIES:
+            _rank_band(ax, by_rank)
+        for i, r in enumerate(ranks if len(ranks) <= MAX_RANK_SERIES else ()):
             color = SERIES_COLORS[i % len(SERIES_COLORS)]
-            mine = sorted((t for t in times if t.rank == r), key=lambda t: t.step)
+            mine = sorted(by_rank[r], key=lambda t: t.step)
             ax.plot([t.step for t in mine], [t.wall_ms for t in mine], color=color, linewidth=0.8, alpha=0.6)
             plain = [t for t in mine if not t.profiled]
             prof = [t for t in mine if t.profiled]
@@ -248,4 +256,28 @@ def step_time_distribution(times: Sequence[StepTime], source: str) -> Plot:
             axes[0][1].set_xlabel("steps")
         fig.tight_layout()
         note = f"{len(values)} steps from {source}; median {median:.2f} ms (dashed line)."
+        if len(ranks) > MAX_RANK_SERIES:
+            note += f" {len(ranks)} ranks: per step, the median over ranks and the band from fastest to slowest."
         return Plot(key, title, to_svg(fig, key, title), note)
+
+
+def _rank_band(ax: Any, by_rank: Mapping[int, Sequence[StepTime]]) -> None:
+    """Per step: median wall time over the ranks (line), fastest to slowest rank (band), profiled steps marked."""
+    per_step: dict[int, list[float]] = defaultdict(list)
+    profiled: set[int] = set()
+    for mine in by_rank.values():
+        for t in mine:
+            per_step[t.step].append(t.wall_ms)
+            if t.profiled:
+                profiled.add(t.step)
+    steps = sorted(per_step)
+    lo = [min(per_step[k]) for k in steps]
+    hi = [max(per_step[k]) for k in steps]
+    mid = [sorted(per_step[k])[len(per_step[k]) // 2] for k in steps]
+    color = SERIES_COLORS[0]
+    ax.fill_between(steps, lo, hi, color=color, alpha=0.25, linewidth=0, label=f"{len(by_rank)} ranks: min–max")
+    ax.plot(steps, mid, color=color, linewidth=1.0, marker="o", markersize=3, label="median over ranks")
+    marked = [(k, m) for k, m in zip(steps, mid, strict=True) if k in profiled]
+    if marked:
+        ax.scatter([k for k, _ in marked], [m for _, m in marked], s=30, facecolors="none", edgecolors="#e4572e",
+                   linewidths=1.2, label="profiler on (slower)")

@@ -34,6 +34,9 @@ _KIND_OF_CAT: dict[str, int] = {
 ROW_COLUMNS = ("kind", "name_id", "ts", "dur", "tid", "device", "stream", "correlation", "external_id", "nbytes")
 
 _get = attrgetter
+#: The device of a GPU event whose id does not fit (below -1, beyond int32): the loader skips and counts it.
+BAD_DEVICE = -2
+_INT32_MAX = 2**31 - 1
 _is_event = partial(is_, Event)
 
 
@@ -113,6 +116,12 @@ def _extras(args: list[Any], gpu_list: list[int], names: list[str], name_id: np.
                   np.array([dev(args[i].to_device) for i in peer], dtype=np.int32))
 
 
+def _pid_device(pid: Any) -> int:
+    if not isinstance(pid, int):
+        return -1
+    return pid if 0 <= pid <= _INT32_MAX else BAD_DEVICE
+
+
 @dataclass
 class Chunk:
     """Columns of a slice of the events; ``names``/``tids`` are the slice's own tables."""
@@ -158,9 +167,9 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     dev = _opt_int(list(map(_get("device"), gargs)))
     if np.any(dev < 0):  # no args.device: the GPU pid is the device (Kineto's "GPU N" processes use pid N)
         pid = [xs[i].pid for i in gpu_list]
-        dev = np.where(dev >= 0, dev, [p if isinstance(p, int) else -1 for p in pid])
+        dev = np.where(dev >= 0, dev, [_pid_device(p) for p in pid])
     device = np.full(n, -1, dtype=np.int32)
-    device[gpu] = dev
+    device[gpu] = np.where((dev >= -1) & (dev <= _INT32_MAX), dev, BAD_DEVICE)  # no wrap-around into int32
     extras = _extras(args, gpu_list, names, name_id)
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
     cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
@@ -168,12 +177,12 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     n_bad = int(n - np.count_nonzero(good))
     if n_bad:
         cols = {k: v[good] for k, v in cols.items()}
-        extras = _renumber(extras, good)
+        extras = renumber(extras, good)
     return Chunk(cols, names, tids, events=len(events) + skipped, skipped=skipped + n_bad, tolerant=tolerant,
                  extras=extras)
 
 
-def _renumber(x: Extras, good: np.ndarray) -> Extras:
+def renumber(x: Extras, good: np.ndarray) -> Extras:
     """The extras of the rows kept by ``good``, with their new row numbers."""
     new = np.cumsum(good) - 1
     keep_c = good[x.coll_row] if len(x.coll_row) else np.zeros(0, bool)

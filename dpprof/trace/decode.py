@@ -16,23 +16,20 @@ events, the file is read whole and split the slow way (``list[msgspec.Raw]``: on
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeAlias, Union, cast
+from typing import Any, TypeAlias, Union
 
 import msgspec
 
 from dpprof.errors import TraceError
+from dpprof.fileio import open_input, read_input
+from dpprof.trace.inflate import GZIP_MAGIC, PIECE_BYTES, gunzip, gunzip_pieces, inflate_limit
 
-try:  # python-isal's inflate is ~2.5x faster than zlib's, same output; zlib (gzip module) without it
-    from isal import isal_zlib
-except ImportError:  # pragma: no cover - depends on the environment
-    isal_zlib = None  # type: ignore[assignment]
-_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, *((isal_zlib.error,) if isal_zlib else ()))
+#: JSON text as read: bytes, or the bytearray an inflated gzip file grew into (never copied to bytes).
+Buffer: TypeAlias = bytes | bytearray
 
 
 class _Args(msgspec.Struct, gc=False):
@@ -132,7 +129,6 @@ class _RawTrace(Trace):
 CHUNK_EVENTS = 4_000
 #: JSON bytes per chunk on the streaming split (about 4,500 Kineto events of ~230 bytes); bytes per read.
 CHUNK_BYTES = 1 << 20
-PIECE_BYTES = 1 << 20
 _TAIL_BYTES = 1 << 16
 _RAW_DECODER = msgspec.json.Decoder(_RawTrace)
 _CHUNK_DECODER = msgspec.json.Decoder(list[_AnyEvent])
@@ -143,70 +139,39 @@ _EVENTS_OPEN = re.compile(rb'"traceEvents"[ \t\r\n]*:[ \t\r\n]*\[')
 _FIRST_EVENT = re.compile(rb"\[([ \t\r]*\n[ \t\r\n]*)\{")
 
 
-def read_bytes(path: Path) -> bytes:
-    """Raw JSON bytes of a trace, gunzipped when the file is gzip (by magic, not by name)."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = _gunzip(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise TraceError(f"{path}: not a readable gzip file ({exc})") from None
+def read_bytes(path: Path, max_inflate: int | None = None) -> Buffer:
+    """Raw JSON bytes of a trace, gunzipped when the file is gzip (by magic, not by name).
+
+    Only a regular file is read; a gzip file inflates at most to ``inflate_limit`` (``dpprof.trace.inflate``).
+    """
+    data = read_input(path, TraceError)
+    raw: Buffer = gunzip(data, inflate_limit(len(data), max_inflate), path) if data[:2] == GZIP_MAGIC else data
     if raw[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (editors on Windows) is not JSON
         raw = raw[3:]
     return raw
 
 
-def _gunzip(raw: bytes) -> bytes:
-    if isal_zlib is None:
-        return gzip.decompress(raw)
-    try:
-        d = isal_zlib.decompressobj(31)  # 31: gzip header and trailer
-        out = d.decompress(raw)
-    except cast("type[Exception]", isal_zlib.error) as exc:  # isal's stub declares ``error`` as an instance
-        raise zlib.error(str(exc)) from None  # one error type for read_bytes to catch
-    if not d.eof:
-        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-    # Several gzip members (or bytes after the first): rare, and the gzip module's rules apply to them.
-    return out if not d.unused_data else gzip.decompress(raw)
-
-
 class NotStreamable(Exception):
-    """The file cannot be split while it is read (not newline-separated, not one gzip member, unreadable...)."""
+    """The file cannot be split while it is read (not newline-separated, unreadable...)."""
 
 
-def _pieces(path: Path) -> Iterator[bytes]:
+def _pieces(path: Path, max_inflate: int | None) -> Iterator[bytes]:
     """The file's JSON text, PIECE_BYTES at a time (gunzipped as it is read when the file is gzip)."""
-    try:
-        with open(path, "rb") as fh:
+    with open_input(path, TraceError) as fh:
+        try:
             first = fh.read(PIECE_BYTES)
-            if first[:2] != b"\x1f\x8b":
+            if first[:2] != GZIP_MAGIC:
                 while first:
                     yield first
                     first = fh.read(PIECE_BYTES)
                 return
             compressed = first + fh.read()
-    except OSError:
-        raise NotStreamable from None
-    d = (isal_zlib or zlib).decompressobj(31)  # 31: gzip header and trailer
-    data = compressed
-    try:
-        while True:
-            out = d.decompress(data, PIECE_BYTES)
-            data = d.unconsumed_tail
-            if not out and not data:
-                break
-            yield out
-    except _INFLATE_ERRORS:
-        raise NotStreamable from None
-    if not d.eof or d.unused_data:  # cut short, or several members: read_bytes has the gzip module's rules
-        raise NotStreamable
+        except OSError:
+            raise NotStreamable from None
+    yield from gunzip_pieces(compressed, inflate_limit(len(compressed), max_inflate), path, PIECE_BYTES)
 
 
-def split_stream(path: Path) -> Iterator[tuple[bool, Any]]:
+def split_stream(path: Path, max_inflate: int | None = None) -> Iterator[tuple[bool, Any]]:
     """Read the file and cut its ``traceEvents`` into JSON arrays of whole events as it goes.
 
     Yields (False, array) per chunk, then once (True, document holding the metadata and the last events).
@@ -215,7 +180,7 @@ def split_stream(path: Path) -> Iterator[tuple[bool, Any]]:
     ``msgspec.DecodeError`` (see the module docstring). Memory: about two chunks of text, not the file.
     """
     pending = bytearray()
-    pieces = _pieces(path)
+    pieces = _pieces(path, max_inflate)
     head = b""
     for piece in pieces:  # the metadata before the events: a few kB in Kineto traces
         pending += piece
@@ -264,10 +229,37 @@ def split_stream(path: Path) -> Iterator[tuple[bool, Any]]:
     # wins for msgspec) can only be in this last part.
     if pending.find(_EVENTS_KEY) >= 0:
         raise NotStreamable
-    yield True, head + pending
+    doc = head + pending
+    ensure_complete(doc, path)  # the events before it decoded: a cut here is the file's end
+    yield True, doc
 
 
-def decode_head(doc: bytes) -> _RawTrace:
+class _Nothing(msgspec.Struct):
+    """Decoding into a Struct without fields checks the whole JSON text and builds nothing."""
+
+
+_CHECK_DECODER = msgspec.json.Decoder(_Nothing)
+
+
+def ensure_complete(doc: Buffer, path: Path) -> None:
+    """TraceError when the JSON object in ``doc`` ends before the document does (a cut-short file).
+
+    Scans the text without building it (~1 GB/s), so a truncated 800 MB trace costs its text, not the
+    gigabytes of Python objects a full decode would build before reaching the cut. Other faults (NaN
+    literals, a bare array) are left to the decoders.
+    """
+    try:
+        _CHECK_DECODER.decode(doc)
+    except msgspec.ValidationError:
+        return  # not an object at the top (Chrome's array form): the generic decode judges it
+    except msgspec.DecodeError as exc:
+        if "truncated" in str(exc):
+            raise TraceError(f"{path}: not valid JSON (truncated: the text ends inside the document)") from None
+    except RecursionError:
+        return
+
+
+def decode_head(doc: Buffer) -> _RawTrace:
     """The metadata and the remaining events (as Raw views) of a document. Raises msgspec errors."""
     return _RAW_DECODER.decode(doc)
 
@@ -286,8 +278,9 @@ def decode_chunk(buf: bytes | memoryview) -> tuple[list[Any], int, bool]:
         return events, bad, True
 
 
-def decode_tolerant(path: Path, raw: bytes) -> tuple[Trace, list[Any], int]:
+def decode_tolerant(path: Path, raw: Buffer) -> tuple[Trace, list[Any], int]:
     """Generic decode, then convert each event on its own with lax typing ("12" -> 12)."""
+    ensure_complete(raw, path)
     try:
         data = msgspec.json.decode(raw)
     except (msgspec.DecodeError, RecursionError):
@@ -334,9 +327,9 @@ def convert_tolerant(raw_events: list[Any]) -> tuple[list[Any], int]:
     return events, bad
 
 
-def decode_flows(path: Path) -> list[Any]:
+def decode_flows(path: Path, max_inflate: int | None = None) -> list[Any]:
     """Every event of the file, flow events with their fields ([] when the file does not decode)."""
     try:
-        return _FLOW_DECODER.decode(read_bytes(path)).traceEvents or []
+        return _FLOW_DECODER.decode(read_bytes(path, max_inflate)).traceEvents or []
     except msgspec.DecodeError:
         return []

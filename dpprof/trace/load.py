@@ -32,6 +32,7 @@ import numpy as np
 from dpprof.errors import TraceError
 from dpprof.trace import decode as D
 from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's public names)
+    BAD_DEVICE,
     GPU_KINDS,
     K_CPU_OP,
     K_GPU_ANN,
@@ -43,12 +44,14 @@ from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's publ
     K_RUNTIME,
     K_USER_ANN,
     KIND_NAMES,
+    ROW_COLUMNS,
     Chunk,
     Extras,
     chunk_columns,
     is_gpu,
     merge,
     merge_extras,
+    renumber,
 )
 from dpprof.trace.decode import read_bytes  # noqa: F401 (re-exported)
 
@@ -90,28 +93,33 @@ class RankTrace:
     tolerant: bool = False  # True when the typed decode failed and the slow path ran
     #: Sparse collective metadata and peer-copy ends (``columns.Extras``).
     extras: Extras = field(default_factory=Extras.empty)
+    #: (code, message, count) of what the loader skipped beyond damaged events: outliers, unknown devices.
+    notes: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-def load_trace(path: str | Path) -> RankTrace:
-    """Load one trace file into columns. Raises TraceError (one line) when it cannot be read at all."""
+def load_trace(path: str | Path, max_inflate: int | None = None) -> RankTrace:
+    """Load one trace file into columns. Raises TraceError (one line) when it cannot be read at all.
+
+    ``max_inflate``: most bytes a gzip file may inflate to (default ``dpprof.trace.inflate.inflate_limit``).
+    """
     gc_was_on = gc.isenabled()
     gc.disable()  # millions of new objects, no cycles: collector passes would only cost time
     try:
-        return _load(Path(path))
+        return _load(Path(path), max_inflate)
     finally:
         if gc_was_on:
             gc.enable()
 
 
-def _load(path: Path) -> RankTrace:
+def _load(path: Path, max_inflate: int | None) -> RankTrace:
     full_events: list[Any] | None = None
-    raw: bytes | None = None
+    raw: D.Buffer | None = None
     try:
-        doc, chunks, raw = _decode_chunks(path)
+        doc, chunks, raw = _decode_chunks(path, max_inflate)
         tolerant = any(c.tolerant for c in chunks)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         # Not the shape expected (or NaN literals, which msgspec rejects): decode generically.
-        doc, full_events, bad = D.decode_tolerant(path, raw if raw is not None else read_bytes(path))
+        doc, full_events, bad = D.decode_tolerant(path, raw if raw is not None else read_bytes(path, max_inflate))
         chunks = [chunk_columns(full_events, bad)]
         tolerant = True
     del raw  # the JSON text is not needed once decoded
@@ -128,19 +136,23 @@ def _load(path: Path) -> RankTrace:
         raise TraceError(f"{path}: no complete events with a usable time (only metadata, or every event damaged)")
     rt.tolerant = tolerant
     if np.any(rt.correlation[is_gpu(rt.kind)] < 0):
-        _add_flows(rt, path, full_events)
+        _add_flows(rt, path, full_events, max_inflate)
     _fill_metadata(rt, doc)
+    _drop_outliers(rt)
+    _drop_unknown_devices(rt, doc)
+    if len(rt.ts) == 0:
+        raise TraceError(f"{path}: no complete events with a usable time or device (every event skipped)")
     return rt
 
 
-def _decode_chunks(path: Path) -> tuple[D.Trace, list[Chunk], bytes | None]:
+def _decode_chunks(path: Path, max_inflate: int | None) -> tuple[D.Trace, list[Chunk], D.Buffer | None]:
     """(metadata, columns per chunk of events, the file's text when it had to be read whole).
 
     Raises msgspec errors (and TraceError, unreadable file) when the file is not the shape expected.
     """
     chunks: list[Chunk] = []
     try:
-        for last, buf in D.split_stream(path):
+        for last, buf in D.split_stream(path, max_inflate):
             if last:
                 doc = D.decode_head(buf)
             else:
@@ -149,7 +161,8 @@ def _decode_chunks(path: Path) -> tuple[D.Trace, list[Chunk], bytes | None]:
     except (D.NotStreamable, msgspec.DecodeError):
         # Not splittable while reading (or a cut fell inside an event, or the JSON is bad): read it whole and
         # split the events without decoding them (Raw views into ``raw``).
-        raw = read_bytes(path)
+        raw = read_bytes(path, max_inflate)
+        D.ensure_complete(raw, path)  # a cut-short file: one line now, not after decoding all of it
         chunks = []
         doc = D.decode_head(raw)
     raws = doc.traceEvents or []
@@ -159,10 +172,10 @@ def _decode_chunks(path: Path) -> tuple[D.Trace, list[Chunk], bytes | None]:
     return doc, chunks, raw  # a _RawTrace, whose metadata fields are Trace's
 
 
-def _add_flows(rt: RankTrace, path: Path, events: list[Any] | None) -> None:
+def _add_flows(rt: RankTrace, path: Path, events: list[Any] | None, max_inflate: int | None) -> None:
     """Read the ``ac2g`` flow events (only when some GPU event has no correlation id: rare)."""
     if events is None:
-        events = D.decode_flows(path)
+        events = D.decode_flows(path, max_inflate)
     flows = [e for e in events if (e.__class__ is D.FLOW_START or e.__class__ is D.FLOW_END) and e.cat == "ac2g"]
     fts = np.array(list(map(_get("ts"), flows)), dtype=np.float64)
     fid = np.array([_int_or(e.id) for e in flows], dtype=np.int64)
@@ -202,3 +215,50 @@ def clock_offset_us(rt: RankTrace) -> float:
     """Add to a ts of this trace to get epoch µs (0 when the trace has absolute µs)."""
     return (rt.base_time_ns or 0) / 1000.0
 
+
+
+#: Events further than this from the trace's median time, or longer than it, are absurd for a profile
+#: (~28 hours; a profiler window lasts seconds to minutes): skipped and counted, so one event at ts 1e300
+#: can neither stretch a step nor rescale the trace.
+OUTLIER_US = 1e11
+#: Device ids a trace may use when it has no deviceProperties (CUDA/ROCm indices on one machine).
+MAX_DEVICES = 1024
+
+
+def _keep_rows(rt: RankTrace, keep: np.ndarray) -> None:
+    for name in ROW_COLUMNS:
+        setattr(rt, name, getattr(rt, name)[keep])
+    rt.extras = renumber(rt.extras, keep)
+
+
+def _drop_outliers(rt: RankTrace) -> None:
+    if not len(rt.ts):
+        return
+    mid = float(np.median(rt.ts))
+    keep = (np.abs(rt.ts - mid) <= OUTLIER_US) & (rt.dur <= OUTLIER_US)
+    n = len(keep) - int(np.count_nonzero(keep))
+    if n:
+        _keep_rows(rt, keep)
+        rt.notes.append(("skipped_outliers", f"{n} events skipped: ts more than {OUTLIER_US:.0e} µs from the "
+                         f"trace's median time, or dur above it (absurd for a profile)", n))
+    flows = np.abs(rt.flow_ts - mid) <= OUTLIER_US
+    if not flows.all():
+        rt.flow_ts, rt.flow_id, rt.flow_tid, rt.flow_start = (a[flows] for a in (
+            rt.flow_ts, rt.flow_id, rt.flow_tid, rt.flow_start))
+
+
+def _drop_unknown_devices(rt: RankTrace, doc: D.Trace) -> None:
+    """Skip GPU activities on a device the trace does not describe (deviceProperties, else ids 0-1023)."""
+    listed = {p.id for p in doc.deviceProperties or [] if p.id is not None and 0 <= p.id < MAX_DEVICES}
+    known = np.array(sorted(listed) if listed else range(MAX_DEVICES), dtype=np.int64)
+    gpu = is_gpu(rt.kind)
+    bad = gpu & (rt.device != -1) & ~np.isin(rt.device, known)
+    n = int(np.count_nonzero(bad))
+    if n:
+        ids = sorted({int(d) for d in rt.device[bad][:1000]})
+        _keep_rows(rt, ~bad)
+        where = "deviceProperties" if listed else f"0-{MAX_DEVICES - 1} (no deviceProperties)"
+        shown = ", ".join("out of range" if d == BAD_DEVICE else str(d) for d in ids[:5]) + (
+            ", ..." if len(ids) > 5 else "")
+        rt.notes.append(("skipped_unknown_devices", f"{n} GPU activities skipped: device id(s) {shown} not "
+                         f"among the trace's devices ({where})", n))

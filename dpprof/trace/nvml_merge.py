@@ -23,7 +23,6 @@ A rank no rule places gets a copy without counters and a warning.
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,12 +39,15 @@ from dpprof.rundir import (
     MERGED_DIR,
     NODES_DIR,
     TRACES_DIR,
-    is_trace_file,
     rank_from_name,
+    read_checked,
     read_json,
     read_manifest,
+    resolve_inputs,
     write_json,
 )
+from dpprof.schema import NODE as NODE_SPEC
+from dpprof.trace.decode import Buffer, read_bytes
 from dpprof.trace.nvml_samples import GpuSamples, NvmlData, node_from_name, read_nvml
 
 #: (sample field, counter event name): one Perfetto track per field. utilization.gpu is labelled with
@@ -92,19 +94,13 @@ class TraceSpan:
     events: int
 
 
-def _read_raw(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise TraceError(f"cannot read {path}: {exc}") from None
-
-
-def _decode(raw: bytes, path: Path) -> dict[str, Any]:
+def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise TraceError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise TraceError(f"{path}: JSON nested too deeply to read (recursion limit)") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("traceEvents"), list):
         raise TraceError(f"{path}: not a Chrome/Kineto trace (no traceEvents list)")
     return obj
@@ -175,7 +171,7 @@ def counter_lines(gpu: GpuSamples, pid: int, span: TraceSpan) -> tuple[list[byte
     return out, n_in, len(gpu) - n_in
 
 
-def insert_events(raw: bytes, lines: list[bytes], path: Path) -> bytes:
+def insert_events(raw: Buffer, lines: list[bytes], path: Path) -> Buffer:
     """``raw`` with ``lines`` inserted as the first elements of its top-level traceEvents array."""
     if not lines:
         return raw
@@ -200,38 +196,36 @@ def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...]) -> Callable[[int
     """rank -> node key of its NVML file, by the rules in the module docstring."""
     by_rank: dict[int, str] = {}
     nodes_dir = run_dir / NODES_DIR
-    if nodes_dir.is_dir():
+    if nodes_dir.is_dir() and not nodes_dir.is_symlink():
         for f in sorted(nodes_dir.glob("*.json")):
-            node = read_json(f)
-            if isinstance(node, dict) and isinstance(node.get("ranks"), list):
+            node, _ = read_checked(f, NODE_SPEC)
+            if node is not None and isinstance(node.get("ranks"), list):
                 key = _node_of_file(node.get("nvml_file")) or str(node.get("node_key") or f.stem)
                 by_rank.update({r: key for r in node["ranks"] if _int(r) is not None})
     only = nvml_nodes[0] if len(nvml_nodes) == 1 else None
-    by_formula: dict[int, str] = {}
     manifest = read_manifest(run_dir) or {}
     nproc = _int((manifest.get("config") or {}).get("nproc"))
-    for node in manifest.get("nodes") or []:
-        node_rank = _int(node.get("node_rank")) if isinstance(node, dict) else None
-        if node_rank is None or not nproc:
-            continue
-        key = Path(str(node.get("file"))).stem if node.get("file") else str(node.get("host"))
-        by_formula.update({r: key for r in range(node_rank * nproc, (node_rank + 1) * nproc)})
+    # (first rank, ranks, node key) per node: ranges, not one entry per rank (a manifest may say nproc 1e9).
+    blocks = [(n["node_rank"] * nproc, nproc, Path(n["file"]).stem if n.get("file") else str(n.get("host")))
+              for n in manifest.get("nodes") or [] if _int(n.get("node_rank")) is not None and nproc]
 
     def node_of(rank: int | None) -> str | None:
         if rank is not None and rank in by_rank:
             return by_rank[rank]
         if only is not None:
             return only
-        return by_formula.get(rank) if rank is not None else None
+        return next((key for first, n, key in blocks if rank is not None and first <= rank < first + n), None)
 
     return node_of
 
 
-def merge_trace(source: Path, output: Path, nvml: NvmlData,
-                node_of: Callable[[int | None], str | None]) -> MergeResult:
+def merge_trace(source: Path, output: Path, nvml: NvmlData, node_of: Callable[[int | None], str | None],
+                max_inflate: int | None = None, within: Path | None = None) -> MergeResult:
     """Write ``output``: ``source`` plus counters from the samples of the trace's GPUs on the node
-    ``node_of(rank)`` names (rank from the trace's distributedInfo, else its file name)."""
-    raw = _read_raw(source)
+    ``node_of(rank)`` names (rank from the trace's distributedInfo, else its file name).
+
+    ``within``: the run directory ``output`` must stay inside (no link followed below it)."""
+    raw = read_bytes(source, max_inflate)
     obj = _decode(raw, source)
     span = scan_trace(obj, source)
     node = node_of(span.rank)
@@ -259,17 +253,25 @@ def merge_trace(source: Path, output: Path, nvml: NvmlData,
         check = _decode(merged, output)
         if len(check["traceEvents"]) != span.events + len(lines):
             raise TraceError(f"{source}: inserting NVML counters did not give a valid trace")
-    write_bytes_atomic(output, merged)
+    write_bytes_atomic(output, merged, within=within)
     return MergeResult(source=source, output=output, rank=span.rank, node=node, devices=span.devices,
                        counters=len(lines), samples_in_range=n_in, samples_out_of_range=n_out,
                        warnings=tuple(warnings))
 
 
-def merge_run_detailed(run_dir: Path) -> tuple[list[MergeResult], NvmlData]:
-    """Merge every rank trace of ``run_dir``; DpprofError when there are no traces or no samples."""
+def merge_run_detailed(run_dir: Path, max_inflate: int | None = None) -> tuple[list[MergeResult], NvmlData]:
+    """Merge every rank trace of ``run_dir``; DpprofError when there are no traces or no samples.
+
+    ``RUN/merged/`` is created inside the run: a ``merged`` that is a link (to anywhere) is refused.
+    """
     run_dir = Path(run_dir)
     traces_dir = run_dir / TRACES_DIR
-    traces = sorted(p for p in traces_dir.iterdir() if is_trace_file(p)) if traces_dir.is_dir() else []
+    try:
+        traces = list(resolve_inputs([run_dir]).traces) if traces_dir.is_dir() else []
+    except DpprofError as exc:
+        if "no trace files" not in str(exc):
+            raise
+        traces = []
     if not traces:
         raise DpprofError(f"{run_dir}: no rank traces in {traces_dir}")
     nvml = read_nvml(run_dir)
@@ -277,25 +279,29 @@ def merge_run_detailed(run_dir: Path) -> tuple[list[MergeResult], NvmlData]:
         why = nvml.warnings[0] if nvml.warnings else "the NVML files hold no samples"
         raise DpprofError(f"{run_dir}: no NVML samples to merge ({why})")
     node_of = nodes_for_ranks(run_dir, nvml.nodes)
-    results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of) for path in traces]
+    results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of, max_inflate, within=run_dir)
+               for path in traces]
     _list_in_manifest(run_dir)
     return results, nvml
 
 
 def _list_in_manifest(run_dir: Path) -> None:
-    """Record the merged files in ``manifest.json``'s ``files.merged`` (when there is a manifest)."""
-    manifest = read_manifest(run_dir)
-    if manifest is None:
+    """Record the merged files in ``manifest.json``'s ``files.merged`` (when there is a manifest).
+
+    The manifest is read as it is, not type-checked: the rewrite must not drop the fields it does not touch.
+    """
+    manifest = read_json(run_dir / MANIFEST)
+    if not isinstance(manifest, dict):
         return
     merged = sorted(str(p.relative_to(run_dir)) for p in (run_dir / MERGED_DIR).glob("*.pt.trace.json*")
                     if not p.name.startswith("."))
     files = manifest.get("files")
     files = files if isinstance(files, dict) else {}
     manifest["files"] = {**files, "merged": merged}
-    write_json(run_dir / MANIFEST, manifest)
+    write_json(run_dir / MANIFEST, manifest, within=run_dir, replace_input=True)  # a deliberate rewrite
 
 
-def merge_run(run_dir: Path) -> list[Path]:
+def merge_run(run_dir: Path, max_inflate: int | None = None) -> list[Path]:
     """Write ``RUN/merged/<trace name>`` for every rank trace of ``run_dir``; the paths written."""
-    results, _ = merge_run_detailed(run_dir)
+    results, _ = merge_run_detailed(run_dir, max_inflate)
     return [r.output for r in results]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from dpprof.errors import DpprofError
@@ -12,23 +11,27 @@ HELP = "write RUN/merged/: each rank trace plus the NVML samples as counter trac
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    from dpprof.trace.inflate import add_read_options
+
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory written by `dpprof profile`")
+    add_read_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpprof.term import echo
     from dpprof.trace.nvml_merge import merge_run_detailed
 
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         raise DpprofError(f"{run_dir}: not a directory")
-    results, nvml = merge_run_detailed(run_dir)
+    results, nvml = merge_run_detailed(run_dir, args.max_inflate)
     for note in nvml.warnings:
-        print(f"warning: NVML: {note}", file=sys.stderr)
+        echo(f"warning: NVML: {note}", err=True)
     for r in results:
         gpus = ", ".join(f"GPU {d}" for d in r.devices) or "no GPU"
-        print(f"{r.output}: rank {r.rank if r.rank is not None else '?'}, {r.counters} counter events from "
-              f"{r.samples_in_range} samples of {r.node or '?'} ({gpus}); "
-              f"{r.samples_out_of_range} samples outside the trace's span left out")
+        echo(f"{r.output}: rank {r.rank if r.rank is not None else '?'}, {r.counters} counter events from "
+             f"{r.samples_in_range} samples of {r.node or '?'} ({gpus}); "
+             f"{r.samples_out_of_range} samples outside the trace's span left out")
         for note in r.warnings:
-            print(f"warning: {note}", file=sys.stderr)
+            echo(f"warning: {note}", err=True)
     return 0

@@ -21,6 +21,8 @@ import msgspec
 import numpy as np
 
 from dpprof.errors import DpprofError
+from dpprof.fileio import read_input
+from dpprof.schema import INT, NUM, STR, check_file
 
 #: Sample fields the reader turns into arrays (float64, NaN for null); others are ignored.
 FIELDS: tuple[str, ...] = (
@@ -28,6 +30,12 @@ FIELDS: tuple[str, ...] = (
     "pcie_tx_kbps", "pcie_rx_kbps", "clock_event_reasons",
 )
 PATTERN = "nvml*.jsonl"
+_INT64 = 2**63
+#: The header fields this reader uses (dpprof.schema: a field of the wrong type is left out and named).
+HEADER_SPEC: dict[str, Any] = {
+    "host": STR, "period_ms": NUM, "warnings": [STR],
+    "gpus": [{"nvml_index": INT, "cuda_index": INT, "uuid": STR, "name": STR}],
+}
 
 #: Bits of ``clock_event_reasons``: why NVML says the clocks are below their maximum. Values and NVML names
 #: from nvidia-ml-py 13.615.71 (``pynvml.nvmlClocksEventReason*``; the deprecated ``nvmlClocksThrottleReason*``
@@ -141,6 +149,13 @@ def node_from_name(path: Path) -> str:
     return stem[len("nvml."):] if stem.startswith("nvml.") else stem
 
 
+def _decode_any(line: bytes) -> Any:
+    try:
+        return msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -171,11 +186,8 @@ _values = attrgetter(*FIELDS)
 
 
 def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
-    """Parse one file. Raises DpprofError only when it cannot be opened at all."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DpprofError(f"cannot read {path}: {exc.strerror or exc}") from None
+    """Parse one file. Raises DpprofError only when it cannot be opened at all (or is not a regular file)."""
+    raw = read_input(path)
     header: dict[str, Any] = {}
     warnings: list[str] = []
     bad = 0
@@ -194,10 +206,12 @@ def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
             else:
                 bad += 1
             continue
-        if obj.type == "sample" and obj.t_ns is not None:
+        if obj.type == "sample" and obj.t_ns is not None and 0 <= obj.t_ns < _INT64:
             rows.setdefault((obj.cuda_index, obj.nvml_index), []).append(obj)
         elif obj.type == "header" and not header:
-            header = msgspec.json.decode(line)
+            checked, problems = check_file(_decode_any(line), HEADER_SPEC, f"{path.name} header")
+            header = checked or {}
+            warnings.extend(problems)
             warnings.extend(w for w in header.get("warnings") or [] if isinstance(w, str))
         elif obj.type == "warning" and obj.message is not None:
             warnings.append(obj.message)
@@ -241,7 +255,8 @@ def read_nvml(run_dir: Path) -> NvmlData:
     if run_dir.is_file():
         paths = [run_dir]
     elif run_dir.is_dir():
-        paths = sorted(p for p in run_dir.glob(PATTERN) if p.is_file())
+        # Not only regular files: a FIFO among them is refused by read_input (it would block), not skipped.
+        paths = sorted(p for p in run_dir.glob(PATTERN) if p.exists() and not p.is_dir())
     else:
         raise DpprofError(f"{run_dir}: no such file or directory")
     if not paths:

@@ -29,7 +29,8 @@ import pytest
 
 from dpprof.analyze.model import CATEGORIES
 from dpprof.cli import main
-from tests.data.bad.generate import CASES, DAMAGED, LARGE, case_dir, write_case
+from dpprof.trace import inflate
+from tests.data.bad.generate import CASES, DAMAGED, LARGE, case_dir, case_files, write_case
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREADABLE = r"not (valid |a )?(json|trace)|invalid|malformed|cannot (read|parse|decode)|decod|corrupt"
@@ -102,7 +103,27 @@ EXPECT: dict[str, Ok | Err] = {
     "clock_offsets": Ok(ranks=2),
     "no_distinfo_two_files": Ok(("no_distributed_info",), ranks=2),
     "one_good_one_empty": Ok((r"unreadable|skipped_(file|trace|rank)|bad_trace|empty|trace_error|missing",)),
+    # hostile and careless input (cases_hostile.py): printed escaped, skipped and counted, bounded
+    "terminal_escapes": Ok(same_as_control=True),
+    "rich_markup": Ok(same_as_control=True),
+    "ts_outliers": Ok(("outlier",), counted=2 * DAMAGED, same_as_control=True),
+    "device_ids_unknown": Ok(("unknown_device",), counted=4, same_as_control=True),
+    "pid_huge": Ok(("unknown_device",), counted=DAMAGED, same_as_control=True),
+    "world_size_huge": Ok(("missing_ranks",), counted=10**9 - 1, same_as_control=True),
+    "rank_huge": Ok(),
+    "corrupt_deflate": Err(r"gzip|corrupt|compress|" + UNREADABLE),
+    "gzip_bomb": Err(r"inflat|bomb"),
+    "manifest_wrong_types": Ok(("manifest_fields",), same_as_control=True),
+    "manifest_huge_counts": Ok(("missing_ranks",), same_as_control=True),
+    "sidecars_wrong_types": Ok(same_as_control=True),
+    "manifest_deep": Ok(("no_manifest",), same_as_control=True),
 }
+
+
+@pytest.fixture(autouse=True)
+def small_inflate_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit is max(1 GiB, 50x compressed); the corpus' bomb is 48 MiB, so its floor is 32 MiB here."""
+    monkeypatch.setattr(inflate, "INFLATE_FLOOR_BYTES", 32 << 20)
 
 
 def test_table_covers_corpus() -> None:
@@ -114,11 +135,11 @@ def test_table_covers_corpus() -> None:
 @pytest.mark.parametrize("name", sorted(set(CASES) - LARGE))
 def test_committed_case_matches_generator(name: str, tmp_path: Path) -> None:
     """The committed files are exactly what generate.py writes (so the corpus cannot drift)."""
-    fresh = write_case(name, tmp_path)
-    committed = case_dir(name, tmp_path / "unused")
-    assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in fresh.iterdir())
-    for p in fresh.iterdir():
-        assert (committed / p.name).read_bytes() == p.read_bytes(), f"{name}/{p.name} differs: rerun generate.py"
+    fresh = case_files(write_case(name, tmp_path))
+    committed = case_files(case_dir(name, tmp_path / "unused"))
+    assert sorted(committed) == sorted(fresh)
+    for p, data in fresh.items():
+        assert committed[p] == data, f"{name}/{p} differs: rerun generate.py"
 
 
 def _analyze(folder: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -163,6 +184,7 @@ def test_bad_trace(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = tmp_path / "analysis.json"
     rc, stdout, stderr = _analyze(folder, out, capsys)
     assert "Traceback" not in stderr + stdout
+    assert "\x1b" not in stderr + stdout and "\u202e" not in stderr + stdout, "a control character was printed"
     if isinstance(expect, Err):
         lines = stderr.strip().splitlines()
         assert rc == 2, f"{name}: expected exit 2, got {rc}: {stderr.strip()}"
@@ -176,6 +198,7 @@ def test_bad_trace(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert not out.exists()
         return
     assert rc == 0, f"{name}: expected it to analyze, got exit {rc}: {stderr.strip()}"
+    assert stderr == "", f"{name}: nothing may reach stderr (library warnings included): {stderr!r}"
     # A 4 MiB kernel name (long_name) must not be dumped on the console.
     assert len(stdout) < 200_000
     analysis = json.loads(out.read_text())

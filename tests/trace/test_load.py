@@ -222,3 +222,15 @@ def test_flow_links_gpu_events_without_correlation(tmp_path: Path) -> None:
     assert step.categories_us["dp_scatter"] == pytest.approx(10.0)  # GPU transfer only
     assert step.dp_host_us["dp_scatter"] == pytest.approx(20.0)  # the Scatter op on the host
     assert "unlinked_gpu_events" not in {w.code for w in a.warnings}
+
+
+def test_collective_args_stay_on_their_rows_when_outliers_are_skipped(tmp_path: Path) -> None:
+    """Skipping an absurd event renumbers the rows: the sparse collective args must follow them."""
+    from tests.conftest import FIXTURES
+
+    doc = json.loads(gzip.decompress(FIXTURES["ddp1_nccl_rank0"].read_bytes()))
+    doc["traceEvents"].insert(0, X("aten::add", "cpu_op", 1e300, 1.0))
+    rt = load_trace(write(tmp_path, "t.json", doc))
+    assert len(rt.extras.coll_row) > 0
+    assert {rt.names[rt.name_id[r]] for r in rt.extras.coll_row} == {"record_param_comms"}
+    assert rt.extras.coll["collective"][0] == "broadcast"

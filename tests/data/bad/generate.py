@@ -20,10 +20,10 @@ from types import ModuleType
 if __package__ in (None, ""):  # run as a script: make ``tests`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.data.bad import cases_event, cases_file  # noqa: E402
+from tests.data.bad import cases_event, cases_file, cases_hostile  # noqa: E402
 from tests.data.bad.base import DAMAGED, Files  # noqa: E402
 
-__all__ = ["CASES", "DAMAGED", "HERE", "LARGE", "case_dir", "write_case"]
+__all__ = ["CASES", "DAMAGED", "HERE", "LARGE", "case_dir", "case_files", "write_case"]
 HERE = Path(__file__).resolve().parent
 
 
@@ -33,19 +33,25 @@ def _cases(module: ModuleType) -> dict[str, Callable[[], Files]]:
             if inspect.isfunction(f) and f.__module__ == module.__name__ and not n.startswith("_")}
 
 
-CASES: dict[str, Callable[[], Files]] = {**_cases(cases_file), **_cases(cases_event)}
-#: Generated at test time, never committed (uncompressed: 130 KB to 4 MB each).
+CASES: dict[str, Callable[[], Files]] = {**_cases(cases_file), **_cases(cases_event), **_cases(cases_hostile)}
+#: Generated at test time, never committed (uncompressed: 130 KB to 48 MB each).
 LARGE = frozenset({"deep_nesting_extreme", "long_name", "truncated_json", "top_level_list", "plain_named_gz",
-                   "utf8_bom"})
+                   "utf8_bom", "gzip_bomb", "manifest_deep"})
 
 
 def write_case(name: str, out: Path) -> Path:
-    """Write case ``name`` into ``out/<name>/`` and return that folder."""
+    """Write case ``name`` into ``out/<name>/`` and return that folder (run-directory cases have subfolders)."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     for fname, data in CASES[name]().items():
+        (folder / fname).parent.mkdir(parents=True, exist_ok=True)
         (folder / fname).write_bytes(data)
     return folder
+
+
+def case_files(folder: Path) -> dict[str, bytes]:
+    """Every file of a case folder by its path inside it."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def case_dir(name: str, tmp: Path) -> Path:
@@ -58,7 +64,7 @@ def main(argv: list[str]) -> int:
     for name in CASES:
         if name not in LARGE or out != HERE:
             write_case(name, out)
-    sizes = {p.parent.name: p.stat().st_size for p in out.glob("*/*") if p.is_file()}
+    sizes = {str(p): p.stat().st_size for p in out.glob("*/**/*") if p.is_file()}
     print(json.dumps({"cases": len(CASES), "written_to": str(out), "bytes": sum(sizes.values())}))
     return 0
 
