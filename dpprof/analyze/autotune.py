@@ -29,39 +29,37 @@ _R, _S, _L = 1, 2, 3
 def timed_launches(rt: RankTrace) -> np.ndarray:
     """Bool per row: a kernel launch call of an autotuning loop (see the module docstring)."""
     sym_of_name = np.zeros(len(rt.names) + 1, dtype=np.int8)
-    for i, n in enumerate(rt.names):
-        sym_of_name[i] = _R if n in _RECORD else _S if n in _SYNC else _L if n in _LAUNCH else 0
+    for i, event_name in enumerate(rt.names):
+        sym_of_name[i] = (_R if event_name in _RECORD else _S if event_name in _SYNC
+                          else _L if event_name in _LAUNCH else 0)
     out = np.zeros(len(rt.kind), dtype=bool)
     rows = np.flatnonzero((rt.kind == K_RUNTIME) & (sym_of_name[rt.name_id] > 0))
     if len(rows) < 4 or not np.any(sym_of_name[rt.name_id[rows]] == _S):
         return out
     rows = rows[np.lexsort((rt.ts[rows], rt.tid[rows]))]  # by thread, then time
-    sym, tid, name = sym_of_name[rt.name_id[rows]].tolist(), rt.tid[rows].tolist(), rt.name_id[rows].tolist()
-    start = 0
-    for end in range(1, len(rows) + 1):  # one thread at a time
-        if end < len(rows) and tid[end] == tid[start]:
-            continue
-        _mark(rows[start:end], sym[start:end], name[start:end], out)
-        start = end
+    sym, tid, name = sym_of_name[rt.name_id[rows]], rt.tid[rows], rt.name_id[rows]
+    n = len(rows)
+    idx = np.arange(n)
+    # A bracket closes at c when sym[c] is a record followed by a sync on the same thread; it opens at the last
+    # symbol before c that is not a launch, when that is a record on the same thread.
+    close = np.flatnonzero((sym[:-1] == _R) & (sym[1:] == _S) & (tid[:-1] == tid[1:]))
+    last_non_launch = np.maximum.accumulate(np.where(sym != _L, idx, -1))
+    opening = np.where(close > 0, last_non_launch[np.maximum(close - 1, 0)], -1)
+    ok = (opening >= 0) & (close - opening > 1)
+    ok[ok] = (sym[opening[ok]] == _R) & (tid[opening[ok]] == tid[close[ok]])
+    timed = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(timed, opening[ok] + 1, 1)
+    np.add.at(timed, close[ok], -1)
+    inside = np.cumsum(timed[:n]) > 0
+    out[rows[inside & (sym == _L)]] = True
+    # The candidate's untimed warm-up run: the same launches, in the same order, just before the bracket.
+    sym_l, tid_l, name_l = sym.tolist(), tid.tolist(), name.tolist()
+    prev_close = -1
+    for o, c in zip(opening[ok].tolist(), close[ok].tolist(), strict=True):
+        k = c - o - 1
+        w = o - k
+        if w > prev_close and all(x == _L for x in sym_l[w:o]) and all(t == tid_l[o] for t in tid_l[w:o]) \
+                and name_l[w:o] == name_l[o + 1:c]:
+            out[rows[w:o]] = True
+        prev_close = c + 1
     return out
-
-
-def _mark(rows: np.ndarray, sym: list[int], name: list[int], out: np.ndarray) -> None:
-    last_close = -1  # index of the last bracket's closing sync
-    for j in range(1, len(sym)):
-        if not (sym[j] == _S and sym[j - 1] == _R):
-            continue
-        opening = j - 2
-        while opening > last_close and sym[opening] == _L:
-            opening -= 1
-        if opening <= last_close or sym[opening] != _R:
-            last_close = j
-            continue
-        inside = list(range(opening + 1, j - 1))
-        if inside:
-            out[rows[inside]] = True
-            k = len(inside)
-            before = [i for i in range(max(last_close + 1, opening - k), opening) if sym[i] == _L]
-            if len(before) == k and [name[i] for i in before] == [name[i] for i in inside]:
-                out[rows[before]] = True  # the candidate's untimed warm-up run
-        last_close = j

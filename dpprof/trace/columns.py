@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import partial
 from itertools import compress, count
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from dpprof.trace.decode import NO_ARGS, Event
+from dpprof.trace.decode import NO_ARGS, NO_ARGS_WIDE, Event, EventWide, needs_wide
 
 # Event kinds (what the Kineto category says the event is).
 K_OTHER, K_CPU_OP, K_USER_ANN, K_RUNTIME, K_KERNEL, K_MEMCPY, K_MEMSET, K_GPU_ANN, K_PYTHON = range(9)
@@ -37,7 +36,7 @@ _get = attrgetter
 #: The device of a GPU event whose id does not fit (below -1, beyond int32): the loader skips and counts it.
 BAD_DEVICE = -2
 _INT32_MAX = 2**31 - 1
-_is_event = partial(is_, Event)
+_EVENT_TYPES = frozenset({Event, EventWide})
 
 
 def is_gpu(kind: np.ndarray) -> np.ndarray:
@@ -133,19 +132,24 @@ class Chunk:
     skipped: int
     tolerant: bool = False
     extras: Extras | None = None
+    #: Decoded with the narrow args but it names events whose wide args the analysis reads: decode it again, wide.
+    needs_wide: bool = False
 
 
 def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Chunk:
     """Columns of the complete events among ``events``; ``skipped`` events were already found unusable."""
     types = list(map(type, events))
-    if types.count(Event) == len(events):
+    wide = EventWide in types
+    if types.count(EventWide if wide else Event) == len(events):
         xs = events
     else:  # drop the other phases (flows, metadata) in one C pass
-        xs = list(compress(events, map(_is_event, types)))
+        xs = list(compress(events, map(_EVENT_TYPES.__contains__, types)))
     n = len(xs)
     cat_id, cats = ids([x.cat for x in xs])
     kind = np.array([_KIND_OF_CAT.get((c or "").lower(), K_OTHER) for c in cats] or [0], dtype=np.int8)[cat_id]
     name_id, names = ids([x.name for x in xs])
+    if not wide and needs_wide(names):
+        return Chunk({}, names, [], events=0, skipped=0, needs_wide=True)
     tid, tids = ids([x.tid for x in xs])
     ts = _floats([x.ts for x in xs])  # None -> nan
     dur = _floats([x.dur for x in xs])
@@ -153,7 +157,7 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
     try:
         correlation = _opt_int([a.correlation for a in args])
     except AttributeError:  # events without args (rare in Kineto traces) get an empty one
-        args = [NO_ARGS if a is None else a for a in args]
+        args = [(NO_ARGS_WIDE if wide else NO_ARGS) if a is None else a for a in args]
         correlation = _opt_int([a.correlation for a in args])
     external_id = _opt_int([a.external_id for a in args])
     gpu = np.flatnonzero(is_gpu(kind))
@@ -170,7 +174,7 @@ def chunk_columns(events: list[Any], skipped: int, tolerant: bool = False) -> Ch
         dev = np.where(dev >= 0, dev, [_pid_device(p) for p in pid])
     device = np.full(n, -1, dtype=np.int32)
     device[gpu] = np.where((dev >= -1) & (dev <= _INT32_MAX), dev, BAD_DEVICE)  # no wrap-around into int32
-    extras = _extras(args, gpu_list, names, name_id)
+    extras = _extras(args, gpu_list, names, name_id) if wide else Extras.empty()
     good = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0)
     cols = {"kind": kind, "name_id": name_id, "ts": ts, "dur": dur, "tid": tid, "device": device,
             "stream": stream, "correlation": correlation, "external_id": external_id, "nbytes": nb}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias, Union
 
@@ -39,9 +39,14 @@ class _Args(msgspec.Struct, gc=False):
     device: int | None = -1
     stream: int | None = -1
     bytes: int | float | None = None
+
+
+class _ArgsWide(_Args, gc=False):
+    """The args of chunks that carry collective metadata or peer-copy ends (``_WIDE_NAMES``): few do, and every
+    field is a slot to fill in every event's args, so the other chunks keep the narrow ``_Args``."""
+
     # Collective metadata: libkineto copies it from ``record_param_comms`` onto the NCCL kernel
-    # (``ChromeTraceLogger::handleActivity`` in libkineto/src/output_json.cpp); ``Seq``/``Comms Id`` only in
-    # newer versions. Absent on every other event, so the typed decode skips nothing it did not before.
+    # (``ChromeTraceLogger::handleActivity`` in libkineto/src/output_json.cpp); ``Seq`` only in newer versions.
     collective: str | None = msgspec.field(default=None, name="Collective name")
     in_nelems: int | float | None = msgspec.field(default=None, name="In msg nelems")
     out_nelems: int | float | None = msgspec.field(default=None, name="Out msg nelems")
@@ -66,7 +71,17 @@ class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False, kw_only=True):
     args: _Args | None = None
 
 
+class EventWide(Event, tag="X", gc=False, kw_only=True):
+    """An Event of a chunk decoded with the wide args (``_ArgsWide``)."""
+
+    args: _ArgsWide | None = None  # type: ignore[assignment]  # a subclass of the narrow args
+
+
 NO_ARGS = _Args()
+NO_ARGS_WIDE = _ArgsWide()
+#: Events whose args the wide decode reads: ``record_param_comms`` (collective metadata), NCCL/RCCL kernels (the
+#: copy of it libkineto writes) and peer copies (both ends). A chunk naming one is decoded again, wide.
+_WIDE_NAMES = re.compile(r"^record_param_comms$|^(?:void\s+)?(?:\w+::)*(?:nccl|rccl)|memcpy.*(?:PtoP|P2P|Peer)", re.I)
 
 
 def _phase_struct(tag: str, fields: bool) -> type[Any]:  # Any: its fields are known only at run time
@@ -84,7 +99,8 @@ _FULL = {tag: _phase_struct(tag, fields=True) for tag in _PHASES}
 FLOW_START, FLOW_END = _FULL["s"], _FULL["f"]
 # Unions of the run-time-built phase Structs: a static checker cannot spell them, so mypy sees them as Any.
 _AnyEvent: TypeAlias = Union[(Event, *_LIGHT.values())]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
-_AnyEventFull: TypeAlias = Union[(Event, *_FULL.values())]  # type: ignore[valid-type]  # noqa: UP007
+_AnyEventWide: TypeAlias = Union[(EventWide, *_LIGHT.values())]  # type: ignore[valid-type]  # noqa: UP007
+_AnyEventFull: TypeAlias = Union[(EventWide, *_FULL.values())]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class _PG(msgspec.Struct):
@@ -132,6 +148,7 @@ CHUNK_BYTES = 1 << 20
 _TAIL_BYTES = 1 << 16
 _RAW_DECODER = msgspec.json.Decoder(_RawTrace)
 _CHUNK_DECODER = msgspec.json.Decoder(list[_AnyEvent])
+_CHUNK_DECODER_WIDE = msgspec.json.Decoder(list[_AnyEventWide])
 _FLOW_DECODER = msgspec.json.Decoder(_FlowTrace)
 _EVENTS_KEY = b'"traceEvents"'
 _EVENTS_OPEN = re.compile(rb'"traceEvents"[ \t\r\n]*:[ \t\r\n]*\[')
@@ -264,14 +281,28 @@ def decode_head(doc: Buffer) -> _RawTrace:
     return _RAW_DECODER.decode(doc)
 
 
-def decode_chunk(buf: bytes | memoryview) -> tuple[list[Any], int, bool]:
+_WIDE_CACHE: dict[str, bool] = {}
+
+
+def needs_wide(names: Iterable[str]) -> bool:
+    """Whether a chunk naming these events must be decoded with the wide args (``_WIDE_NAMES``)."""
+    for n in names:
+        hit = _WIDE_CACHE.get(n)
+        if hit is None:
+            hit = _WIDE_CACHE[n] = bool(_WIDE_NAMES.search(n)) if len(_WIDE_CACHE) < 100_000 else True
+        if hit:
+            return True
+    return False
+
+
+def decode_chunk(buf: bytes | memoryview, wide: bool = False) -> tuple[list[Any], int, bool]:
     """Decode one JSON array of events: (events, events that could not be used, tolerant?).
 
-    Typed first; when one event breaks the typed decode, every event of the array is converted on its own
-    with lax typing. Raises ``msgspec.DecodeError`` when ``buf`` is not JSON.
+    Typed first (``wide``: with the wide args); when one event breaks the typed decode, every event of the array
+    is converted on its own with lax typing (always wide). Raises ``msgspec.DecodeError`` when ``buf`` is not JSON.
     """
     try:
-        return _CHUNK_DECODER.decode(buf), 0, False
+        return (_CHUNK_DECODER_WIDE if wide else _CHUNK_DECODER).decode(buf), 0, False
     except (msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         # Invalid UTF-8 inside a name should not cost the events: replace the bad bytes.
         events, bad = convert_tolerant(msgspec.json.decode(bytes(buf).decode("utf-8", errors="replace")))

@@ -106,12 +106,21 @@ class Nesting:
 
 
 def subtract(a: Intervals, b: Intervals) -> Intervals:
-    """The union ``a`` minus the union ``b`` (both sorted and disjoint)."""
-    if len(a[0]) == 0 or len(b[0]) == 0:
+    """The union ``a`` minus the union ``b`` (both sorted and disjoint): ``a`` cut by the gaps between ``b``'s
+    intervals, pair by overlapping pair (O(len(a) log len(b)))."""
+    s, e = a
+    if len(s) == 0 or len(b[0]) == 0:
         return a
-    pts = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
-    if len(pts) < 2:
+    gap_s = np.concatenate([[-np.inf], b[1]])  # the complement of b: [end of one, start of the next)
+    gap_e = np.concatenate([b[0], [np.inf]])
+    j0 = np.searchsorted(gap_e, s, side="right")  # first gap ending after the interval starts
+    j1 = np.searchsorted(gap_s, e, side="left")  # gaps starting before it ends
+    counts = np.maximum(j1 - j0, 0)
+    total = int(counts.sum())
+    if total == 0:
         return EMPTY
-    mids = (pts[:-1] + pts[1:]) / 2
-    keep = covered(mids, a) & ~covered(mids, b)
-    return union(pts[:-1][keep], pts[1:][keep])
+    i = np.repeat(np.arange(len(s)), counts)
+    j = np.repeat(j0, counts) + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    rs, re = np.maximum(s[i], gap_s[j]), np.minimum(e[i], gap_e[j])
+    keep = re > rs
+    return rs[keep], re[keep]

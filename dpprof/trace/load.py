@@ -156,7 +156,7 @@ def _decode_chunks(path: Path, max_inflate: int | None) -> tuple[D.Trace, list[C
             if last:
                 doc = D.decode_head(buf)
             else:
-                chunks.append(chunk_columns(*D.decode_chunk(buf)))
+                chunks.append(_chunk(buf))
         raw = None
     except (D.NotStreamable, msgspec.DecodeError):
         # Not splittable while reading (or a cut fell inside an event, or the JSON is bad): read it whole and
@@ -166,10 +166,16 @@ def _decode_chunks(path: Path, max_inflate: int | None) -> tuple[D.Trace, list[C
         chunks = []
         doc = D.decode_head(raw)
     raws = doc.traceEvents or []
-    chunks += [chunk_columns(*D.decode_chunk(b"[" + b",".join(raws[i:i + D.CHUNK_EVENTS]) + b"]"))
-               for i in range(0, len(raws), D.CHUNK_EVENTS)]
+    chunks += [_chunk(b"[" + b",".join(raws[i:i + D.CHUNK_EVENTS]) + b"]") for i in range(0, len(raws), D.CHUNK_EVENTS)]
     doc.traceEvents = None
     return doc, chunks, raw  # a _RawTrace, whose metadata fields are Trace's
+
+
+def _chunk(buf: bytes | memoryview) -> Chunk:
+    """Columns of one JSON array of events: decoded with the narrow args, again with the wide ones when it names
+    collective or peer-copy events (``decode._WIDE_NAMES``)."""
+    chunk = chunk_columns(*D.decode_chunk(buf))
+    return chunk_columns(*D.decode_chunk(buf, wide=True)) if chunk.needs_wide else chunk
 
 
 def _add_flows(rt: RankTrace, path: Path, events: list[Any] | None, max_inflate: int | None) -> None:

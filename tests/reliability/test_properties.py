@@ -261,6 +261,19 @@ def test_intersection_length(a: list[tuple[int, int]], b: list[tuple[int, int]])
 
 
 @settings(max_examples=100, deadline=None)
+@given(_ivs, _ivs)
+def test_subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    import numpy as np
+
+    from dpprof.trace import intervals as iv
+
+    ua, ub = iv.union(*_arrays(a)), iv.union(*_arrays(b))
+    s, e = iv.subtract(ua, ub)
+    assert np.all(e > s) and np.all(s[1:] >= e[:-1]), "pieces must be sorted and disjoint"
+    assert iv.covered(np.array(GRID), (s, e)).tolist() == [_inside(a, x) and not _inside(b, x) for x in GRID]
+
+
+@settings(max_examples=100, deadline=None)
 @given(_ivs)
 def test_nesting_labels_follow_documented_rule(pairs: list[tuple[int, int]]) -> None:
     """Each instant takes the label of the interval painted last among those covering it, painting in
