@@ -25,6 +25,8 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default min(2, ranks); never more than the trace files or the CPUs)")
     add_read_options(p)
+    p.add_argument("--crosscheck", choices=["hta"], default=None,
+                   help="also run HTA on each rank's trace and print its figures beside dpprof's")
     p.add_argument("--quiet", action="store_true", help="print only warnings")
 
 
@@ -71,4 +73,9 @@ def run(args: argparse.Namespace) -> int:
         echo(f"analysis written to {out}", err=to_stdout)
     for path in merged:
         echo(f"merged NVML samples into {path}", err=to_stdout)
+    if args.crosscheck == "hta":
+        from dpprof.interop.hta import crosscheck, lines
+
+        for line in lines(crosscheck(analysis)):
+            echo(line, err=to_stdout)
     return 0

@@ -35,7 +35,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -44,25 +43,17 @@ from tests.conftest import FIXTURES
 
 pipeline = pytest.importorskip("dpprof.analyze.pipeline")
 hta_analysis = pytest.importorskip("hta.trace_analysis")
+from dpprof.interop.hta import crosscheck, hta_breakdown  # noqa: E402
+
 # HTA 0.5.0 under pandas 3 warns about its own use of ``inplace=``: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")
 
 _HTA_NOT_COMPUTE = re.compile(r"(^nccl.*Kernel)|(.*(Memcpy)|(Memset))|(.*Sync)")  # hta/utils/utils.py
 
 
-def _hta_breakdown(trace: Path, tmp_path: Path) -> dict[str, float]:
-    alone = tmp_path / trace.name.split(".")[0]
-    alone.mkdir()
-    shutil.copy(trace, alone / trace.name)
-    ta = hta_analysis.TraceAnalysis(trace_dir=str(alone), include_last_profiler_step=True)
-    df = ta.get_temporal_breakdown(visualize=False)
-    assert len(df) == 1
-    return {k: float(v) for k, v in df.iloc[0].to_dict().items()}
-
-
 def _dpprof_compute_us(trace: Path) -> float:
-    a = pipeline.analyze([trace])
-    return sum(s.categories_us["compute"] + sum(s.dp_phase_gpu_us.values()) for s in a.steps)
+    (row,) = crosscheck(pipeline.analyze([trace]))
+    return row.dpprof_compute_us
 
 
 def _gpu_span_and_compute_count(trace: Path) -> tuple[float, int]:
@@ -75,9 +66,8 @@ def _gpu_span_and_compute_count(trace: Path) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_hta_compute_time_matches_dpprof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setenv("HTA_DISABLE_NS_ROUNDING", "1")
-    hta = _hta_breakdown(FIXTURES[name], tmp_path)
+def test_hta_compute_time_matches_dpprof(name: str) -> None:
+    hta = hta_breakdown(FIXTURES[name])
     ours = _dpprof_compute_us(FIXTURES[name])
     assert ours > 1000.0
     assert hta["compute_time(us)"] == pytest.approx(ours, rel=0.01)
@@ -87,10 +77,9 @@ def test_hta_compute_time_matches_dpprof(tmp_path: Path, monkeypatch: pytest.Mon
     assert hta["kernel_time(us)"] > 1.5 * device.kernel_time_us  # ...not dpprof's sum of kernel durations
 
 
-def test_hta_default_rounding_only_shortens_compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTA_DISABLE_NS_ROUNDING", raising=False)
+def test_hta_default_rounding_only_shortens_compute() -> None:
     trace = FIXTURES["single_vgg16cifar"]
-    hta = _hta_breakdown(trace, tmp_path)
+    hta = hta_breakdown(trace, ns_rounding=True)
     ours = _dpprof_compute_us(trace)
     _, kernels = _gpu_span_and_compute_count(trace)
     assert 0.0 < ours - hta["compute_time(us)"] <= 2.0 * kernels
@@ -119,3 +108,19 @@ def test_hta_on_synthetic_ddp_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             sum(s.categories_us["compute"] for s in steps), rel=0.01)
         ours_pct = 100.0 * sum(s.comm_overlapped_us for s in steps) / d.comm_kernel_time_us
         assert float(overlap.loc[d.rank, "comp_comm_overlap_pctg"]) == pytest.approx(ours_pct, rel=0.01, abs=0.5)
+
+
+def test_crosscheck_command_prints_both_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dpprof analyze --crosscheck hta``: HTA's compute beside dpprof's, per rank, within 1 %; a CPU-only
+    rank (the FSDP2-over-gloo fixture) is said to be one, not failed."""
+    from dpprof.cli import main
+    from tests.conftest import DATA
+
+    rc = main(["analyze", str(FIXTURES["single_vgg16cifar"]), "--no-json", "--crosscheck", "hta"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "HTA cross-check" in text
+    row = next(line.split() for line in text.splitlines() if line.strip().startswith("0 "))
+    hta_ms, ours_ms = float(row[1]), float(row[2])
+    assert ours_ms > 1.0 and ours_ms == pytest.approx(hta_ms, rel=0.01)
+    rows = crosscheck(pipeline.analyze([DATA / "cpu" / "fsdp2_gloo_rank0.pt.trace.json.gz"]))
+    assert [r.hta_compute_us for r in rows] == [None] and "CPU-only" in rows[0].note
