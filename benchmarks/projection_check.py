@@ -19,9 +19,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import msgspec  # noqa: E402
+
 from dpprof.analyze.pipeline import analyze  # noqa: E402
 from dpprof.analyze.projection import project  # noqa: E402
-from dpprof.rundir import lookup, read_manifest  # noqa: E402
+from dpprof.manifest import EMPTY, read_manifest  # noqa: E402
 
 
 def profile(out: Path, name: str, strategy: str, nproc: int, model: str, batch: int, steps: int) -> Path:
@@ -44,20 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         out = args.keep or Path(tmp)
         one = profile(out, "one", "single", 1, args.model, args.batch, args.steps)
         two = profile(out, "two", "ddp", 2, args.model, args.batch, args.steps)
-        m1, m2 = read_manifest(one) or {}, read_manifest(two) or {}
-        measured = lookup(m2, "profiler", "unprofiled_step_ms_median") or lookup(m2, "summary", "step_ms_median")
-        manifest = dict(m1)
-        probe = lookup(m2, "comm_probe")
-        if isinstance(probe, dict) and probe.get("alpha_us") is not None:
-            manifest["comm_probe"] = probe  # the 1-process run has no peer to probe
+        m1, m2 = read_manifest(one)[0] or EMPTY, read_manifest(two)[0] or EMPTY
+        measured = m2.profiler.unprofiled_step_ms_median or m2.summary.step_ms_median
+        manifest = m1
+        if m2.comm_probe is not None and m2.comm_probe.alpha_us is not None:
+            manifest = msgspec.structs.replace(m1, comm_probe=m2.comm_probe)  # 1 process: no peer to probe
         proj = project(analyze([one]), manifest, max_gpus=2,
                        measured={("ddp", 2): float(measured)} if measured else None)
         if not proj["available"]:
             print(f"projection unavailable: {proj['reason']}")
             return 1
         row = next(r for r in proj["rows"] if r["strategy"] == "ddp" and r["gpus"] == 2)
-        one_ms = lookup(m1, "profiler", "unprofiled_step_ms_median") or lookup(m1, "summary", "step_ms_median")
-        print(f"projection check ({args.model}, global batch {args.batch}, CPU, {lookup(m1, 'hardware', 'cpus')} cores)")
+        one_ms = m1.profiler.unprofiled_step_ms_median or m1.summary.step_ms_median or float("nan")
+        print(f"projection check ({args.model}, global batch {args.batch}, CPU, {m1.hardware.cpus} cores)")
         print(f"  1-process step, measured (unprofiled median): {one_ms:.3f} ms; profiler deflation "
               f"{proj['inputs']['profiler_deflation']}")
         print(f"  2-process gloo DDP step: projected {row['step_ms']:.3f} ms (compute {row['compute_ms']:.3f}, "

@@ -11,7 +11,6 @@ from typing import Any
 
 from dpprof.errors import DpprofError
 from dpprof.fileio import check_input, read_input, remember_input, write_text_atomic
-from dpprof.schema import MANIFEST as MANIFEST_SPEC
 from dpprof.schema import check_file
 
 TRACES_DIR = "traces"
@@ -106,28 +105,6 @@ def read_checked(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any] | Non
     """A JSON object file with the fields of the wrong type left out (``dpprof.schema``), and the problems."""
     data = read_json(path)
     return (None, []) if data is None else check_file(data, spec, path.name)
-
-
-def read_manifest_checked(run_dir: Path | None) -> tuple[dict[str, Any] | None, list[str]]:
-    """The run's manifest (fields of the wrong type left out) and what was wrong; (None, []) without one."""
-    if run_dir is None:
-        return None, []
-    return read_checked(run_dir / MANIFEST, MANIFEST_SPEC)
-
-
-def read_manifest(run_dir: Path | None) -> dict[str, Any] | None:
-    """The run's manifest, every field of the type docs/run-format.md gives it (wrong ones left out)."""
-    return read_manifest_checked(run_dir)[0]
-
-
-def lookup(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
-    """``mapping[k1][k2]...``, or None where a level is missing or not a mapping (manifests vary)."""
-    cur: Any = mapping
-    for k in keys:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(k)
-    return cur
 
 
 def dumps_json(obj: Any, indent: int | None = 1) -> str:

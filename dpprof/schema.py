@@ -8,12 +8,15 @@ problem line (``"manifest.json: config.world_size: expected an integer, got str"
 contract does not name are kept when they are plain JSON (shallow, finite, int64); null is allowed
 for every field (not for an element of a list). Semantic limits (a world size of 1e9) are the readers' to check against the files present.
 
-The manifest will become a typed model; until then this table is where its types are written down.
+The manifest's table is derived from its typed model (``dpprof.manifest``, ``spec_of``); the node files' and
+step lines' tables are written here.
 """
 
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,39 +35,6 @@ MAX_DEPTH = 16
 _INT64 = 2**63
 
 _GPU = {"cuda_index": INT, "nvml_index": INT, "uuid": STR, "name": STR, "memory_total_bytes": INT}
-MANIFEST: dict[str, Any] = {
-    "schema": STR, "run_id": STR, "status": STR, "complete": BOOL, "command": [STR], "created_unix_ns": INT,
-    "ended_unix_ns": INT, "dp_mode": STR, "warnings": [STR],
-    "config": {
-        "strategy": STR, "model": STR, "data": STR, "data_root": STR, "batch_size": INT, "per_rank_batch_size": INT,
-        "gpus": INT, "device_ids": [INT], "nproc": INT, "nnodes": INT, "world_size": INT, "epochs": INT, "steps": INT,
-        "lr": NUM, "lr_rule": STR, "momentum": NUM, "workers": INT, "seed": INT, "profile_wait": INT, "profile_warmup": INT,
-        "profile_active": INT, "profile_all_threads": BOOL, "record_shapes": BOOL, "with_stack": BOOL,
-        "nvml_period_ms": INT, "loss_every": INT, "exact_timing": BOOL, "device": STR, "backend": STR, "threads": INT,
-        "torch_threads": INT, "omp_num_threads_env": STR, "base_lr": NUM, "train_size": INT, "test_size": INT,
-        "cudnn_benchmark": BOOL, "profile": BOOL},
-    "model_info": {"name": STR, "params": INT, "param_bytes": INT, "buffers_bytes": INT},
-    "data_info": {"kind": STR, "train_size": INT, "test_size": INT, "root": STR},
-    "versions": MapOf(STR),
-    "hardware": {"host": STR, "cpus": INT, "gpus": [_GPU], "warnings": [STR],
-                 "topology": {"p2p": MapOf(STR), "pcie_path": MapOf(STR), "nvlink_active_links": MapOf(INT)}},
-    "link_bandwidth": {"h2d_GBps": NUM, "d2h_GBps": NUM, "p2p_GBps": MapOf(NUM), "measured": BOOL, "note": STR,
-                       "peer_access": MapOf(BOOL), "per_device": MapOf({"h2d_GBps": NUM, "d2h_GBps": NUM}),
-                       "bytes": INT, "repeats": INT},
-    "profiler": {"wait": INT, "warmup": INT, "active": INT, "profile_all_threads": BOOL, "enabled": BOOL,
-                 "profiled_step_ms_median": NUM, "unprofiled_step_ms_median": NUM, "overhead_ratio": NUM,
-                 "profiled_steps": INT, "unprofiled_steps": INT, "unprofiled_basis": STR},
-    "summary": {"steps": INT, "step_ms_median": NUM, "images_per_s_median": NUM, "median_steps": INT,
-                "median_basis": STR, "epochs": INT, "final_train_acc": NUM, "final_test_acc": NUM, "wall_s": NUM},
-    "ddp": {"bucket_cap_mb": NUM, "bucket_cap_bytes": INT, "bucket_sizes_bytes": [INT], "bucket_sizes_source": STR,
-            "buckets": INT, "read_after_step": INT, "gradient_as_bucket_view": BOOL, "broadcast_buffers": BOOL,
-            "static_graph": BOOL, "find_unused_parameters": BOOL, "note": STR},
-    "epochs": [{"epoch": INT, "train_acc": NUM, "test_acc": NUM, "loss": NUM, "time_s": NUM, "images_per_s": NUM,
-                "steps": INT, "partial": BOOL}],
-    "peak_memory_bytes": MapOf(INT),
-    "nodes": [{"host": STR, "node_rank": INT, "file": STR}],
-    "files": {"traces": [STR], "nvml": [STR], "steps": [STR], "merged": [STR]},
-}
 NODE: dict[str, Any] = {
     "host": STR, "node_rank": INT, "node_key": STR, "ranks": [INT], "nvml_file": STR, "gpus": [_GPU],
     "peak_memory_bytes": MapOf(INT), "peak_rss_bytes": INT, "written_unix_ns": INT,
@@ -161,3 +131,25 @@ def check_file(data: Any, spec: dict[str, Any], name: str) -> tuple[dict[str, An
         if not problems:
             problems.append(f"expected an object, got {_what(data)}")
     return (clean if keep else None), [f"{name}: {p}" for p in problems]
+
+
+_SCALARS = {int: INT, float: NUM, str: STR, bool: BOOL}
+
+
+def spec_of(tp: Any) -> Any:
+    """The check table of a typed model: a msgspec Struct or dataclass of optional scalars, lists of them, mappings
+    with string keys and nested models (``X | None`` checks as ``X``: null is allowed for every field)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return spec_of(inner)
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    if origin is list:
+        return [spec_of(args[0])]
+    if origin is dict and args[0] is str:
+        return MapOf(spec_of(args[1]))
+    hints = typing.get_type_hints(tp) if isinstance(tp, type) else {}
+    if not hints:
+        raise TypeError(f"no check table for {tp!r}")
+    return {name: spec_of(h) for name, h in hints.items() if not name.startswith("_")}

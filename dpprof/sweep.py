@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult, total_loader_workers
-from dpprof.rundir import is_run_dir, read_json, read_manifest, write_json
+from dpprof.manifest import EMPTY, read_manifest
+from dpprof.rundir import is_run_dir, read_json, write_json
 
 SWEEP_JSON = "sweep.json"
 SWEEP_HTML = "sweep.html"
@@ -143,35 +144,28 @@ def profile_argv(grid: Grid, strategy: str, gpus: int, batch: int, workers: int,
 
 def measure(point: SweepPoint, run_dir: Path) -> SweepPoint:
     """Fill a finished point from its run directory: manifest summary and epochs, analysis categories."""
-    m = read_manifest(run_dir) or {}
-    summary = m.get("summary") or {}
-    epochs = [e for e in (m.get("epochs") or []) if isinstance(e, Mapping)]
-    full = [float(e["time_s"]) for e in epochs if not e.get("partial") and isinstance(e.get("time_s"), (int, float))]
+    m = read_manifest(run_dir)[0] or EMPTY
+    epochs = m.epochs or []
+    full = [e.time_s for e in epochs if not e.partial and e.time_s is not None]
     reason = point.reason
-    config = m.get("config") or {}
-    workers, world = config.get("workers"), config.get("world_size")
+    workers, world = m.config.workers, m.config.world_size
     total = point.total_workers
-    if isinstance(workers, int) and isinstance(world, int):  # what the run really started
+    if workers is not None and world is not None:  # what the run really started
         total = total_loader_workers(point.strategy, world, workers)
     categories: dict[str, float] = {}
     try:
-        categories = mean_categories(run_dir)
+        categories = reference_categories(run_dir)
     except Exception as exc:  # one point's analysis must not end the sweep: the reason is recorded
         reason = "; ".join(x for x in (reason, f"analysis failed: {type(exc).__name__}: {exc}") if x)
     return dataclasses.replace(
         point, status="done", reason=reason,
-        step_ms_median=_num(summary.get("step_ms_median")),
-        images_per_s=_num(summary.get("images_per_s_median")),
+        step_ms_median=m.summary.step_ms_median, images_per_s=m.summary.images_per_s_median,
         epoch_time_s=sum(full) / len(full) if full else None,
-        epochs=tuple((_num(e.get("train_acc")), _num(e.get("test_acc")), _num(e.get("time_s"))) for e in epochs),
+        epochs=tuple((e.train_acc, e.test_acc, e.time_s) for e in epochs),
         categories_us=categories, total_workers=total)
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def mean_categories(run_dir: Path) -> dict[str, float]:
+def reference_categories(run_dir: Path) -> dict[str, float]:
     """Mean per-step category breakdown (µs) on the run's reference row (DP output device / rank 0)."""
     from dpprof.analyze import analyze  # the analyzer, imported only when a point has finished
     from dpprof.analyze.diag_figures import reference_row
@@ -267,7 +261,7 @@ def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None 
 def diagnose_points(result: SweepResult, sweep_dir: Path) -> SweepResult:
     """Each finished run's diagnosis with the whole sweep behind it: its verdicts in the sweep, its analysis.json
     (with the diagnosis) in its run directory, and the sweep-level hyperparameters verdict."""
-    from dpprof.analyze.rundata import load_run_data
+    from dpprof.analyze.run import load_run
     from dpprof.rundir import ANALYSIS
 
     points = []
@@ -277,12 +271,12 @@ def diagnose_points(result: SweepResult, sweep_dir: Path) -> SweepResult:
             points.append(p)
             continue
         try:
-            data = load_run_data([sweep_dir / p.run_dir], sweep=result)
+            data = load_run([sweep_dir / p.run_dir], sweep=result)
         except Exception as exc:  # one point's diagnosis must not end the sweep: why is recorded in its verdicts
             points.append(dataclasses.replace(p, verdicts={"error": f"{type(exc).__name__}: {exc}"}))
             continue
         diag = data.analysis.diagnosis
-        assert diag is not None  # load_run_data attaches it
+        assert diag is not None  # load_run attaches it
         write_json(sweep_dir / p.run_dir / ANALYSIS, data.analysis.to_json())
         points.append(dataclasses.replace(p, verdicts={h.id: h.verdict for h in diag.hypotheses}))
         h = next(x for x in diag.hypotheses if x.id == "hyperparameters")

@@ -75,7 +75,7 @@ def _fake_runner(calls, fail=()):
 
 
 def test_run_sweep_writes_json_records_failures_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "mean_categories", lambda run_dir: {"compute": 7.0, "idle": 3.0})
+    monkeypatch.setattr(sweep, "reference_categories", lambda run_dir: {"compute": 7.0, "idle": 3.0})
     calls: list[str] = []
     grid = sweep.Grid(strategies=("ddp",), gpus=(1, 2, 4), batch_sizes=(32,), workers=(0,), model="tiny", steps=4)
     r = sweep.run_sweep(grid, tmp_path, machine=CPU, runner=_fake_runner(calls, fail={"ddp-g4-b32-w0"}))
@@ -161,7 +161,7 @@ def test_total_workers_count_every_loading_process(tmp_path):
 
 
 def test_total_workers_from_the_runs_manifest(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "mean_categories", lambda run_dir: {})
+    monkeypatch.setattr(sweep, "reference_categories", lambda run_dir: {})
     run = tmp_path / "ddp-g2-b32-w2"
     (run / "traces").mkdir(parents=True)
     # a launcher that gave DDP 3 ranks of 1 worker (e.g. through extra arguments): the manifest wins

@@ -13,30 +13,29 @@ from collections.abc import Sequence
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from dpprof.analyze import matching, strategy
 from dpprof.analyze.attribution import CAT, Pieces
 from dpprof.analyze.model import CATEGORIES, Analysis, AnalysisWarning, RankInfo, StepBreakdown
+from dpprof.analyze.rank_summary import RankSummary
 from dpprof.analyze.segments import Segments, finalize
+from dpprof.manifest import Manifest
 from dpprof.rundir import rank_from_name
-
-if TYPE_CHECKING:
-    from dpprof.analyze.pipeline import RankSummary
 
 _PEER_WAIT = CAT["peer_wait"]
 _LISTED = 20  # missing ranks named in the warning
 _COMM = CAT["comm"]
 
 
-def combine(sums: Sequence[RankSummary], manifest: dict | None = None) -> Analysis:
+def combine(sums: Sequence[RankSummary], manifest: Manifest | None = None) -> Analysis:
     """Give each summary its rank, match the collectives, split their waiting off, and merge into one Analysis."""
     return combine_all(sums, manifest)[0]
 
 
-def combine_all(sums: Sequence[RankSummary], manifest: dict | None = None
+def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
                 ) -> tuple[Analysis, dict[int, Segments]]:
     """``combine``, and the segments of the ranks whose summaries carry them (``summarize(..., segments=True)``)."""
     warnings: list[AnalysisWarning] = []
@@ -178,16 +177,15 @@ def _same_run(sums: Sequence[RankSummary], warnings: list[AnalysisWarning]) -> N
                                             "cross-rank figures are meaningless"))
 
 
-def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: dict | None,
+def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: Manifest | None,
                   warnings: list[AnalysisWarning]) -> None:
     world = max((s.world_size or 0 for s in sums), default=0)
     if manifest is not None:
-        config = manifest.get("config")
-        cfg = config if isinstance(config, dict) else {}
-        world = max(world, int(cfg.get("world_size") or 0)) if cfg.get("strategy") == "ddp" else world
-        if manifest.get("status") == "running" or manifest.get("complete") is False:
+        cfg = manifest.config
+        world = max(world, cfg.world_size or 0) if cfg.strategy == "ddp" else world
+        if manifest.status == "running" or manifest.complete is False:
             warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "
-                                            f"{manifest.get('status')!r}): analysed the traces written so far"))
+                                            f"{manifest.status!r}): analysed the traces written so far"))
     # Counted against the files present, never enumerated: a header may claim a world size of 1e9.
     present = set(ranks)
     n_missing = world - sum(1 for r in present if 0 <= r < world) if world > 1 else 0

@@ -13,7 +13,7 @@ HELP = "Attribute every step on every GPU (DP/DDP-aware) and print/write the ana
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
-    from dpprof.analyze.rundata import add_diagnosis_options, add_read_options
+    from dpprof.analyze.options import add_diagnosis_options, add_read_options
 
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.json, *.json.gz), one per rank")
@@ -31,7 +31,7 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dpprof.analyze.rundata import load_run_data
+    from dpprof.analyze.run import load_run
     from dpprof.errors import DpprofError
     from dpprof.fileio import is_stdout, output_target
     from dpprof.report.console import render
@@ -42,26 +42,26 @@ def run(args: argparse.Namespace) -> int:
         raise DpprofError("--jobs must be at least 1")
     if args.json_out and not is_stdout(args.json_out):
         output_target(args.json_out)  # a device or FIFO is refused before the analysis, not after
-    data = load_run_data(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,
-                         param_bytes=args.param_bytes, sweep=args.sweep, max_inflate=args.max_inflate)
-    inputs, analysis = data.inputs, data.analysis
+    run_ = load_run(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,
+                    param_bytes=args.param_bytes, sweep=args.sweep, max_inflate=args.max_inflate)
+    analysis = run_.analysis
     out: Path | None = None
     within: Path | None = None
     if args.json_out:
         out = Path(args.json_out)
-    elif inputs.run_dir is not None and not args.no_json:
-        out, within = inputs.run_dir / ANALYSIS, inputs.run_dir
+    elif run_.run_dir is not None and not args.no_json:
+        out, within = run_.run_dir / ANALYSIS, run_.run_dir
     to_stdout = out is not None and not args.no_json and is_stdout(out)
     # Results first: whatever happens to the console afterwards (| head), the files are written.
     if out is not None and not args.no_json:
         write_json(out, analysis.to_json(), within=within)
     merged = []
     if args.merge_nvml:
-        if inputs.run_dir is None:
+        if run_.run_dir is None:
             raise DpprofError("--merge-nvml needs a run directory (with nvml.<host>.jsonl and a manifest)")
         from dpprof.trace.nvml_merge import merge_run
 
-        merged = merge_run(inputs.run_dir, args.max_inflate)
+        merged = merge_run(run_.run_dir, args.max_inflate)
     console_file = sys.stderr if to_stdout else None  # --json -: the JSON owns stdout, the table goes to stderr
     if args.quiet:
         for w in analysis.warnings:

@@ -31,13 +31,13 @@ from dpprof.analyze.diag_figures import (
     OUTPUT_BYTES_PER_IMAGE,
     Context,
     Row,
-    get,
     gpu_rows,
     mean,
     reference_row,
     rows,
 )
 from dpprof.analyze.model import Analysis
+from dpprof.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def dp_excess(ctx: Context, ref: Row, others: list[Row]) -> Excess:
     n = 1 + len({r.device for r in others})
     if base is not None:
         scale, notes = 1.0, tuple[str, ...]()
-        b, bb = get(ctx.manifest, "config", "batch_size"), get(ctx.baseline_manifest, "config", "batch_size")
+        b, bb = ctx.manifest.config.batch_size, ctx.baseline_manifest.config.batch_size
         if b and bb and b != bb:
             scale = b / bb
             notes = (f"baseline batch {bb} scaled linearly to {b}",)
@@ -103,21 +103,21 @@ def dp_backend(analysis: Analysis) -> tuple[str, str]:
     return "copies", "no NCCL collective across the GPUs: DP's copy fallback (repeated devices, or no NCCL)"
 
 
-def dp_bytes(analysis: Analysis, manifest: Mapping[str, Any] | None, n: int, backend: str) -> dict[str, Any]:
+def dp_bytes(analysis: Analysis, manifest: Manifest, n: int, backend: str) -> dict[str, Any]:
     """Bytes through GPU0's link per DP step, per term, for the backend (module docstring)."""
-    params = get(manifest, "model_info", "param_bytes")
-    buffers = get(manifest, "model_info", "buffers_bytes") or 0
+    params = manifest.model_info.param_bytes
+    buffers = manifest.model_info.buffers_bytes or 0
     out: dict[str, Any] = {"backend": backend}
     moved = sum(r.ptop_bytes for r in gpu_rows(analysis))
     if moved > 0:
         out["scatter_gather_bytes"] = int(moved)
         out["scatter_gather_source"] = "measured: the trace's peer copies per step"
     else:
-        batch = get(manifest, "config", "batch_size")
+        batch = manifest.config.batch_size
         if batch:
             out["scatter_gather_bytes"] = int(batch * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE) * (n - 1) / n)
             out["scatter_gather_source"] = "estimated: CIFAR-shaped inputs (3x32x32 fp32), 10 fp32 outputs per image"
-    if isinstance(params, (int, float)) and params > 0:
+    if params is not None and params > 0:
         copies = 1 if backend == "nccl" else n - 1
         out["broadcast_bytes"] = int((params + buffers) * copies)
         out["reduce_bytes"] = int(params * copies)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
 from dpprof.analyze.sweep_model import SweepResult
-from dpprof.rundir import lookup as get
+from dpprof.manifest import EMPTY, Manifest
 from dpprof.trace.nvml_samples import CLOCK_EVENT_BITS
 
 #: NVML clock event reasons that slow a busy GPU: power cap, hardware slowdown, thermal slowdowns, power brake.
@@ -112,38 +112,36 @@ def reference_row(analysis: Analysis) -> Row | None:
     return min(gpus or all_rows, key=lambda r: (r.rank, r.device))
 
 
-def distinct_gpus(analysis: Analysis, manifest: Mapping[str, Any] | None) -> int:
+def distinct_gpus(analysis: Analysis, manifest: Manifest | None) -> int:
     """GPUs with activity. DDP ranks that all name the same device on one node share one GPU."""
     g = gpu_rows(analysis)
     if analysis.strategy == "dp" or len({r.rank for r in g}) <= 1:
         return len({r.device for r in g})
-    nnodes = get(manifest, "config", "nnodes")
+    nnodes = (manifest or EMPTY).config.nnodes
     if len({r.device for r in g}) == 1 and (nnodes in (None, 1)):
         return 1
     return len(g)
 
 
-def link_gbps(manifest: Mapping[str, Any] | None) -> tuple[float | None, str]:
+def link_gbps(manifest: Manifest | None) -> tuple[float | None, str]:
     """Slowest measured GPU0↔GPUi peer bandwidth (GB/s) from the manifest, and where it came from."""
-    p2p = get(manifest, "link_bandwidth", "p2p_GBps")
-    if isinstance(p2p, Mapping):
-        vals = [float(v) for k, v in p2p.items() if isinstance(v, (int, float)) and v > 0
-                and "0" in str(k).replace("->", "-").split("-")]
+    p2p = (manifest or EMPTY).link_bandwidth.p2p_GBps
+    if p2p:
+        vals = [v for k, v in p2p.items() if v > 0 and "0" in k.replace("->", "-").split("-")]
         if vals:
             return min(vals), "manifest link_bandwidth.p2p_GBps (slowest pair with GPU0)"
     return None, "no peer-to-peer bandwidth in the manifest"
 
 
-def gpu0_bytes_per_step(analysis: Analysis, manifest: Mapping[str, Any] | None, n: int) -> dict[str, Any]:
+def gpu0_bytes_per_step(analysis: Analysis, manifest: Manifest | None, n: int) -> dict[str, Any]:
     """Bytes through GPU0 per DP step: params×(N−1) broadcast and reduced, inputs scattered, outputs gathered.
 
     Parameter bytes come from the manifest's model_info; without it, from the peer copies the trace
     shows (NCCL broadcast/reduce kernels carry no byte counts, so that figure is a lower bound).
     """
-    params = get(manifest, "model_info", "param_bytes")
-    buffers = get(manifest, "model_info", "buffers_bytes") or 0
-    batch = get(manifest, "config", "batch_size")
-    if isinstance(params, (int, float)) and params > 0:
+    m = manifest or EMPTY
+    params, buffers, batch = m.model_info.param_bytes, m.model_info.buffers_bytes or 0, m.config.batch_size
+    if params is not None and params > 0:
         out: dict[str, Any] = {
             "broadcast_bytes": int((params + buffers) * (n - 1)),
             "reduce_bytes": int(params * (n - 1)),
@@ -176,10 +174,10 @@ class Context:
     """Everything a hypothesis reads."""
 
     analysis: Analysis
-    manifest: Mapping[str, Any] | None = None
+    manifest: Manifest = EMPTY  # EMPTY when the run has none (every field None)
     nvml: tuple[GpuNvml, ...] = ()
     baseline: Analysis | None = None
-    baseline_manifest: Mapping[str, Any] | None = None
+    baseline_manifest: Manifest = EMPTY
     sweep: SweepResult | None = None
 
 

@@ -12,19 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dpprof.analyze.diag_figures import Context, get, nvml_per_gpu, reference_row
+from dpprof.analyze.diag_figures import Context, nvml_per_gpu, reference_row
 from dpprof.analyze.findings import COLLECTIVE_STRATEGIES, EXPOSED_COMM_PCT, bucket_advice, findings
 from dpprof.analyze.hypotheses import data_path, hardware, hyperparameters
 from dpprof.analyze.model import Analysis, Diagnosis, Finding, Hypothesis
 from dpprof.analyze.projection import project
 from dpprof.analyze.sweep_model import SweepResult
+from dpprof.manifest import EMPTY, Manifest
 
 #: Data loading above this share of the step gets loader advice (the finding starts at 20 %).
 LOADER_ADVICE_PCT = 10.0
 
 
-def diagnose(analysis: Analysis, manifest: Mapping[str, Any] | None = None, nvml: Any = None,
-             baseline: Analysis | None = None, baseline_manifest: Mapping[str, Any] | None = None,
+def diagnose(analysis: Analysis, manifest: Manifest | None = None, nvml: Any = None,
+             baseline: Analysis | None = None, baseline_manifest: Manifest | None = None,
              sweep: SweepResult | None = None, link_gbps: float | None = None,
              param_bytes: int | None = None) -> Diagnosis:
     """Test the three hypotheses on ``analysis`` and derive findings, advice and a projection.
@@ -35,21 +36,21 @@ def diagnose(analysis: Analysis, manifest: Mapping[str, Any] | None = None, nvml
     measured step times beside the projection. ``link_gbps`` / ``param_bytes``: a declared link bandwidth
     (GB/s) and model size (bytes) for the projection where the manifest has none (foreign traces).
     """
-    ctx = Context(analysis=analysis, manifest=manifest, nvml=nvml_per_gpu(nvml), baseline=baseline,
-                  baseline_manifest=baseline_manifest, sweep=sweep)
+    ctx = Context(analysis=analysis, manifest=manifest or EMPTY, nvml=nvml_per_gpu(nvml), baseline=baseline,
+                  baseline_manifest=baseline_manifest or EMPTY, sweep=sweep)
     hyps = (data_path(ctx), hardware(ctx), hyperparameters(ctx))
     found = findings(ctx)
-    proj = project(analysis, manifest, link_GBps=link_gbps, measured=_measured_from_sweep(sweep, manifest),
+    proj = project(analysis, manifest, link_GBps=link_gbps, measured=_measured_from_sweep(sweep, ctx.manifest),
                    param_bytes=param_bytes)
     return Diagnosis(hypotheses=hyps, findings=found, advice=tuple(advice(ctx, hyps, found, proj)),
                      projection=proj)
 
 
-def _measured_from_sweep(sweep: SweepResult | None, manifest: Mapping[str, Any] | None) -> dict[tuple[str, int], float]:
+def _measured_from_sweep(sweep: SweepResult | None, manifest: Manifest) -> dict[tuple[str, int], float]:
     """Measured median step times (ms) of the sweep points with this run's batch size and workers."""
     if sweep is None:
         return {}
-    batch, workers = get(manifest, "config", "batch_size"), get(manifest, "config", "workers")
+    batch, workers = manifest.config.batch_size, manifest.config.workers
     return {(p.strategy, p.gpus): p.step_ms_median for p in sweep.points
             if p.status == "done" and p.step_ms_median and p.strategy in ("dp", "ddp")
             and (batch is None or p.batch_size == batch) and (workers is None or p.workers == workers)}
@@ -67,7 +68,7 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
     f = {x.id: x for x in found}
     out: list[str] = []
     n = int(h["data_path"].evidence.get("n_gpus") or h["hardware"].evidence.get("n_gpus") or 1)
-    batch = get(m, "config", "batch_size")
+    batch = m.config.batch_size
     if a.strategy == "dp":
         if a.dp_mode == "no_gpu":
             out.append("DP had no GPU to split the batch over, so nothing ran in parallel. For data parallelism "
@@ -125,7 +126,7 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
                        f"(efficiency {r2['scaling_efficiency']}).")
     if batch:
         per = batch // max(n, 1)
-        rule = get(m, "config", "lr_rule")
+        rule = m.config.lr_rule
         out.append(f"Batch and learning rate: this run's global batch is {batch} ({per} per GPU over {n}). "
                    "Adding GPUs at a fixed per-GPU batch multiplies the global batch: scale the learning rate "
                    "linearly with it (with a few warm-up epochs) or accuracy per epoch drops; to compare DP and "
@@ -134,7 +135,7 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
     ref = reference_row(a)
     if ref is not None:
         dl = ref.pct(ref.categories_us["data_loading"])
-        workers = get(m, "config", "workers")
+        workers = m.config.workers
         if dl >= LOADER_ADVICE_PCT:
             out.append(f"Data loading takes {dl:.0f} % of the step"
                        + (f" with {workers} workers" if workers is not None else "")

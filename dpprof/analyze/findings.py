@@ -19,7 +19,6 @@ from dpprof.analyze.diag_figures import (
     Context,
     Row,
     allreduce_per_step,
-    get,
     gpu_rows,
     mean,
     reference_row,
@@ -210,10 +209,10 @@ def _mib(b: float) -> str:
 def _bucket_sizes(ctx: Context) -> tuple[list[int] | None, dict[str, Any] | None, str]:
     """(sizes in bytes, per-step collective counts, source in words): the manifest's reducer figures
     first; else, for traces without them, the allreduce collectives per step in the trace."""
-    ddp = get(ctx.manifest, "ddp")
-    sizes = get(ddp, "bucket_sizes_bytes")
-    if isinstance(sizes, list) and sizes and all(isinstance(x, int) for x in sizes):
-        how = "rebuilt" if get(ddp, "bucket_sizes_source") == "rebuilt" else "initial, not yet rebuilt"
+    ddp = ctx.manifest.ddp
+    sizes = ddp.bucket_sizes_bytes if ddp is not None else None
+    if ddp is not None and sizes:
+        how = "rebuilt" if ddp.bucket_sizes_source == "rebuilt" else "initial, not yet rebuilt"
         return list(sizes), None, f"manifest ddp section (DDP reducer, {how} buckets)"
     counts = allreduce_per_step(ctx.analysis)
     if counts is not None:
@@ -257,10 +256,10 @@ def _buckets(ctx: Context) -> list[Finding]:
     sizes, counts, source = _bucket_sizes(ctx)
     if sizes is None and counts is None:
         return []
-    params = get(ctx.manifest, "model_info", "param_bytes")
-    params = params if isinstance(params, int) and params > 0 else None
-    cap = get(ctx.manifest, "ddp", "bucket_cap_bytes")
-    cap = cap if isinstance(cap, int) and cap > 0 else None
+    params = ctx.manifest.model_info.param_bytes
+    params = params if params is not None and params > 0 else None
+    cap = ctx.manifest.ddp.bucket_cap_bytes if ctx.manifest.ddp is not None else None
+    cap = cap if cap is not None and cap > 0 else None
     ev: dict[str, Any] = {"source": source, "param_bytes": params, "bucket_cap_bytes": cap}
     if sizes is not None:
         n: float = len(sizes)
@@ -332,7 +331,7 @@ def _data_loading(ctx: Context) -> list[Finding]:
     pct = ref.pct(ref.categories_us["data_loading"])
     if pct < DATA_LOADING_PCT:
         return []
-    workers = get(ctx.manifest, "config", "workers")
+    workers = ctx.manifest.config.workers
     sev = "critical" if pct >= DATA_LOADING_CRITICAL_PCT else "warning"
     return [Finding("data_loading_bound", sev, "Steps wait for the data loader",
                     f"{pct:.0f} % of the step is spent waiting for the next batch"
@@ -342,13 +341,12 @@ def _data_loading(ctx: Context) -> list[Finding]:
 
 
 def _profiler(ctx: Context) -> list[Finding]:
-    prof = get(ctx.manifest, "profiler")
-    ratio = get(prof, "overhead_ratio")
-    if not isinstance(ratio, (int, float)):
+    prof = ctx.manifest.profiler
+    ratio = prof.overhead_ratio
+    if ratio is None:
         return []
-    ev = {"overhead_ratio": round(float(ratio), 3),
-          "profiled_step_ms_median": get(prof, "profiled_step_ms_median"),
-          "unprofiled_step_ms_median": get(prof, "unprofiled_step_ms_median")}
+    ev = {"overhead_ratio": round(ratio, 3), "profiled_step_ms_median": prof.profiled_step_ms_median,
+          "unprofiled_step_ms_median": prof.unprofiled_step_ms_median}
     if ratio >= PROFILER_OVERHEAD_RATIO:
         return [Finding("profiler_distortion", "warning", "The profiler slowed the profiled steps",
                         f"profiled steps took {ratio:.2f}× the unprofiled ones: absolute times in the trace are "

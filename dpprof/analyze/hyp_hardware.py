@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpprof.analyze.costs import Excess, collective_excess, dp_excess, model_compute
-from dpprof.analyze.diag_figures import Context, Row, distinct_gpus, get, gpu_rows, mean, reference_row
+from dpprof.analyze.diag_figures import Context, Row, distinct_gpus, gpu_rows, mean, reference_row
 from dpprof.analyze.model import Hypothesis
 
 SUPPORTED = 0.50
@@ -53,7 +53,7 @@ def _r(x: float | None, nd: int = 1) -> float | None:
 def hardware(ctx: Context) -> Hypothesis:
     a = ctx.analysis
     n = distinct_gpus(a, ctx.manifest)
-    ev: dict[str, Any] = {"n_gpus": n, "topology": get(ctx.manifest, "hardware", "topology", "p2p")}
+    ev: dict[str, Any] = {"n_gpus": n, "topology": ctx.manifest.hardware.topology.p2p if ctx.manifest.hardware.topology else None}
 
     def out(verdict: str, reason: str) -> Hypothesis:
         return Hypothesis("hardware", verdict, RULE, reason, ev)
@@ -141,9 +141,7 @@ def _throttle_text(throttled: Mapping[str, Any], uniform: bool) -> str:
 
 def _slow_link(ctx: Context, ref: Row, gpus: list[Row], dp: bool) -> tuple[float, list[str]]:
     """(µs per step the slow pairs cost, the slow pairs) from the manifest's measured peer bandwidths."""
-    p2p = get(ctx.manifest, "link_bandwidth", "p2p_GBps")
-    bws = {str(k): float(v) for k, v in p2p.items() if isinstance(v, (int, float)) and v > 0} \
-        if isinstance(p2p, Mapping) else {}
+    bws = {k: v for k, v in (ctx.manifest.link_bandwidth.p2p_GBps or {}).items() if v > 0}
     if len(bws) < 2:
         return 0.0, []
     fast = max(bws.values())

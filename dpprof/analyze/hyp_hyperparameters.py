@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from dpprof.analyze.diag_figures import Context, get, mean, reference_row
+from dpprof.analyze.diag_figures import Context, mean, reference_row
 from dpprof.analyze.model import Hypothesis
 from dpprof.analyze.sweep_model import PER_PROCESS_LOADERS, total_loader_workers
 
@@ -63,8 +63,8 @@ def _change(pairs: list[dict[str, Any]], axis: str) -> tuple[dict[str, float], f
 def hyperparameters(ctx: Context) -> Hypothesis:
     ref = reference_row(ctx.analysis)
     dl_pct = ref.pct(ref.categories_us["data_loading"]) if ref is not None else 0.0
-    ev: dict[str, Any] = {"data_loading_pct": round(dl_pct, 1), "workers": get(ctx.manifest, "config", "workers"),
-                          "batch_size": get(ctx.manifest, "config", "batch_size")}
+    ev: dict[str, Any] = {"data_loading_pct": round(dl_pct, 1), "workers": ctx.manifest.config.workers,
+                          "batch_size": ctx.manifest.config.batch_size}
 
     def out(verdict: str, reason: str) -> Hypothesis:
         return Hypothesis("hyperparameters", verdict, RULE, reason, ev)
@@ -74,7 +74,7 @@ def hyperparameters(ctx: Context) -> Hypothesis:
     if sweep is None:
         return out("inconclusive", f"no sweep to test the question (dpprof sweep --strategies dp,ddp, then "
                    f"dpprof report RUN --sweep SWEEP); {loading}")
-    cuda = get(sweep.machine, "cuda_devices")
+    cuda = sweep.machine.get("cuda_devices")
     if cuda == 0:
         return out("inconclusive", "the sweep ran on the CPU, where DP has no GPU to split the batch over: DP's gap "
                    f"to DDP says nothing about its data path; {loading}")

@@ -15,9 +15,10 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,49 +30,16 @@ from dpprof.analyze.dp_output import output_device as find_output_device
 from dpprof.analyze.model import (
     Analysis,
     AnalysisWarning,
-    DeviceSummary,
-    KernelStat,
     StepBreakdown,
 )
+from dpprof.analyze.rank_summary import RankSummary
 from dpprof.analyze.segments import Segments
 from dpprof.errors import TraceError
-from dpprof.rundir import read_manifest, resolve_inputs
+from dpprof.manifest import Manifest, read_manifest
+from dpprof.rundir import resolve_inputs
 from dpprof.trace import classify as C
 from dpprof.trace.link import host_class, link
 from dpprof.trace.load import K_CPU_OP, K_OTHER, K_RUNTIME, RankTrace, load_trace
-
-
-@dataclass
-class RankSummary:
-    """What one worker sends back about one trace file (rank fields are provisional: 0).
-
-    ``steps`` are provisional too: their ``comm``/``dp_*`` still hold the waiting inside collectives, which
-    ``combine`` moves to ``peer_wait`` once every rank's ``executions`` are matched (``pieces`` say where).
-    """
-
-    path: str
-    dist_rank: int | None
-    world_size: int | None
-    backend: str | None
-    base_time_ns: int | None
-    gpu_names: dict[str, str]
-    devices: tuple[int, ...]
-    events: int
-    strategy: str
-    strategy_evidence: str
-    dp_mode: str | None
-    output_device: int | None
-    output_device_source: str
-    profile_all_threads: bool | None
-    steps: list[StepBreakdown]
-    device_summaries: list[DeviceSummary]
-    top_kernels: list[KernelStat]
-    executions: matching.RankExecutions
-    pieces: Pieces
-    segments: Pieces | None = None  # every run of every row, when asked for (timeline views)
-    warnings: list[AnalysisWarning] = field(default_factory=list)
-    steps_start_us: float | None = None
-    steps_end_us: float | None = None
 
 
 def summarize(path: str, segments: bool = False, max_inflate: int | None = None) -> RankSummary:
@@ -210,28 +178,35 @@ def _summaries(paths: Sequence[str], jobs: int, segments: bool = False, max_infl
     return good, bad
 
 
-def analyze(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None) -> Analysis:
+#: ``manifest=`` default of ``analyze``/``attribute``: read the run directory's manifest.
+READ: Any = object()
+
+
+def analyze(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None,
+            manifest: Manifest | None = READ) -> Analysis:
     """Analyse a run directory, a folder of traces or trace files. Raises DpprofError on bad input.
 
     ``jobs``: worker processes (default ``min(2, ranks, cpus)``; never more than the files or the CPUs).
     ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
+    ``manifest``: the run's manifest when the caller has read it (``dpprof.analyze.run.load_run``).
     """
-    return _analyze(paths, jobs, False, max_inflate)[0]
+    return _analyze(paths, jobs, False, max_inflate, manifest)[0]
 
 
-def attribute(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None
-              ) -> tuple[Analysis, dict[int, Segments]]:
+def attribute(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate: int | None = None,
+              manifest: Manifest | None = READ) -> tuple[Analysis, dict[int, Segments]]:
     """``analyze``, plus every rank's attribution as segments (``dpprof.analyze.segments``), keyed by rank."""
-    return _analyze(paths, jobs, True, max_inflate)
+    return _analyze(paths, jobs, True, max_inflate, manifest)
 
 
-def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool, max_inflate: int | None
-             ) -> tuple[Analysis, dict[int, Segments]]:
+def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool, max_inflate: int | None,
+             manifest: Manifest | None) -> tuple[Analysis, dict[int, Segments]]:
     inputs = resolve_inputs(paths)
     files = [str(p) for p in inputs.traces]
     jobs = min(2 if jobs is None else jobs, len(files), os.cpu_count() or 1)
     sums, errors = _summaries(files, max(1, jobs), segments, max_inflate)
-    manifest = read_manifest(inputs.run_dir)
+    if manifest is READ:
+        manifest, _ = read_manifest(inputs.run_dir)
     analysis, segs = combine_all(sums, manifest=manifest)
     notes = [AnalysisWarning("unreadable_trace", f"skipped: {e}") for e in errors]
     if inputs.run_dir is not None and manifest is None:

@@ -37,7 +37,6 @@ from dpprof.analyze.diag_figures import (
     OUTPUT_BYTES_PER_IMAGE,
     Row,
     distinct_gpus,
-    get,
     gpu_rows,
     link_gbps,
     mean,
@@ -53,6 +52,7 @@ from dpprof.analyze.projection_terms import (
     link_beta_from_fit,
     ring_allreduce_us,
 )
+from dpprof.manifest import EMPTY, Manifest
 
 PROJECTION_MODEL = "dpprof.projection/2"
 BACKWARD_SHARE = 2 / 3
@@ -67,7 +67,7 @@ def _unavailable(out: dict[str, Any], reason: str) -> dict[str, Any]:
     return out
 
 
-def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_GBps: float | None = None,
+def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: float | None = None,
             max_gpus: int = 8, measured: Mapping[tuple[str, int], float] | None = None,
             param_bytes: int | None = None) -> dict[str, Any]:
     """Projected DP and DDP rows for N = 1..max_gpus (and any N in ``measured``: (strategy, N) -> step ms)."""
@@ -78,40 +78,41 @@ def project(analysis: Analysis, manifest: Mapping[str, Any] | None = None, link_
     if ref is None:
         return _unavailable(out, "the profile has no steps")
     cpu = ref.device < 0
-    params = param_bytes or get(manifest, "model_info", "param_bytes")
-    if not isinstance(params, (int, float)) or params <= 0:
+    m = manifest or EMPTY
+    params = param_bytes or m.model_info.param_bytes
+    if params is None or params <= 0:
         return _unavailable(out, "no parameter size (manifest model_info.param_bytes, or --param-bytes) to size "
                             "the communication")
-    cores = get(manifest, "hardware", "cpus")
-    if cpu and not isinstance(cores, int):
+    cores = m.hardware.cpus
+    if cpu and cores is None:
         return _unavailable(out, "a CPU profile needs the node's core count (manifest hardware.cpus) to model the "
                             "threads per process")
     p = _profile(analysis, ref, cpu)
     # The profiler slows what it records (most on the host and on CPU ranks): the profile's per-step terms are
     # deflated by the run's measured ratio of profiled to unprofiled step time, when the manifest has it.
-    ratio = get(manifest, "profiler", "overhead_ratio")
-    ratio = float(ratio) if isinstance(ratio, (int, float)) and ratio > 1.0 else 1.0
+    ratio = m.profiler.overhead_ratio
+    ratio = ratio if ratio is not None and ratio > 1.0 else 1.0
     for k in ("parallel_1_us", "optimizer_us", "loading_1_us", "copies_1_us", "host_1_us", "dp_transfer_us"):
         if k in p:
             p[k] /= ratio
-    comm = _comm_model(analysis, manifest, link_GBps, cpu)
+    comm = _comm_model(m, link_GBps, cpu)
     if comm is None:
         return _unavailable(out, "no link bandwidth: none measured in the manifest, no allreduce probe, and none "
                             "declared (--link-gbps)")
-    buffers = float(get(manifest, "model_info", "buffers_bytes") or 0)
-    batch = get(manifest, "config", "batch_size")
-    sizes = get(manifest, "ddp", "bucket_sizes_bytes")
-    from_manifest = isinstance(sizes, list) and bool(sizes) and all(isinstance(x, (int, float)) for x in sizes)
-    buckets = [float(x) for x in sizes] if from_manifest else default_buckets(params)
+    buffers = float(m.model_info.buffers_bytes or 0)
+    batch = m.config.batch_size
+    sizes = m.ddp.bucket_sizes_bytes if m.ddp is not None else None
+    from_manifest = bool(sizes)
+    buckets = [float(x) for x in sizes] if sizes else default_buckets(params)
     io = float(p.pop("io_bytes", 0.0)) or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
-    threads = int(get(manifest, "config", "threads") or get(manifest, "config", "torch_threads") or 1)
+    threads = m.config.threads or m.config.torch_threads or 1
     backend, backend_why = dp_backend(analysis)
     dp_cal = p.pop("dp_transfer_us", None)
     n_prof = int(p.pop("n_prof"))
 
     def compute(n: int) -> float:
         if cpu:
-            return cpu_compute_us(p["parallel_1_us"], threads, n, int(cores)) + p["optimizer_us"]
+            return cpu_compute_us(p["parallel_1_us"], threads, n, cores or 1) + p["optimizer_us"]
         return p["parallel_1_us"] / n + p["optimizer_us"]
 
     def dp_path(n: int) -> float:
@@ -203,16 +204,14 @@ def _profile(analysis: Analysis, ref: Row, cpu: bool) -> dict[str, float]:
     return out
 
 
-def _comm_model(analysis: Analysis, manifest: Mapping[str, Any] | None, link: float | None,
-                cpu: bool) -> dict[str, Any] | None:
+def _comm_model(manifest: Manifest, link: float | None, cpu: bool) -> dict[str, Any] | None:
     """α (µs) and per-link β (µs/byte) for DDP's allreduce, with where each came from."""
     backend = "gloo" if cpu else "nccl"
-    probe = get(manifest, "comm_probe")
-    if isinstance(probe, Mapping) and probe.get("backend") == backend and \
-            isinstance(probe.get("alpha_us"), (int, float)) and isinstance(probe.get("beta_us_per_byte"), (int, float)) \
-            and isinstance(probe.get("world_size"), int) and probe["beta_us_per_byte"] > 0:
-        return {"comm_backend": backend, "alpha_us": float(probe["alpha_us"]),
-                "beta_us_per_byte": link_beta_from_fit(float(probe["beta_us_per_byte"]), probe["world_size"]),
+    probe = manifest.comm_probe
+    if probe is not None and probe.backend == backend and probe.alpha_us is not None and \
+            probe.beta_us_per_byte is not None and probe.world_size is not None and probe.beta_us_per_byte > 0:
+        return {"comm_backend": backend, "alpha_us": probe.alpha_us,
+                "beta_us_per_byte": link_beta_from_fit(probe.beta_us_per_byte, probe.world_size),
                 "comm_source": f"measured: the run's {backend} allreduce probe (manifest comm_probe)"}
     if cpu:
         return {"comm_backend": backend, "alpha_us": DEFAULT_ALPHA_US[backend],

@@ -28,7 +28,8 @@ from typing import Any
 
 from dpprof.errors import DpprofError
 from dpprof.fileio import UMASK
-from dpprof.rundir import read_json, read_manifest
+from dpprof.manifest import read_manifest
+from dpprof.rundir import read_json
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 JOIN_FILE = ".dpprof-run.json"
@@ -88,7 +89,8 @@ def _create_or_join(path: Path, rendezvous: dict[str, Any]) -> Path:
     if record != json.loads(json.dumps(rendezvous)):
         raise DpprofError(f"{path} already exists and is not a run of this rendezvous ({_describe(rendezvous)}): "
                           "a node joins only the run of its own rendezvous id")
-    status = (read_manifest(path) or {}).get("status")
+    manifest, _ = read_manifest(path)
+    status = manifest.status if manifest is not None else None
     if status not in (None, "running"):
         raise DpprofError(f"{path}: the run of this rendezvous id has ended ({status}): give a new --rdzv-id "
                           "or --run-name")

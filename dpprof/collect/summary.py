@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dpprof.rundir import read_manifest
+from dpprof.manifest import Summary, read_manifest
 
 
 def _fmt(value: Any, spec: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
-def _basis(summary: dict[str, Any]) -> str:
-    basis, n = summary.get("median_basis"), summary.get("median_steps")
+def _basis(summary: Summary) -> str:
+    basis, n = summary.median_basis, summary.median_steps
     if basis in ("after_window", "before_window", "no_profiler"):
         return f" over {n} unprofiled step(s)"
     if basis == "all_steps":
@@ -23,30 +23,28 @@ def _basis(summary: dict[str, Any]) -> str:
 
 def summary_lines(run_dir: Path) -> list[str]:
     """Plain lines: status, figures, and where every output is."""
-    m = read_manifest(run_dir)
+    m, _ = read_manifest(run_dir)
     if m is None:
         return [f"run directory: {run_dir} (no manifest: this node does not hold global rank 0)"]
-    s = m.get("summary") or {}
-    prof = m.get("profiler") or {}
-    files = m.get("files") or {}
+    s, prof = m.summary, m.profiler
     lines = [
-        f"run:        {run_dir}  [{m.get('status')}]",
-        f"steps:      {s.get('steps')}   median {_fmt(s.get('step_ms_median'), '.1f', ' ms')}/step   "
-        f"{_fmt(s.get('images_per_s_median'), '.0f', ' img/s')} (global)"
+        f"run:        {run_dir}  [{m.status}]",
+        f"steps:      {s.steps}   median {_fmt(s.step_ms_median, '.1f', ' ms')}/step   "
+        f"{_fmt(s.images_per_s_median, '.0f', ' img/s')} (global)"
         + _basis(s),
-        f"accuracy:   train {_fmt(s.get('final_train_acc'), '.3f')}   held-out {_fmt(s.get('final_test_acc'), '.3f')}"
-        f"   ({s.get('epochs')} epoch(s))",
-        f"profiler:   profiled {_fmt(prof.get('profiled_step_ms_median'), '.1f', ' ms')} vs unprofiled "
-        f"{_fmt(prof.get('unprofiled_step_ms_median'), '.1f', ' ms')}  "
-        f"(overhead ratio {_fmt(prof.get('overhead_ratio'), '.2f')})",
+        f"accuracy:   train {_fmt(s.final_train_acc, '.3f')}   held-out {_fmt(s.final_test_acc, '.3f')}"
+        f"   ({s.epochs} epoch(s))",
+        f"profiler:   profiled {_fmt(prof.profiled_step_ms_median, '.1f', ' ms')} vs unprofiled "
+        f"{_fmt(prof.unprofiled_step_ms_median, '.1f', ' ms')}  "
+        f"(overhead ratio {_fmt(prof.overhead_ratio, '.2f')})",
     ]
-    if m.get("dp_mode"):
-        lines.append(f"dp mode:    {m['dp_mode']}")
+    if m.dp_mode:
+        lines.append(f"dp mode:    {m.dp_mode}")
     lines.append(f"manifest:   {run_dir / 'manifest.json'}")
-    for key in ("traces", "nvml", "steps"):
-        for rel in files.get(key, []):
+    for key, rels in (("traces", m.files.traces), ("nvml", m.files.nvml), ("steps", m.files.steps)):
+        for rel in rels or []:
             lines.append(f"{key + ':':<11} {run_dir / rel}")
-    for w in m.get("warnings", []):
+    for w in m.warnings or []:
         lines.append(f"warning:    {w}")
     return lines
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 from dpprof.fileio import is_stdout
 
 if TYPE_CHECKING:
-    from dpprof.report.inputs import RunInputs
+    from dpprof.analyze.run import Run
 
 HELP = "write the HTML report of a run (run directory or trace files): verdicts, plots, tables"
 REPORTS_DIR = Path("reports")
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
-    from dpprof.analyze.rundata import add_diagnosis_options, add_read_options
+    from dpprof.analyze.options import add_diagnosis_options, add_read_options
 
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.pt.trace.json[.gz])")
@@ -45,17 +45,17 @@ def output_path(out: Path | None, name: str) -> Path:
 
 
 def write_report(paths: Sequence[str | os.PathLike[str]], out: Path | None = None,
-                 baseline: Sequence[str | os.PathLike[str]] = (), **diagnosis: Any) -> tuple[Path, RunInputs]:
-    """Analyze ``paths``, render the page, write it atomically; returns (path written, the RunInputs)."""
+                 baseline: Sequence[str | os.PathLike[str]] = (), **diagnosis: Any) -> tuple[Path, Run]:
+    """Analyze ``paths``, render the page, write it atomically; returns (path written, the Run)."""
+    from dpprof.analyze.run import load_run
     from dpprof.fileio import output_target, write_text_atomic
-    from dpprof.report.html import render_inputs
-    from dpprof.report.inputs import load_run
+    from dpprof.report.html import render_run
 
     if out is not None and not is_stdout(out) and not out.is_dir():
         output_target(out)  # a device or a FIFO is refused before the analysis, not after it
     run = load_run(paths, baseline=baseline, **diagnosis)
     target = output_path(out, run.name)
-    html = render_inputs(run, target)  # fully rendered before the file is touched
+    html = render_run(run, target)  # fully rendered before the file is touched
     write_text_atomic(target, html)
     return target, run
 

@@ -24,10 +24,10 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 
 def write_compare(a: str | Path, b: str | Path, out: Path | None = None, max_inflate: int | None = None) -> Path:
     """Analyze both runs, render the comparison, write it atomically; returns the file written."""
+    from dpprof.analyze.run import load_run
     from dpprof.fileio import is_stdout, output_target, write_text_atomic
     from dpprof.report.command import output_path
     from dpprof.report.html import render_compare
-    from dpprof.report.inputs import load_run
 
     if out is not None and not is_stdout(out) and not out.is_dir():
         output_target(out)  # a device or a FIFO is refused before the analysis, not after it

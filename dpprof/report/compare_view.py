@@ -1,7 +1,8 @@
 """Two runs side by side (``dpprof compare A B``): the values and charts ``compare.html`` shows.
 
-Per-step categories are compared on each run's reference device: the DP output device (GPU0), else
-rank 0's first device (the host timeline for a CPU run), as the mean over its profiled steps (ms).
+Per-step categories are compared on each run's reference row, the one the diagnosis reads
+(``dpprof.analyze.diag_figures.reference_row``: DP's output device, else rank 0's first GPU, else the host), as
+the mean over its profiled steps (ms).
 """
 
 from __future__ import annotations
@@ -10,37 +11,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.model import CATEGORIES, Analysis
+from dpprof.analyze.diag_figures import reference_row
+from dpprof.analyze.model import CATEGORIES
+from dpprof.analyze.run import Run
+from dpprof.manifest import EMPTY
 from dpprof.report import fmt, run_context
-from dpprof.report.inputs import RunInputs
 from dpprof.report.plots import category_bars, device_label, mean_step_categories
 from dpprof.report.svg import FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
 
 
-def reference_device(analysis: Analysis) -> tuple[int, int] | None:
-    keys = sorted({(s.rank, s.device) for s in analysis.steps})
-    if not keys:
-        return None
-    if analysis.output_device is not None and (0, analysis.output_device) in keys:
-        return (0, analysis.output_device)
-    return keys[0]
-
-
-def mean_categories(analysis: Analysis) -> dict[str, float]:
-    """Mean per-step categories (µs) on the reference device; empty without profiled steps."""
-    ref = reference_device(analysis)
-    steps = [s for s in analysis.steps if (s.rank, s.device) == ref]
-    return mean_step_categories(steps) if steps else {}
-
-
-def _step_ms(run: RunInputs) -> tuple[float | None, str]:
-    plain, _ = run_context.unprofiled_ms(run.manifest, run.step_times)
+def _step_ms(run: Run) -> tuple[float | None, str]:
+    plain, _ = run_context.unprofiled_ms(run)
     if plain:
         return plain, "unprofiled"
     return run_context.step_median_ms(run.analysis), "profiled"
 
 
-def _breakdown_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot:
+def _breakdown_plot(a: Run, b: Run, labels: tuple[str, str]) -> Plot:
     key, title = "compare-breakdown", "Mean step per device, both runs"
     rows: list[tuple[str, dict[str, float]]] = []
     for label, run in zip(labels, (a, b), strict=True):
@@ -56,7 +43,7 @@ def _breakdown_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot
     return category_bars(key, title, rows, note, xlabel="mean profiled step (ms)", height=1.4 + 0.34 * len(rows))
 
 
-def _steps_plot(a: RunInputs, b: RunInputs, labels: tuple[str, str]) -> Plot:
+def _steps_plot(a: Run, b: Run, labels: tuple[str, str]) -> Plot:
     key, title = "compare-steps", "Step times of both runs"
     if not a.step_times and not b.step_times:
         return absent(key, title, "Neither run recorded step times.")
@@ -88,16 +75,17 @@ def _ratio_sentence(a_ms: float | None, b_ms: float | None, labels: tuple[str, s
            f"({min(a_ms, b_ms):.2f} ms vs {max(a_ms, b_ms):.2f} ms)."
 
 
-def compare_context(a: RunInputs, b: RunInputs, out: Path | None = None) -> dict[str, Any]:
+def compare_context(a: Run, b: Run, out: Path | None = None) -> dict[str, Any]:
     labels = ("A", "B") if a.name == b.name else (a.name, b.name)
     runs = []
     meds = []
     for run in (a, b):
         ms, kind = _step_ms(run)
         meds.append(ms)
-        ips, ips_src = run_context.throughput(run.manifest, run.step_times)
-        mode = run_context.dp_mode(run.analysis, run.manifest)
-        ratio = run_context._get(run.manifest, "profiler", "overhead_ratio")
+        manifest = run.manifest or EMPTY
+        ips, ips_src = run_context.throughput(run)
+        mode = run_context.dp_mode(run)
+        ratio = manifest.profiler.overhead_ratio
         diag = run_context.diagnosis_view(run.analysis.diagnosis)
         runs.append({
             "name": run.name,
@@ -106,16 +94,17 @@ def compare_context(a: RunInputs, b: RunInputs, out: Path | None = None) -> dict
                 ("DP mode", mode or "–"),
                 ("ranks", str(len(run.analysis.ranks))),
                 ("GPUs with activity", str(len({(r.rank, d) for r in run.analysis.ranks for d in r.devices}))),
-                ("batch size (global)", fmt.num(run_context._get(run.manifest, "config", "batch_size"))),
+                ("batch size (global)", fmt.num(manifest.config.batch_size)),
                 (f"median step ({kind})", f"{fmt.num(ms)} ms"),
                 ("median profiled step", f"{fmt.num(run_context.step_median_ms(run.analysis))} ms"),
                 ("throughput", f"{fmt.num(ips)} img/s" if ips else f"– ({ips_src})"),
-                ("profiler distortion", f"×{ratio:.2f}" if isinstance(ratio, (int, float)) else "–"),
+                ("profiler distortion", f"×{ratio:.2f}" if ratio is not None else "–"),
             ],
             "diagnosis": diag,
             "mode_sentence": fmt.DP_MODE_SENTENCES.get(mode or "", "") if run.analysis.strategy == "dp" else "",
         })
-    ca, cb = mean_categories(a.analysis), mean_categories(b.analysis)
+    refs = [reference_row(a.analysis), reference_row(b.analysis)]
+    ca, cb = (dict(r.categories_us) if r is not None else {} for r in refs)
     cats = [c for c in CATEGORIES if ca.get(c, 0.0) > 0 or cb.get(c, 0.0) > 0]
     cat_rows = [[c, fmt.ms(ca.get(c)), fmt.ms(cb.get(c)), fmt.ms(cb.get(c, 0.0) - ca.get(c, 0.0))] for c in cats]
     if ca or cb:
@@ -137,18 +126,15 @@ def compare_context(a: RunInputs, b: RunInputs, out: Path | None = None) -> dict
                           "reason": h.reason if h else "no diagnosis"})
         verdicts.append({"title": fmt.HYPOTHESIS_TITLES.get(hid, hid), "cells": cells})
     charts = [_breakdown_plot(a, b, labels), _steps_plot(a, b, labels)]
-    refs = []
-    for label, run in zip(labels, (a, b), strict=True):
-        ref = reference_device(run.analysis)
-        refs.append(f"{label}: {device_label(ref[0], ref[1], len(run.analysis.ranks) > 1)}" if ref else
-                    f"{label}: no profiled step")
+    where = [f"{label}: {device_label(ref.rank, ref.device, len(run.analysis.ranks) > 1)}" if ref else
+             f"{label}: no profiled step" for label, run, ref in zip(labels, (a, b), refs, strict=True)]
     return {
         "title": f"dpprof compare · {labels[0]} vs {labels[1]}",
         "labels": labels,
         "runs": runs,
         "headline": _ratio_sentence(meds[0], meds[1], labels),
         "categories": cat_rows,
-        "reference": "; ".join(refs),
+        "reference": "; ".join(where),
         "verdicts": verdicts,
         "plots": {p.key: p for p in charts},
         "plot_count": sum(p.present for p in charts),

@@ -7,12 +7,14 @@ utilization.gpu is the percent of the sample period during which at least one ke
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
+from dpprof.analyze.run import StepTime
 from dpprof.report.svg import (
     CATEGORY_COLORS,
     FIG_W,
@@ -41,14 +43,31 @@ class GpuSeries:
     mem_used_bytes: Sequence[float]
 
 
-@dataclass(frozen=True)
-class StepTime:
-    """Wall time of one training step of one rank, ms (from steps.rank*.jsonl or a profiled step)."""
+def nvml_series(nvml: Any | None) -> list[GpuSeries]:
+    """Per-GPU series of an ``NvmlData`` for the timeline plot (seconds from the run's first sample)."""
+    gpus = [g for g in (getattr(nvml, "gpus", None) or ()) if len(g.t_ns)]
+    if not gpus:
+        return []
+    t0 = min(int(g.t_ns[0]) for g in gpus)
+    hosts = {g.host for g in gpus}
+    out = []
+    for g in gpus:
+        label = f"GPU{g.cuda_index}" if g.cuda_index is not None else f"NVML {g.nvml_index}"
+        out.append(GpuSeries(label=f"{g.host}:{label}" if len(hosts) > 1 else label,
+                             t_s=[(int(t) - t0) / 1e9 for t in g.t_ns],
+                             util_gpu_pct=[float(v) for v in g.fields["util_gpu_pct"]],
+                             mem_used_bytes=[float(v) for v in g.fields["mem_used_bytes"]]))
+    return out
 
-    rank: int
-    step: int
-    wall_ms: float
-    profiled: bool
+
+def nvml_mean_util(series: Sequence[GpuSeries]) -> dict[str, float]:
+    """Mean utilization.gpu per GPU (%), null readings left out."""
+    out = {}
+    for s in series:
+        vals = [v for v in s.util_gpu_pct if not math.isnan(v)]
+        if vals:
+            out[s.label] = sum(vals) / len(vals)
+    return out
 
 
 def device_label(rank: int, device: int, multi_rank: bool) -> str:

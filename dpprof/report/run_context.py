@@ -1,7 +1,7 @@
-"""Turn one run's plain data (Analysis + manifest + step times) into the values the templates show.
+"""Turn one :class:`~dpprof.analyze.run.Run` into the values the templates show.
 
-No file is read here and nothing is drawn: every figure comes from the Analysis, the manifest or the
-step records passed in. Times are shown in milliseconds unless a column says µs.
+No file is read here and nothing is drawn: every figure comes from the run's Analysis, manifest or step
+records. Times are shown in milliseconds unless a column says µs.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, Diagnosis
+from dpprof.analyze.run import Run
+from dpprof.manifest import EMPTY
 from dpprof.report import fmt
-from dpprof.report.plots import StepTime, device_label
-from dpprof.rundir import lookup as _get
+from dpprof.report.plots import device_label
 
 SHORT_NAMES = {"dp": ("DP", "nn.DataParallel"), "ddp": ("DDP", "DistributedDataParallel"),
                "fsdp": ("FSDP", "FullyShardedDataParallel / fully_shard"),
@@ -38,8 +38,9 @@ def link(path: Path, out: Path | None) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
-def dp_mode(analysis: Analysis, manifest: Mapping[str, Any] | None) -> str | None:
-    return analysis.dp_mode or (_get(manifest, "dp_mode") if analysis.strategy == "dp" else None)
+def dp_mode(run: Run) -> str | None:
+    a = run.analysis
+    return a.dp_mode or ((run.manifest or EMPTY).dp_mode if a.strategy == "dp" else None)
 
 
 def step_median_ms(analysis: Analysis) -> float | None:
@@ -48,28 +49,29 @@ def step_median_ms(analysis: Analysis) -> float | None:
     return None if m is None else m / 1000.0
 
 
-def unprofiled_ms(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) -> tuple[float | None, str]:
+def unprofiled_ms(run: Run) -> tuple[float | None, str]:
     """Median step time without the profiler (ms) and where it comes from."""
-    m = _get(manifest, "profiler", "unprofiled_step_ms_median")
-    if isinstance(m, (int, float)) and m > 0:
-        basis = _get(manifest, "profiler", "unprofiled_basis")
-        return float(m), f"manifest profiler section ({basis or 'steps without the profiler'})"
-    plain = [t.wall_ms for t in times if not t.profiled]
+    prof = (run.manifest or EMPTY).profiler
+    m = prof.unprofiled_step_ms_median
+    if m is not None and m > 0:
+        return m, f"manifest profiler section ({prof.unprofiled_basis or 'steps without the profiler'})"
+    plain = [t.wall_ms for t in run.step_times if not t.profiled]
     return fmt.median(plain), "steps.rank*.jsonl, steps with the profiler off"
 
 
-def throughput(manifest: Mapping[str, Any] | None, times: Sequence[StepTime]) -> tuple[float | None, str]:
+def throughput(run: Run) -> tuple[float | None, str]:
     """Images per second (global) without the profiler, and where the figure comes from."""
-    batch = _get(manifest, "config", "batch_size")
-    med, _ = unprofiled_ms(manifest, times)
-    if isinstance(batch, int) and med:
+    manifest = run.manifest or EMPTY
+    batch = manifest.config.batch_size
+    med, _ = unprofiled_ms(run)
+    if batch is not None and med:
         return batch / (med / 1000.0), f"global batch {batch} ÷ unprofiled median step"
-    ips = _get(manifest, "summary", "images_per_s_median")
-    if isinstance(ips, (int, float)) and ips > 0:
+    ips = manifest.summary.images_per_s_median
+    if ips is not None and ips > 0:
         # Manifests before summary.median_basis took the median over all steps, profiled ones included.
-        basis = _get(manifest, "summary", "median_basis")
+        basis = manifest.summary.median_basis
         over = "all steps, profiled ones included" if basis in (None, "all_steps") else "unprofiled steps"
-        return float(ips), f"manifest summary (median over {over})"
+        return ips, f"manifest summary (median over {over})"
     return None, "unknown: the trace does not record the batch size (no manifest)"
 
 
@@ -78,17 +80,17 @@ def _strategy_tile(strategy: str, mode: str | None) -> tuple[str, str]:
     return short, " · ".join(x for x in (long, mode) if x)
 
 
-def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequence[StepTime],
-             step_source: str) -> dict[str, Any]:
+def overview(run: Run) -> dict[str, Any]:
     """Headline sentences and the key-figure tiles at the top of the report."""
-    mode = dp_mode(analysis, manifest)
+    analysis, manifest = run.analysis, run.manifest or EMPTY
+    mode = dp_mode(run)
     sentences = []
     if analysis.strategy == "dp" and mode in fmt.DP_MODE_SENTENCES:
         sentences.append(fmt.DP_MODE_SENTENCES[mode])
     devices = sorted({(r.rank, d) for r in analysis.ranks for d in r.devices})
     gpu_text = ", ".join(device_label(r, d, len(analysis.ranks) > 1) for r, d in devices) or "none (CPU only)"
-    plain, plain_source = unprofiled_ms(manifest, times)
-    ips, ips_source = throughput(manifest, times)
+    plain, plain_source = unprofiled_ms(run)
+    ips, ips_source = throughput(run)
     short, long = _strategy_tile(analysis.strategy, mode)
     tiles = [
         ("Strategy", short, " · ".join(x for x in (long, analysis.strategy_evidence) if x)),
@@ -99,20 +101,18 @@ def overview(analysis: Analysis, manifest: Mapping[str, Any] | None, times: Sequ
          plain_source if plain else "no step recorded without the profiler"),
         ("Throughput", f"{fmt.num(ips)} img/s" if ips else "–", ips_source),
     ]
-    ratio = _get(manifest, "profiler", "overhead_ratio")
-    if isinstance(ratio, (int, float)):
+    ratio = manifest.profiler.overhead_ratio
+    if ratio is not None:
         tiles.append(("Profiler distortion", f"×{ratio:.2f}", "profiled ÷ unprofiled median step time"))
-    model = _get(manifest, "model_info")
-    if isinstance(model, Mapping) and model.get("name"):
-        tiles.append(("Model", str(model["name"]), f"{fmt.num(model.get('params'))} parameters, "
-                                                   f"{fmt.size(model.get('param_bytes'))}"))
-    batch = _get(manifest, "config", "batch_size")
+    model = manifest.model_info
+    if model.name:
+        tiles.append(("Model", model.name, f"{fmt.num(model.params)} parameters, {fmt.size(model.param_bytes)}"))
+    batch = manifest.config.batch_size
     if batch is not None:
         tiles.append(("Batch size (global)", fmt.num(batch),
-                      f"{fmt.num(_get(manifest, 'config', 'per_rank_batch_size'))} per rank"))
-    status = _get(manifest, "status")
-    if status:
-        tiles.append(("Run status", str(status), "manifest.json"))
+                      f"{fmt.num(manifest.config.per_rank_batch_size)} per rank"))
+    if manifest.status:
+        tiles.append(("Run status", manifest.status, "manifest.json"))
     return {"sentences": sentences, "tiles": tiles}
 
 
@@ -205,31 +205,27 @@ def comm_view(analysis: Analysis) -> dict[str, Any]:
     }
 
 
-def environment(analysis: Analysis, manifest: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def environment(run: Run) -> list[dict[str, Any]]:
     """Configuration and environment tables from the manifest, or from the traces when there is none."""
+    analysis, m = run.analysis, run.manifest
     sections = []
-    if manifest:
-        sections.append({"title": "Configuration", "rows": fmt.rows(_get(manifest, "config"))})
-        sections.append({"title": "Versions", "rows": fmt.rows(_get(manifest, "versions"))})
-        hw = _get(manifest, "hardware") or {}
-        hw_rows = fmt.rows(hw, skip=("gpus",))
-        for g in (hw.get("gpus") or []) if isinstance(hw, Mapping) else []:
-            if isinstance(g, Mapping):
-                hw_rows.append((f"GPU{g.get('cuda_index')}", f"{g.get('name')} · "
-                                f"{fmt.size(g.get('memory_total_bytes'))} · NVML index {g.get('nvml_index')}"))
+    if m is not None:
+        sections.append({"title": "Configuration", "rows": fmt.rows(m.config.shown())})
+        sections.append({"title": "Versions", "rows": fmt.rows(m.versions)})
+        hw_rows = fmt.rows(m.hardware.shown(), skip=("gpus",))
+        for g in m.hardware.gpus or []:
+            hw_rows.append((f"GPU{g.cuda_index}", f"{g.name} · {fmt.size(g.memory_total_bytes)} · "
+                            f"NVML index {g.nvml_index}"))
         sections.append({"title": "Hardware", "rows": hw_rows})
-        sections.append({"title": "Link bandwidth (measured at collection)",
-                         "rows": fmt.rows(_get(manifest, "link_bandwidth"))})
-        sections.append({"title": "Profiler window and distortion", "rows": fmt.rows(_get(manifest, "profiler"))})
+        sections.append({"title": "Link bandwidth (measured at collection)", "rows": fmt.rows(m.link_bandwidth.shown())})
+        sections.append({"title": "Profiler window and distortion", "rows": fmt.rows(m.profiler.shown())})
         # Run speed over unprofiled steps (summary.median_basis says which); DDP's buckets and settings.
-        sections.append({"title": "Run summary", "rows": fmt.rows(_get(manifest, "summary"))})
+        sections.append({"title": "Run summary", "rows": fmt.rows(m.summary.shown())})
         sections.append({"title": "DDP buckets and settings (from the reducer)",
-                         "rows": fmt.rows(_get(manifest, "ddp"))})
-        sections.append({"title": "Model and data", "rows": fmt.rows(_get(manifest, "model_info"))
-                         + fmt.rows(_get(manifest, "data_info"))})
-        peak = _get(manifest, "peak_memory_bytes")
-        if peak:
-            sections.append({"title": "Peak GPU memory", "rows": fmt.rows(peak)})
+                         "rows": fmt.rows(m.ddp.shown() if m.ddp is not None else None)})
+        sections.append({"title": "Model and data", "rows": fmt.rows(m.model_info.shown()) + fmt.rows(m.data_info.shown())})
+        if m.peak_memory_bytes:
+            sections.append({"title": "Peak GPU memory", "rows": fmt.rows(m.peak_memory_bytes)})
     rank_rows = []
     for r in sorted(analysis.ranks, key=lambda r: r.rank):
         gpus = ", ".join(f"{k}: {v}" for k, v in sorted(r.gpu_names.items())) or "none"
@@ -240,13 +236,13 @@ def environment(analysis: Analysis, manifest: Mapping[str, Any] | None) -> list[
     return [s for s in sections if s["rows"]]
 
 
-def warnings(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any, notes: Sequence[str]) -> list[str]:
+def warnings(run: Run) -> list[str]:
     out = []
-    for w in analysis.warnings:
+    for w in run.analysis.warnings:
         where = f" (rank {w.rank})" if w.rank is not None else ""
         count = f" ×{w.count}" if w.count != 1 else ""
         out.append(f"[{w.code}]{where}{count} {w.message}")
-    out += [f"[manifest] {w}" for w in (_get(manifest, "warnings") or []) if isinstance(w, str)]
-    out += [f"[nvml] {w}" for w in (getattr(nvml, "warnings", None) or []) if isinstance(w, str)]
-    out += [f"[report] {n}" for n in notes]
+    out += [f"[manifest] {w}" for w in (run.manifest or EMPTY).warnings or []]
+    out += [f"[nvml] {w}" for w in (getattr(run.nvml, "warnings", None) or []) if isinstance(w, str)]
+    out += [f"[report] {n}" for n in run.notes]
     return out

@@ -34,6 +34,7 @@ import numpy as np
 
 from dpprof.errors import DpprofError, TraceError
 from dpprof.fileio import write_bytes_atomic
+from dpprof.manifest import EMPTY, read_manifest
 from dpprof.rundir import (
     MANIFEST,
     MERGED_DIR,
@@ -42,7 +43,6 @@ from dpprof.rundir import (
     rank_from_name,
     read_checked,
     read_json,
-    read_manifest,
     resolve_inputs,
     write_json,
 )
@@ -203,11 +203,11 @@ def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...]) -> Callable[[int
                 key = _node_of_file(node.get("nvml_file")) or str(node.get("node_key") or f.stem)
                 by_rank.update({r: key for r in node["ranks"] if _int(r) is not None})
     only = nvml_nodes[0] if len(nvml_nodes) == 1 else None
-    manifest = read_manifest(run_dir) or {}
-    nproc = _int((manifest.get("config") or {}).get("nproc"))
+    manifest = read_manifest(run_dir)[0] or EMPTY
+    nproc = manifest.config.nproc
     # (first rank, ranks, node key) per node: ranges, not one entry per rank (a manifest may say nproc 1e9).
-    blocks = [(n["node_rank"] * nproc, nproc, Path(n["file"]).stem if n.get("file") else str(n.get("host")))
-              for n in manifest.get("nodes") or [] if _int(n.get("node_rank")) is not None and nproc]
+    blocks = [(n.node_rank * nproc, nproc, Path(n.file).stem if n.file else str(n.host))
+              for n in manifest.nodes or [] if n.node_rank is not None and nproc]
 
     def node_of(rank: int | None) -> str | None:
         if rank is not None and rank in by_rank:

@@ -11,11 +11,13 @@ import pytest
 from dpprof.analyze.diagnosis import diagnose
 from dpprof.analyze.model import Analysis, CollectiveSkew, Straggler
 from dpprof.analyze.sweep_model import SweepPoint, SweepResult
+from dpprof.manifest import manifest_of
 from tests.analyze.diag_builders import analysis, dp4
 
-MANIFEST = {"config": {"batch_size": 128, "workers": 2, "lr_rule": "linear"},
-            "model_info": {"param_bytes": 58_913_064, "buffers_bytes": 0},
-            "link_bandwidth": {"p2p_GBps": {"0->1": 20.0, "0->2": 20.0, "0->3": 20.0}}}
+RAW = {"config": {"batch_size": 128, "workers": 2, "lr_rule": "linear"},
+       "model_info": {"param_bytes": 58_913_064, "buffers_bytes": 0},
+       "link_bandwidth": {"p2p_GBps": {"0->1": 20.0, "0->2": 20.0, "0->3": 20.0}}}
+MANIFEST = manifest_of(RAW)
 
 
 def verdicts(d) -> dict[str, str]:
@@ -166,7 +168,7 @@ def test_throttling_from_clock_event_reasons_against_the_device_maximum():
 
 
 def test_a_slow_link_explains_its_share_of_the_transfer():
-    manifest = {**MANIFEST, "link_bandwidth": {"p2p_GBps": {"0->1": 5.0, "0->2": 20.0, "0->3": 20.0}}}
+    manifest = manifest_of({**RAW, "link_bandwidth": {"p2p_GBps": {"0->1": 5.0, "0->2": 20.0, "0->3": 20.0}}})
     a = dp4({"compute": 8000, "dp_broadcast": 8000}, {"compute": 8000, "idle": 8000}, gpu0_serial=0.0)
     h = diagnose(a, manifest).hypotheses[1]
     assert h.evidence["slow_links"] == ["0->1"]
@@ -223,7 +225,7 @@ def test_hyperparameters_need_pairs_of_equal_total_workers_and_a_gpu():
 
 def test_loader_bound_is_a_finding_and_no_sweep_is_inconclusive():
     bound = analysis("single", {(0, 0): {"compute": 5000, "data_loading": 5000}})
-    d = diagnose(bound, {"config": {"workers": 0}})
+    d = diagnose(bound, manifest_of({"config": {"workers": 0}}))
     assert d.hypotheses[2].verdict == "inconclusive"
     assert any(f.id == "data_loading_bound" and f.severity == "critical" for f in d.findings)
     assert any("num_workers" in x for x in d.advice)
@@ -241,7 +243,7 @@ def test_ddp_findings_straggler_and_profiler_distortion():
                  straggler_summary={"verdict": "slow_rank", "participant": "rank 1", "times_last": 9, "collectives": 10,
                                     "share_of_waiting": 0.9, "mean_lateness_us": 1500.0, "caused_wait_us_per_step": 4500.0,
                                     "caused_wait_pct_of_step": 45.0, "text": "rank 1 started last at 9 of 10"})
-    d = diagnose(a, {"profiler": {"overhead_ratio": 1.5}})
+    d = diagnose(a, manifest_of({"profiler": {"overhead_ratio": 1.5}}))
     f = {x.id: x for x in d.findings}
     assert f["exposed_comm"].evidence["exposed_comm_pct"] == pytest.approx(20.0)
     assert f["comm_overlap"].evidence["overlap_ratio"] == pytest.approx(0.5)
@@ -366,8 +368,8 @@ MIB = 2**20
 def test_buckets_from_manifest_balanced_for_cifar_vgg16():
     # CIFAR VGG16's rebuilt buckets (element counts of the DDP fixtures, fp32): 9.5 / 28.3 / 21.1 MB
     sizes = [4 * n for n in (2365450, 7082496, 5280320)]
-    m = {"ddp": {"bucket_sizes_bytes": sizes, "bucket_sizes_source": "rebuilt", "bucket_cap_bytes": 25 * MIB},
-         "model_info": {"param_bytes": sum(sizes)}}
+    m = manifest_of({"ddp": {"bucket_sizes_bytes": sizes, "bucket_sizes_source": "rebuilt",
+                             "bucket_cap_bytes": 25 * MIB}, "model_info": {"param_bytes": sum(sizes)}})
     d = diagnose(_ddp2(500.0), m)
     f = _bucket_finding(d)
     assert f.evidence["shape"] == "balanced" and f.evidence["buckets_per_step"] == 3
@@ -378,7 +380,7 @@ def test_buckets_from_manifest_balanced_for_cifar_vgg16():
 
 def test_one_large_bucket_is_few_large_with_a_cap_suggestion():
     m = {"ddp": {"bucket_sizes_bytes": [60 * MIB], "bucket_sizes_source": "rebuilt", "bucket_cap_bytes": 100 * MIB}}
-    d = diagnose(_ddp2(), m)
+    d = diagnose(_ddp2(), manifest_of(m))
     f = _bucket_finding(d)
     assert f.evidence["shape"] == "one_bucket" and f.severity == "warning"  # 20 % exposed allreduce
     tip = next(x for x in d.advice if x.startswith("DDP buckets are few and large"))
@@ -391,7 +393,7 @@ def test_a_parameter_larger_than_the_cap_cannot_be_split():
     # torchvision vgg16: the 392 MiB fc6 weight fills one bucket by itself
     sizes = [int(x * 1e6) for x in (67.3, 411.1, 28.3, 28.3, 2.2)]
     m = {"ddp": {"bucket_sizes_bytes": sizes, "bucket_sizes_source": "rebuilt", "bucket_cap_bytes": 25 * MIB}}
-    d = diagnose(_ddp2(), m)
+    d = diagnose(_ddp2(), manifest_of(m))
     assert _bucket_finding(d).evidence["shape"] == "few_large"
     assert "which no bucket_cap_mb can split" in _bucket_finding(d).detail
     assert any("a smaller cap cannot split it" in x for x in d.advice)
@@ -400,7 +402,7 @@ def test_a_parameter_larger_than_the_cap_cannot_be_split():
 def test_many_small_buckets_suggest_a_larger_cap():
     m = {"ddp": {"bucket_sizes_bytes": [512 * 1024] * 40, "bucket_sizes_source": "rebuilt",
                  "bucket_cap_bytes": MIB // 2}}
-    d = diagnose(_ddp2(), m)
+    d = diagnose(_ddp2(), manifest_of(m))
     assert _bucket_finding(d).evidence["shape"] == "many_small"
     tip = next(x for x in d.advice if x.startswith("DDP runs many small allreduces"))
     assert "raise bucket_cap_mb (e.g. bucket_cap_mb=5, a quarter of the 20.0 MiB" in tip
@@ -408,7 +410,7 @@ def test_many_small_buckets_suggest_a_larger_cap():
 
 def test_tiny_model_needs_no_bucket_advice():
     m = {"ddp": {"bucket_sizes_bytes": [6440], "bucket_sizes_source": "rebuilt", "bucket_cap_bytes": 25 * MIB}}
-    d = diagnose(_ddp2(), m)
+    d = diagnose(_ddp2(), manifest_of(m))
     assert _bucket_finding(d).evidence["shape"] == "balanced"
     assert not any("bucket_cap_mb=" in x for x in d.advice)
 

@@ -14,12 +14,14 @@ from dpprof.analyze.projection_terms import (
     link_beta_from_fit,
     ring_allreduce_us,
 )
+from dpprof.manifest import manifest_of
 from tests.analyze.diag_builders import analysis, dp4
 
 P = 50_000_000  # parameter bytes
 BETA = 1 / 25e3  # 25 GB/s -> µs per byte
-MANIFEST = {"config": {"batch_size": 128}, "model_info": {"param_bytes": P, "buffers_bytes": 0},
-            "link_bandwidth": {"p2p_GBps": {"0->1": 25.0}}}
+RAW = {"config": {"batch_size": 128}, "model_info": {"param_bytes": P, "buffers_bytes": 0},
+       "link_bandwidth": {"p2p_GBps": {"0->1": 25.0}}}
+MANIFEST = manifest_of(RAW)
 
 
 def row(proj, strategy, n):
@@ -102,8 +104,8 @@ def test_dp_fixed_costs_do_not_carry_into_ddp():
 
 
 def test_manifest_buckets_and_the_allreduce_probe():
-    m = {**MANIFEST, "ddp": {"bucket_sizes_bytes": [10 * MiB, 30 * MiB]},
-         "comm_probe": {"backend": "nccl", "world_size": 2, "alpha_us": 40.0, "beta_us_per_byte": 2e-4}}
+    m = manifest_of({**RAW, "ddp": {"bucket_sizes_bytes": [10 * MiB, 30 * MiB]},
+                     "comm_probe": {"backend": "nccl", "world_size": 2, "alpha_us": 40.0, "beta_us_per_byte": 2e-4}})
     a = analysis("single", {(0, 0): {"compute": 8000}})
     p = project(a, m, max_gpus=2)
     assert p["inputs"]["buckets_bytes"] == [10 * MiB, 30 * MiB] and "probe" in p["inputs"]["comm_source"]
@@ -113,8 +115,8 @@ def test_manifest_buckets_and_the_allreduce_probe():
 
 
 def test_cpu_profile_projects_gloo_ddp_with_the_thread_rule():
-    m = {"config": {"batch_size": 64, "threads": 2}, "model_info": {"param_bytes": 4_000_000},
-         "hardware": {"cpus": 2}}
+    m = manifest_of({"config": {"batch_size": 64, "threads": 2}, "model_info": {"param_bytes": 4_000_000},
+                     "hardware": {"cpus": 2}})
     a = analysis("single", {(0, -1): {"compute": 100000, "host": 2000, "data_loading": 1000}})
     p = project(a, m, max_gpus=2, measured={("ddp", 2): 130.0})
     assert {r["strategy"] for r in p["rows"]} == {"ddp"}  # no DP without GPUs
@@ -140,6 +142,6 @@ def test_declared_bandwidth_overrides_and_measured_rows_get_errors():
     ({(0, 0): {"compute": 5000}}, {"model_info": {"param_bytes": 10}}, "no link bandwidth"),
 ])
 def test_unavailable_projection_says_why(per, manifest, why):
-    proj = project(analysis("single", per), manifest)
+    proj = project(analysis("single", per), manifest_of(manifest))
     assert proj["label"] == "projection" and not proj["available"] and proj["rows"] == []
     assert why in proj["reason"]

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpprof.cli import main
-from dpprof.schema import BOOL, INT, MANIFEST, NODE, NUM, STEP, STR, MapOf
+from dpprof.manifest import MANIFEST_SPEC as MANIFEST
+from dpprof.schema import BOOL, INT, NODE, NUM, STEP, STR, MapOf
 from dpprof.trace.nvml_samples import HEADER_SPEC
 from tests.data.bad.generate import case_dir
 

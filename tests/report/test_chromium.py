@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dpprof.report.html import render_inputs, render_run
-from dpprof.report.inputs import RunInputs
+from dpprof.analyze.run import Run
+from dpprof.report.html import render_run
 from tests.report.synthetic import dp_two_gpu
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,7 +44,7 @@ def _screenshot_colours(tmp: Path, page: Path) -> int:
 
 def test_synthetic_report_in_chromium(tmp_path: Path) -> None:
     page = tmp_path / "r.html"
-    page.write_text(render_run(dp_two_gpu(), trace_paths=[], out=page), encoding="utf-8")
+    page.write_text(render_run(Run.of(dp_two_gpu(), traces=[]), out=page), encoding="utf-8")
     assert _screenshot_colours(tmp_path, page) > 500  # a blank page has 1; text + charts have thousands
     dom = _run(tmp_path, page, "--dump-dom").stdout
     assert dom.count("<svg") == 4
@@ -52,9 +52,9 @@ def test_synthetic_report_in_chromium(tmp_path: Path) -> None:
         assert verdict in dom
 
 
-def test_fixture_report_in_chromium(dup00_run: RunInputs, tmp_path: Path) -> None:
+def test_fixture_report_in_chromium(dup00_run: Run, tmp_path: Path) -> None:
     page = tmp_path / "dup00.html"
-    html = render_inputs(dup00_run, page)
+    html = render_run(dup00_run, page)
     page.write_text(html, encoding="utf-8")
     assert _screenshot_colours(tmp_path, page) > 500
     dom = _run(tmp_path, page, "--dump-dom").stdout

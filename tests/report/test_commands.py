@@ -66,7 +66,7 @@ def test_failed_render_keeps_the_previous_report(h200: dict[str, Path], tmp_path
     def broken(*_a, **_k):  # type: ignore[no-untyped-def]
         raise DpprofError("rendering failed")
 
-    monkeypatch.setattr("dpprof.report.html.render_inputs", broken)
+    monkeypatch.setattr("dpprof.report.html.render_run", broken)
     with pytest.raises(DpprofError):
         command.write_report([h200["dp_1dev"]], page)
     assert page.read_text(encoding="utf-8") == "GOOD"

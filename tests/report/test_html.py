@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dpprof.report.html import render_inputs, render_run
-from dpprof.report.inputs import RunInputs
+from dpprof.analyze.run import Run
+from dpprof.report.html import render_run
 from tests.report.synthetic import dp_two_gpu
 
 TRACE = Path("tests/data/h200/dp_dup00.pt.trace.json.gz")
 
 
 def test_synthetic_report_has_verdicts_numbers_and_plots(tmp_path: Path) -> None:
-    html = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    html = render_run(Run.of(dp_two_gpu(), traces=[TRACE]), out=tmp_path / "r.html")
     for verdict in ("supported", "not supported", "inconclusive"):
         assert f">{verdict}</span>" in html
     assert "GPU0-centred work is 78.5 % of the 10.0 ms excess" in html
@@ -30,13 +30,13 @@ def test_synthetic_report_has_verdicts_numbers_and_plots(tmp_path: Path) -> None
 
 
 def test_rendering_twice_gives_identical_bytes(tmp_path: Path) -> None:
-    a = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
-    b = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    a = render_run(Run.of(dp_two_gpu(), traces=[TRACE]), out=tmp_path / "r.html")
+    b = render_run(Run.of(dp_two_gpu(), traces=[TRACE]), out=tmp_path / "r.html")
     assert a.encode() == b.encode()
 
 
 def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
-    html = render_run(dp_two_gpu(), trace_paths=[TRACE], out=tmp_path / "r.html")
+    html = render_run(Run.of(dp_two_gpu(), traces=[TRACE]), out=tmp_path / "r.html")
     assert "<script" not in html.lower()
     assert "Host-side time &lt;script&gt;" in html
     assert not re.search(r'<link\b|src="https?:|@import|url\(https?:', html)
@@ -48,13 +48,13 @@ def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
 def test_trace_links_are_relative_to_the_report(tmp_path: Path) -> None:
     out = tmp_path / "reports" / "r.html"
     trace = tmp_path / "traces" / "run" / "rank0.1.pt.trace.json.gz"
-    html = render_run(dp_two_gpu(), trace_paths=[trace], out=out)
+    html = render_run(Run.of(dp_two_gpu(), traces=[trace]), out=out)
     assert 'href="../traces/run/rank0.1.pt.trace.json.gz"' in html
     assert "ui.perfetto.dev" in html
 
 
-def test_dp_dup00_report_shows_dp_phases_per_step(dup00_run: RunInputs, tmp_path: Path) -> None:
-    html = render_inputs(dup00_run, tmp_path / "r.html")
+def test_dp_dup00_report_shows_dp_phases_per_step(dup00_run: Run, tmp_path: Path) -> None:
+    html = render_run(dup00_run, tmp_path / "r.html")
     for phase in ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce"):
         assert f'<th class="num">{phase}</th>' in html
         assert f"GPU in {phase} (µs)" in html
@@ -72,8 +72,8 @@ def test_dp_dup00_report_shows_dp_phases_per_step(dup00_run: RunInputs, tmp_path
     assert html.count('class="verdict ') == 3
 
 
-def test_ddp_report_draws_the_overlap_chart(ddp_gloo_run: RunInputs, tmp_path: Path) -> None:
-    html = render_inputs(ddp_gloo_run, tmp_path / "r.html")
+def test_ddp_report_draws_the_overlap_chart(ddp_gloo_run: Run, tmp_path: Path) -> None:
+    html = render_run(ddp_gloo_run, tmp_path / "r.html")
     assert ddp_gloo_run.analysis.strategy == "ddp"
     assert 'id="fig-ddp-overlap"' in html
     fig = html.split('id="fig-ddp-overlap"', 1)[1].split("</figure>", 1)[0]

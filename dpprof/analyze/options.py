@@ -1,0 +1,44 @@
+"""Command-line options shared by the commands that analyse a run (``analyze``, ``report``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dpprof.trace.inflate import add_read_options  # noqa: F401 (re-exported beside add_diagnosis_options)
+
+
+def add_diagnosis_options(p: Any) -> None:
+    """The options of `analyze` and `report` that feed the diagnosis (argparse parser or group)."""
+    p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
+                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N "
+                   "(otherwise the ideal is estimated and labelled so)")
+    p.add_argument("--link-gbps", type=_positive_float, default=None, metavar="GBPS",
+                   help="declared GPU link bandwidth (GB/s) for the what-if projection, where the run measured none")
+    p.add_argument("--sweep", type=Path, default=None, metavar="SWEEP_DIR",
+                   help="a `dpprof sweep` directory (or its sweep.json): answers the hyperparameters question "
+                   "and puts measured step times beside the projection")
+    p.add_argument("--param-bytes", type=_positive_int, default=None, metavar="BYTES",
+                   help="model parameter bytes for the projection, where no manifest states them "
+                   "(CIFAR VGG16: 58913064)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
