@@ -62,7 +62,7 @@ for key, us in sorted(totals.items(), key=str):
 
 
 def dpprof_available() -> bool:
-    return importlib.util.find_spec("dpprof.analyze.command") is not None
+    return importlib.util.find_spec("dpprof.commands.analyze") is not None
 
 
 def commands(trace_dir: Path, work: Path) -> dict[str, list[str]]:
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(tools) - {"dpprof", "hta", "naive"}:
         p.error(f"unknown tools: {sorted(unknown)}")
     if "dpprof" in tools and not dpprof_available():
-        print("dpprof analyze is not available yet (no dpprof.analyze.command): measuring the others",
+        print("dpprof analyze is not available yet (no dpprof.commands.analyze): measuring the others",
               file=sys.stderr)
         tools.remove("dpprof")
     try:

@@ -22,11 +22,11 @@ from dpprof.errors import DpprofError, Terminated
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.
 COMMANDS: dict[str, str] = {
     "profile": "dpprof.collect.command",
-    "analyze": "dpprof.analyze.command",
-    "merge-nvml": "dpprof.trace.nvml_merge_command",
-    "report": "dpprof.report.command",
-    "compare": "dpprof.report.compare_command",
-    "sweep": "dpprof.sweep_command",
+    "analyze": "dpprof.commands.analyze",
+    "merge-nvml": "dpprof.commands.merge_nvml",
+    "report": "dpprof.commands.report",
+    "compare": "dpprof.commands.compare",
+    "sweep": "dpprof.commands.sweep",
 }
 
 

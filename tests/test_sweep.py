@@ -96,7 +96,7 @@ def test_run_sweep_writes_json_records_failures_and_resumes(tmp_path, monkeypatc
 
 
 def _parse(argv):
-    from dpprof import sweep_command
+    from dpprof.commands import sweep as sweep_command
 
     p = argparse.ArgumentParser(exit_on_error=False)
     sweep_command.prepare_parser(p)

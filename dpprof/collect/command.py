@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(run_dir: Path) -> int:
     try:
-        from dpprof.report.command import report_run
+        from dpprof.report.files import report_run
     except ImportError:
         print("dpprof profile: --report: the report writer is not available in this dpprof; "
               f"run `dpprof report {run_dir}` once it is", file=sys.stderr)

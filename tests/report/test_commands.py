@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dpprof.commands import compare as compare_command
+from dpprof.commands import report as command
 from dpprof.errors import DpprofError
-from dpprof.report import command, compare_command
+from dpprof.report import files
 
 
 def _args(module, argv: list[str]) -> argparse.Namespace:  # type: ignore[no-untyped-def]
@@ -48,7 +50,7 @@ def test_report_run_dir_with_steps_and_manifest(h200: dict[str, Path], tmp_path:
              f'"profiled": {"true" if 3 <= i <= 5 else "false"}, "loss": null}}' for i in range(12)]
     (run / "steps.rank0.jsonl").write_text("\n".join(lines) + "\n{\"rank\": 0, \"ste")  # cut short
     (tmp_path / "out").mkdir()
-    out = command.report_run(run, tmp_path / "out")
+    out = files.report_run(run, tmp_path / "out")
     assert out == tmp_path / "out" / "dp-test.html"
     html = out.read_text(encoding="utf-8")
     # unprofiled steps (not 3..5) take 9, 10, 11 ms in turn: median 10 ms -> 128 / 0.010 s = 12,800 img/s
@@ -68,14 +70,14 @@ def test_failed_render_keeps_the_previous_report(h200: dict[str, Path], tmp_path
 
     monkeypatch.setattr("dpprof.report.html.render_run", broken)
     with pytest.raises(DpprofError):
-        command.write_report([h200["dp_1dev"]], page)
+        files.write_report([h200["dp_1dev"]], page)
     assert page.read_text(encoding="utf-8") == "GOOD"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temporary file left behind
 
 
 def test_missing_input_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DpprofError, match=r"no such file or directory") as exc:
-        command.write_report([tmp_path / "nope"], tmp_path / "r.html")
+        files.write_report([tmp_path / "nope"], tmp_path / "r.html")
     assert "\n" not in str(exc.value)
 
 

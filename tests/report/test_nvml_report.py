@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from dpprof.report.command import report_run
+from dpprof.report.files import report_run
 
 
 def _write_nvml(path: Path, fixture: Path) -> int:

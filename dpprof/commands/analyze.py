@@ -13,7 +13,7 @@ HELP = "Attribute every step on every GPU (DP/DDP-aware) and print/write the ana
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
-    from dpprof.analyze.options import add_diagnosis_options, add_read_options
+    from dpprof.commands.options import add_diagnosis_options, add_read_options
 
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.json, *.json.gz), one per rank")

@@ -11,7 +11,7 @@ HELP = "write RUN/merged/: each rank trace plus the NVML samples as counter trac
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    from dpprof.trace.inflate import add_read_options
+    from dpprof.commands.options import add_read_options
 
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory written by `dpprof profile`")
     add_read_options(parser)
