@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv and install dpprof with its dependencies

@@ -197,6 +197,9 @@ def _create_run_dir(args: argparse.Namespace, cfg: Any) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpprof.commands.options import require_extra
+
+    require_extra("collect", "dpprof profile")
     from dpprof.collect.summary import print_summary
 
     # The command line as typed when run from a shell; from Python (tests) only what is known.

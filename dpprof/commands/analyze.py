@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
+    if args.crosscheck == "hta":  # before the analysis, not after it
+        from dpprof.commands.options import require_extra
+
+        require_extra("interop", "dpprof analyze --crosscheck hta")
     if args.json_out and not is_stdout(args.json_out):
         output_target(args.json_out)  # a device or FIFO is refused before the analysis, not after
     run_ = load_run(args.inputs, baseline=args.baseline, jobs=args.jobs, link_gbps=args.link_gbps,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dpprof.errors import DpprofError
 from dpprof.trace.inflate import add_read_options  # noqa: F401 (re-exported beside add_diagnosis_options)
 
 
@@ -42,3 +43,17 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+#: The optional dependencies of each extra (``pip install 'dpprof[collect]'``), as import names.
+EXTRAS: dict[str, tuple[str, ...]] = {"collect": ("torch", "torchvision"), "interop": ("hta", "torch_tb_profiler")}
+
+
+def require_extra(extra: str, command: str) -> None:
+    """Raise DpprofError (one line, exit 2) naming what to install when a module of ``extra`` is missing."""
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DpprofError(f"{command} needs {' and '.join(missing)}, which are not installed: "
+                          f"pip install 'dpprof[{extra}]' (or `make venv` in a clone)")

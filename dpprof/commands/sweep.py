@@ -50,10 +50,12 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dpprof.commands.options import require_extra
     from dpprof.sweep import Grid, machine_info, plan, render_report, run_sweep
     from dpprof.term import console as make_console
     from dpprof.term import echo
 
+    require_extra("collect", "dpprof sweep")
     if args.steps is not None and args.steps < 1 or args.epochs is not None and args.epochs < 1:
         raise DpprofError("--steps and --epochs must be at least 1")
     if 0 in args.gpus:
