@@ -33,7 +33,6 @@ from dpprof.rundir import is_run_dir, read_json, write_json
 SWEEP_JSON = "sweep.json"
 SWEEP_HTML = "sweep.html"
 RUNS_DIR = "runs"
-STRATEGIES = ("single", "dp", "ddp")
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,12 @@ import numpy as np
 
 from dpprof.analyze.autotune import timed_launches
 from dpprof.analyze.collectives import Executions, executions
-from dpprof.analyze.model import CATEGORIES, DP_PHASES, StepBreakdown
+from dpprof.analyze.model import CATEGORIES, StepBreakdown
 from dpprof.trace import classify as C
 from dpprof.trace import intervals as iv
 from dpprof.trace.link import HOST_KINDS, Links, PhaseSpans
 from dpprof.trace.load import K_CPU_OP, K_KERNEL, K_MEMCPY, K_MEMSET, K_USER_ANN, RankTrace
+from dpprof.vocabulary import DP_PHASES
 
 CAT = {name: i for i, name in enumerate(CATEGORIES)}
 _PHASE_CAT = np.array([CAT[p] for p in DP_PHASES], dtype=np.int16)

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis
+from dpprof.analyze.model import CATEGORIES, Analysis
 from dpprof.analyze.sweep_model import SweepResult
 from dpprof.manifest import EMPTY, Manifest
 from dpprof.trace.nvml_samples import CLOCK_EVENT_BITS
+from dpprof.vocabulary import DP_PHASES
 
 #: NVML clock event reasons that slow a busy GPU: power cap, hardware slowdown, thermal slowdowns, power brake.
 SLOWDOWN_REASONS = functools.reduce(operator.or_, (CLOCK_EVENT_BITS[k] for k in (

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpprof.analyze.diag_figures import Context, nvml_per_gpu, reference_row
-from dpprof.analyze.findings import COLLECTIVE_STRATEGIES, EXPOSED_COMM_PCT, bucket_advice, findings
+from dpprof.analyze.findings import EXPOSED_COMM_PCT, bucket_advice, findings
 from dpprof.analyze.hypotheses import data_path, hardware, hyperparameters
 from dpprof.analyze.model import Analysis, Diagnosis, Finding, Hypothesis
 from dpprof.analyze.projection import project
 from dpprof.analyze.sweep_model import SweepResult
 from dpprof.manifest import EMPTY, Manifest
+from dpprof.vocabulary import COLLECTIVE_STRATEGIES
 
 #: Data loading above this share of the step gets loader advice (the finding starts at 20 %).
 LOADER_ADVICE_PCT = 10.0

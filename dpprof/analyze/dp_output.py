@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import Counter
 
 from dpprof.analyze.attribution import RankTimeline
-from dpprof.analyze.model import DP_PHASES
 from dpprof.trace import classify as C
+from dpprof.vocabulary import DP_PHASES
 
 _GATHER = DP_PHASES.index("dp_gather")
 

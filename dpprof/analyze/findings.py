@@ -25,6 +25,7 @@ from dpprof.analyze.diag_figures import (
     rows,
 )
 from dpprof.analyze.model import Finding
+from dpprof.vocabulary import COLLECTIVE_STRATEGIES
 
 HOST_BOUND_PCT = 50.0
 HOST_CRITICAL_PCT = 80.0
@@ -130,7 +131,6 @@ def _comm_rows(ctx: Context) -> list[Row]:
 
 
 #: Strategies whose steps carry collectives between processes.
-COLLECTIVE_STRATEGIES = ("ddp", "fsdp", "distributed")
 
 
 def comm_overlap(ctx: Context) -> dict[str, float] | None:

@@ -23,7 +23,8 @@ from typing import Any
 
 from dpprof.analyze.costs import dp_backend, dp_bytes, dp_excess, model_compute
 from dpprof.analyze.diag_figures import Context, GpuNvml, gpu_rows, link_gbps, mean, reference_row
-from dpprof.analyze.model import DP_PHASES, Hypothesis
+from dpprof.analyze.model import Hypothesis
+from dpprof.vocabulary import DP_PHASES
 
 SUPPORTED = 0.50
 NOT_SUPPORTED = 0.20

@@ -14,19 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpprof.vocabulary import DP_PHASES
+
 SCHEMA = "dpprof.analysis/2"
 
 #: Exclusive categories of a step on one device; per step they sum to ``duration_us``.
 #: ``dp_*`` and ``comm`` count GPU *transfer* only; the time a collective kernel spends waiting for its last
 #: participant is ``peer_wait`` (docs/analysis-schema.md says what changed from ``/1``).
-CATEGORIES: tuple[str, ...] = (
-    "compute", "dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce",
-    "comm", "peer_wait", "memcpy", "data_loading", "host", "idle",
-)
-DP_PHASES: tuple[str, ...] = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")
-#: What the analysis can label a trace (``strategy.detect``); ``distributed``: collectives that are neither
-#: DDP nor FSDP (tensor/pipeline parallelism, distributed inference).
-STRATEGIES: tuple[str, ...] = ("dp", "ddp", "fsdp", "distributed", "single", "unknown")
+CATEGORIES: tuple[str, ...] = ("compute", *DP_PHASES, "comm", "peer_wait", "memcpy", "data_loading", "host", "idle")
 VERDICTS: tuple[str, ...] = ("supported", "not_supported", "inconclusive")
 
 
@@ -202,7 +197,7 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class Analysis:
-    strategy: str  # one of STRATEGIES
+    strategy: str  # one of vocabulary.ANALYSIS_STRATEGIES
     ranks: tuple[RankInfo, ...]
     devices: tuple[DeviceSummary, ...]
     steps: tuple[StepBreakdown, ...]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpprof.analyze.attribution import CAT, Pieces
-from dpprof.analyze.model import CATEGORIES, DP_PHASES
+from dpprof.analyze.model import CATEGORIES
+from dpprof.vocabulary import DP_PHASES
 
 _PEER = CAT["peer_wait"]
 

@@ -21,7 +21,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _strategies(text: str) -> tuple[str, ...]:
-    from dpprof.sweep import STRATEGIES
+    from dpprof.vocabulary import PROFILE_STRATEGIES as STRATEGIES
 
     vals = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
     bad = [v for v in vals if v not in STRATEGIES]

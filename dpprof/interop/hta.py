@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpprof.analyze.model import DP_PHASES, Analysis
+from dpprof.analyze.model import Analysis
 from dpprof.errors import DpprofError
+from dpprof.vocabulary import DP_PHASES
 
 INSTALL = "pip install 'dpprof[interop]' (holistictraceanalysis)"
 

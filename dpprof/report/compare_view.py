@@ -18,6 +18,7 @@ from dpprof.manifest import EMPTY
 from dpprof.report import fmt, run_context
 from dpprof.report.plots import category_bars, device_label, mean_step_categories
 from dpprof.report.svg import FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
+from dpprof.vocabulary import DP_MODES, strategy_title
 
 
 def _step_ms(run: Run) -> tuple[float | None, str]:
@@ -90,7 +91,7 @@ def compare_context(a: Run, b: Run, out: Path | None = None) -> dict[str, Any]:
         runs.append({
             "name": run.name,
             "facts": [
-                ("strategy", run_context.STRATEGY_NAMES.get(run.analysis.strategy, run.analysis.strategy)),
+                ("strategy", strategy_title(run.analysis.strategy)),
                 ("DP mode", mode or "–"),
                 ("ranks", str(len(run.analysis.ranks))),
                 ("GPUs with activity", str(len({(r.rank, d) for r in run.analysis.ranks for d in r.devices}))),
@@ -101,7 +102,7 @@ def compare_context(a: Run, b: Run, out: Path | None = None) -> dict[str, Any]:
                 ("profiler distortion", f"×{ratio:.2f}" if ratio is not None else "–"),
             ],
             "diagnosis": diag,
-            "mode_sentence": fmt.DP_MODE_SENTENCES.get(mode or "", "") if run.analysis.strategy == "dp" else "",
+            "mode_sentence": DP_MODES[mode].sentence if run.analysis.strategy == "dp" and mode in DP_MODES else "",
         })
     refs = [reference_row(a.analysis), reference_row(b.analysis)]
     ca, cb = (dict(r.categories_us) if r is not None else {} for r in refs)

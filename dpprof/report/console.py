@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from typing import IO
 
-from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, StepBreakdown
+from dpprof.analyze.model import CATEGORIES, Analysis, StepBreakdown
+from dpprof.vocabulary import DP_MODES, DP_PHASES
 
 #: Short column headers for the categories (same order as CATEGORIES).
 SHORT: dict[str, str] = {
     "compute": "compute", "dp_scatter": "scatter", "dp_broadcast": "bcast", "dp_gather": "gather",
     "dp_reduce": "reduce", "comm": "comm", "peer_wait": "wait", "memcpy": "memcpy", "data_loading": "data",
     "host": "host", "idle": "idle",
-}
-DP_MODE_TEXT: dict[str, str] = {
-    "multi_device": "DP over several devices (scatter, replicate, parallel_apply, gather, reduce)",
-    "one_device": "DP on one device: a Scatter, then the module called directly (no replicas, gather, reduce)",
-    "no_gpu": "DP with no GPU: the module was called directly",
 }
 
 
@@ -45,7 +41,8 @@ def render(analysis: Analysis, file: IO[str] | None = None, width: int | None = 
         console.width = 160  # pipes and files: do not squeeze the table into 80 columns
     head = Text.assemble("strategy: ", (clean(analysis.strategy), "bold"))
     if analysis.dp_mode:
-        head.append(clean(f" — {DP_MODE_TEXT.get(analysis.dp_mode, analysis.dp_mode)}"))
+        mode = DP_MODES.get(analysis.dp_mode)
+        head.append(clean(f" — {mode.short if mode is not None else analysis.dp_mode}"))
     if analysis.output_device is not None:
         head.append(f"; output device GPU{analysis.output_device}")
     console.print(head)

@@ -21,14 +21,6 @@ VERDICT_LABELS: dict[str, str] = {
     "not_supported": "not supported",
     "inconclusive": "inconclusive",
 }
-DP_MODE_SENTENCES: dict[str, str] = {
-    "no_gpu": "DP had no GPU to split the batch over: the module ran directly (no scatter, replicas, "
-              "gather or reduce).",
-    "one_device": "DP ran on one GPU: inputs were scattered onto it and the module was called directly "
-                  "(no replicas, gather or reduce).",
-    "multi_device": "DP split each batch over several devices: scatter, replicate, parallel_apply, gather, "
-                    "then reduce of the gradients into the output device.",
-}
 
 
 def num(value: Any, digits: int = 3) -> str:

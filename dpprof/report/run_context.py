@@ -12,20 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.model import CATEGORIES, DP_PHASES, Analysis, Diagnosis
+from dpprof.analyze.model import CATEGORIES, Analysis, Diagnosis
 from dpprof.analyze.run import Run
 from dpprof.manifest import EMPTY
 from dpprof.report import fmt
 from dpprof.report.plots import device_label
+from dpprof.vocabulary import DP_MODES, DP_PHASES, STRATEGY_NAMES, StrategyName
 
-SHORT_NAMES = {"dp": ("DP", "nn.DataParallel"), "ddp": ("DDP", "DistributedDataParallel"),
-               "fsdp": ("FSDP", "FullyShardedDataParallel / fully_shard"),
-               "distributed": ("distributed", "collectives without DP, DDP or FSDP"),
-               "single": ("single", "one device, no data parallelism"), "unknown": ("unknown", "")}
-STRATEGY_NAMES = {"dp": "DP (nn.DataParallel)", "ddp": "DDP (DistributedDataParallel)",
-                  "fsdp": "FSDP (FullyShardedDataParallel / fully_shard)",
-                  "distributed": "distributed (collectives without DP, DDP or FSDP)",
-                  "single": "single device (no data parallelism)", "unknown": "unknown"}
 #: Kernels listed per device in the top-kernels table.
 TOP_KERNELS = 10
 MAX_STEP_ROWS = 240
@@ -76,8 +69,8 @@ def throughput(run: Run) -> tuple[float | None, str]:
 
 
 def _strategy_tile(strategy: str, mode: str | None) -> tuple[str, str]:
-    short, long = SHORT_NAMES.get(strategy, (strategy, ""))
-    return short, " · ".join(x for x in (long, mode) if x)
+    name = STRATEGY_NAMES.get(strategy, StrategyName(strategy, ""))
+    return name.short, " · ".join(x for x in (name.long, mode) if x)
 
 
 def overview(run: Run) -> dict[str, Any]:
@@ -85,8 +78,8 @@ def overview(run: Run) -> dict[str, Any]:
     analysis, manifest = run.analysis, run.manifest or EMPTY
     mode = dp_mode(run)
     sentences = []
-    if analysis.strategy == "dp" and mode in fmt.DP_MODE_SENTENCES:
-        sentences.append(fmt.DP_MODE_SENTENCES[mode])
+    if analysis.strategy == "dp" and mode in DP_MODES:
+        sentences.append(DP_MODES[mode].sentence)
     devices = sorted({(r.rank, d) for r in analysis.ranks for d in r.devices})
     gpu_text = ", ".join(device_label(r, d, len(analysis.ranks) > 1) for r, d in devices) or "none (CPU only)"
     plain, plain_source = unprofiled_ms(run)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from dpprof import vocabulary as V
+
 # --- GPU activity classes (codes are small ints so per-event arrays stay compact) ---------------------
 GPU_CLASSES: tuple[str, ...] = (
     "compute", "communication", "memcpy_HtoD", "memcpy_DtoH", "memcpy_DtoD", "memcpy_PtoP",
@@ -28,6 +30,12 @@ G_COPIES = (G_HTOD, G_DTOH, G_DTOD, G_PTOP, G_MEMCPY)
 COPY_KIND: dict[int, str] = {G_HTOD: "HtoD", G_DTOH: "DtoH", G_DTOD: "DtoD", G_PTOP: "PtoP", G_MEMCPY: "other"}
 
 _I = re.IGNORECASE
+
+
+def _exact(*names: str) -> re.Pattern[str]:
+    """A pattern matching exactly one of ``names``."""
+    return re.compile("^(?:" + "|".join(map(re.escape, names)) + ")$")
+
 #: Ordered GPU rules: (class, pattern). First match wins.
 GPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # NCCL (old ncclKernel_*, new ncclDevKernel_*), RCCL and gloo kernels, with or without "void ".
@@ -51,8 +59,8 @@ CPU_CLASSES: tuple[str, ...] = (
 (C_OP, C_STEP, C_DATA, C_DP_FORWARD, C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE,
  C_DP_PARALLEL_APPLY, C_DDP_FORWARD, C_DDP_REDUCER, C_COLLECTIVE, C_PARAM_COMMS, C_OPTIMIZER,
  C_FSDP, C_SYNC) = range(len(CPU_CLASSES))
-#: Host classes that are DP phases, in the order of ``model.DP_PHASES``.
-DP_PHASE_CLASSES: tuple[int, ...] = (C_DP_SCATTER, C_DP_BROADCAST, C_DP_GATHER, C_DP_REDUCE)
+#: Host classes that are DP phases, in the order of ``vocabulary.DP_PHASES`` (a phase's class has its name).
+DP_PHASE_CLASSES: tuple[int, ...] = tuple(CPU_CLASSES.index(p) for p in V.DP_PHASES)
 #: Annotations that only enclose other work: by themselves they do not make the host busy.
 ENCLOSING_CLASSES: frozenset[int] = frozenset({C_STEP, C_DDP_FORWARD, C_OPTIMIZER, C_DP_PARALLEL_APPLY, C_FSDP})
 #: Host spans of the collective API (c10d ops, ``record_param_comms``, ``nccl:*``/``gloo:*`` annotations).
@@ -62,17 +70,10 @@ COLLECTIVE_CLASSES: frozenset[int] = frozenset({C_COLLECTIVE, C_PARAM_COMMS})
 CPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("step", re.compile(r"^ProfilerStep#\d+$")),
     ("data_loading", re.compile(r"^enumerate\(DataLoader\)#.*__next__")),
-    # dpprof's own DP phase markers (collect/profiler.py) come first: they are exact when present.
-    ("dp_scatter", re.compile(r"^dpprof::dp_scatter$")),
-    ("dp_broadcast", re.compile(r"^dpprof::dp_replicate$")),
-    ("dp_parallel_apply", re.compile(r"^dpprof::dp_parallel_apply$")),
-    ("dp_gather", re.compile(r"^dpprof::dp_gather$")),
-    ("dp_forward", re.compile(r"^DataParallel\.forward$")),
-    # torch.nn.parallel autograd functions; GatherBackward scatters grad_output back to the replicas.
-    ("dp_scatter", re.compile(r"^(?:Scatter|GatherBackward)$")),
-    ("dp_broadcast", re.compile(r"^Broadcast$")),
-    ("dp_gather", re.compile(r"^Gather$")),
-    ("dp_reduce", re.compile(r"^(?:BroadcastBackward|ReduceAddCoalesced)$")),
+    # DP (dpprof.vocabulary): dpprof's own phase markers come first, they are exact when present; then torch's
+    # DataParallel.forward and the torch.nn.parallel autograd functions (GatherBackward scatters grad_output).
+    *((cls, _exact(mark)) for mark, cls in V.DP_MARKS.items()),
+    *((cls, _exact(*ops)) for cls, ops in V.DP_TORCH_OPS.items()),
     ("ddp_forward", re.compile(r"^DistributedDataParallel\.forward$")),
     ("ddp_reducer", re.compile(r"^(?:torch::distributed::reducer::|torch\.distributed\.ddp\.reducer::)")),
     ("param_comms", re.compile(r"^record_param_comms$")),

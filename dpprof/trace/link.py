@@ -38,7 +38,7 @@ class Links:
 
     rows: np.ndarray  # row indices of GPU activities (kernels, copies, memsets)
     launcher: np.ndarray  # row of the launching host event, -1 when not found
-    phase: np.ndarray  # int16 index into model.DP_PHASES, -1 when not launched inside a DP phase
+    phase: np.ndarray  # int16 index into vocabulary.DP_PHASES, -1 when not launched inside a DP phase
     in_collective: np.ndarray  # bool: launched inside a collective span on the same thread
     unlinked: int  # GPU activities whose launcher was not found
 

@@ -19,7 +19,8 @@ import pytest
 
 from dpprof.analyze.attribution import QUEUE_SLACK_US
 from dpprof.analyze.diagnosis import diagnose
-from dpprof.analyze.model import DP_PHASES, Analysis
+from dpprof.analyze.model import Analysis
+from dpprof.vocabulary import DP_PHASES
 from tests.synth.ddp import write_ddp_run
 from tests.synth.dp import VARIANTS as DP_VARIANTS
 from tests.synth.dp import params as dp_params

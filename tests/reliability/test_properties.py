@@ -27,7 +27,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpprof.analyze.model import CATEGORIES, DP_PHASES
+from dpprof.analyze.model import CATEGORIES
+from dpprof.vocabulary import DP_PHASES
 
 PID = 4242
 MAIN_TID = 4242
