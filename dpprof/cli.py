@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "profile": "dpprof.collect.command",
     "analyze": "dpprof.analyze.command",
     "merge-nvml": "dpprof.trace.nvml_merge_command",
+    "perfetto": "dpprof.perfetto.command",
     "report": "dpprof.report.command",
     "compare": "dpprof.report.compare_command",
     "sweep": "dpprof.sweep_command",
