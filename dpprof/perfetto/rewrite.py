@@ -77,7 +77,9 @@ def default_name(key: tuple[Any, Any], gpu: bool) -> str:
     pid, tid = key
     if gpu:
         return f"stream {tid}"
-    return f"thread {tid}" if is_number(pid) else f"{pid} {tid}".strip()
+    if is_number(pid):
+        return f"thread {tid}"
+    return " ".join(str(v) for v in key if v not in (None, "")) or "events without pid or tid"
 
 
 def thread_map(index: int, sc: Scan) -> dict[tuple[Any, Any], Thread]:

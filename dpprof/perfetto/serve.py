@@ -49,6 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: TraceServer
     server_version = "dpprof"
     sys_version = ""
+    timeout = 60  # seconds a socket read or write may take: a silent client cannot hold the server forever
 
     def _origin(self) -> tuple[str | None, bool]:
         origin = self.headers.get("Origin")

@@ -75,8 +75,11 @@ def run_plots(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any,
 def run_page_context(analysis: Analysis, manifest: Mapping[str, Any] | None, nvml: Any,
                      traces: Sequence[Path], *, name: str, out: Path | None,
                      step_times: Sequence[plots.StepTime], step_source: str,
-                     merged: Sequence[Path] = (), notes: Sequence[str] = ()) -> dict[str, Any]:
+                     merged: Sequence[Path] = (), notes: Sequence[str] = (),
+                     run_dir: Path | None = None) -> dict[str, Any]:
     """Every value ``run.html`` shows, computed from the inputs (no file is read)."""
+    from dpprof.perfetto.layout import command_line
+
     charts = run_plots(analysis, manifest, nvml, step_times, step_source)
     diag = analysis.diagnosis
     return {
@@ -95,6 +98,8 @@ def run_page_context(analysis: Analysis, manifest: Mapping[str, Any] | None, nvm
         "warnings": run_context.warnings(analysis, manifest, nvml, notes),
         "traces": [{"name": p.name, "href": run_context.link(p, out)} for p in traces],
         "merged": [{"name": p.name, "href": run_context.link(p, out)} for p in merged],
+        "perfetto_command": command_line(run_dir, traces) if run_dir is not None or traces
+        else "dpprof perfetto RUN_DIR --open",
     }
 
 
@@ -121,7 +126,8 @@ def render_run(analysis: Analysis, manifest: Mapping[str, Any] | None = None, nv
 
         name = run_name(run_dir, list(trace_paths), manifest)
     context = run_page_context(analysis, manifest, nvml, list(trace_paths), name=name, out=out,
-                               step_times=step_times, step_source=step_source, merged=merged, notes=notes)
+                               step_times=step_times, step_source=step_source, merged=merged, notes=notes,
+                               run_dir=run_dir)
     return render_template("run.html", **context)
 
 
