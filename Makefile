@@ -53,8 +53,9 @@ lint: venv ## ruff on the package, tests and benchmarks; mypy on the package
 	$(VENV)/bin/ruff check dpprof tests benchmarks
 	$(VENV)/bin/mypy dpprof --ignore-missing-imports
 
-bench: venv ## analyze-vs-HTA speed and memory, and collection overhead on CPU
+bench: venv ## analyze-vs-HTA speed and memory, perfetto merge time and memory, collection overhead on CPU
 	$(PY) benchmarks/analyze_vs_hta.py $(ARGS)
+	$(PY) benchmarks/perfetto_merge.py
 	$(PY) benchmarks/overhead.py --model tiny
 
 gpu-check: ## on a GPU machine (no venv): single, dp, ddp with profiler + NVML, overhead figures

@@ -37,7 +37,7 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dpprof.errors import DpprofError
-    from dpprof.perfetto.layout import Selection, parse_numbers
+    from dpprof.perfetto.layout import PERFETTO_DIR, Selection, parse_numbers
 
     if not args.open and (args.port is not None or args.keep_serving or args.no_browser):
         raise DpprofError("--port, --keep-serving and --no-browser go with --open")
@@ -46,6 +46,13 @@ def run(args: argparse.Namespace) -> int:
     selection = Selection(ranks=parse_numbers(args.ranks, "ranks") if args.ranks is not None else None,
                           steps=parse_numbers(args.steps, "steps") if args.steps is not None else None,
                           host_ops=not args.no_host_ops, kernels=not args.no_kernels)
+    given = Path(args.inputs[0])
+    # An earlier output (a file in perfetto/): serve it again as it is, nothing to merge.
+    again = len(args.inputs) == 1 and given.is_file() and given.resolve().parent.name == PERFETTO_DIR
+    if again:
+        if not args.open or args.ranks or args.steps or args.no_host_ops or args.no_kernels or args.out:
+            raise DpprofError(f"{given}: already a merged trace (in {PERFETTO_DIR}/): only --open (and its "
+                              "options) apply to it; give the run directory to merge again")
     server = None
     if args.open:
         from dpprof.perfetto.serve import DEFAULT_PORT, TraceServer
@@ -57,12 +64,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         from dpprof.perfetto.merge import merge
 
-        result = merge(args.inputs, out=args.out, selection=selection, jobs=args.jobs)
-        report(result)
+        if again:
+            output = given
+        else:
+            result = merge(args.inputs, out=args.out, selection=selection, jobs=args.jobs)
+            report(result)
+            output = result.output
         if server is not None:
             from dpprof.perfetto.serve import open_in_ui
 
-            open_in_ui(server, result.output, open_browser=not args.no_browser, keep_serving=args.keep_serving,
+            open_in_ui(server, output, open_browser=not args.no_browser, keep_serving=args.keep_serving,
                        say=lambda line: print(line, flush=True))
     finally:
         if server is not None:

@@ -123,8 +123,8 @@ def _new_id(v: Any, stride: int, slot: int) -> Any:
 def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[bytes]:
     """The chunk's kept events, rewritten, as one JSON text of comma-separated events (or nothing)."""
     threads, counts, used = out.threads, out.counts, out.used
-    flt, dropped = plan.flt, sc.dropped_flows
-    kinds, windows = not (flt.host_ops and flt.kernels), flt.windows is not None
+    flt, dropped, windows = plan.flt, sc.dropped_flows, plan.flt.windows is not None
+    host_ops, kernels = flt.host_ops, flt.kernels
     shift, ns, stride, slot = plan.shift_ns, plan.ns_trace, plan.id_stride, plan.id_slot
     kept: list[dict[str, Any]] = []
     n_host = n_gpu = n_flow = n_other = 0
@@ -138,7 +138,7 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
         key = (ev.get("pid"), ev.get("tid"))
         try:
             th = threads.get(key)
-            if th is None or kinds and not flt.kind_keeps(ph, ev.get("cat"), th.gpu) or (
+            if th is None or not (kernels if th.gpu else host_ops) and not flt.kind_keeps(ph, ev.get("cat"), th.gpu) or (
                     windows and not flt.in_window(ph, ev.get("ts"), ev.get("dur"))) or (
                     dropped and ph in FLOW_PHASES and (ev.get("cat"), ev.get("name"), ev.get("id")) in dropped):
                 continue

@@ -150,15 +150,14 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
         if len(ends):
             last = max(last, float(ends.max()))
         if flt.active:
-            for e in real:
-                if e.ph in FLOW_PHASES:
-                    try:
-                        fk = (e.cat, e.name, e.id)
-                        flows[fk] = flows.get(fk, 0) | (1 << index[(e.pid, e.tid)])
-                    except TypeError:
-                        continue
-                    if not flt.in_window(e.ph, e.ts, None):
-                        cut.add(fk)
+            for e in [e for e in real if e.ph in FLOW_PHASES]:
+                try:
+                    fk = (e.cat, e.name, e.id)
+                    flows[fk] = flows.get(fk, 0) | (1 << index[(e.pid, e.tid)])
+                except TypeError:
+                    continue
+                if flt.windows is not None and not flt.in_window(e.ph, e.ts, None):
+                    cut.add(fk)
     # A flow goes when one of its ends is on a thread whose kind the selection drops.
     bad = sum(1 << index[k] for k, gpu in threads.items() if not flt.kind_keeps("s", None, gpu))
     if bad:

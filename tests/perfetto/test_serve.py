@@ -136,13 +136,13 @@ def test_no_console_browser_without_a_display(monkeypatch: pytest.MonkeyPatch) -
     assert serve.browser_available() is False
 
 
-def test_command_open_serves_once_and_exits(tmp_path: Path) -> None:
-    """``dpprof perfetto RUN --open --port 0 --no-browser`` writes, prints the link, serves one fetch, exits 0."""
-    traces, _ = write_dp_run(tmp_path, 2, "balanced")
+def _open_command(args: list[str], cwd: Path) -> tuple[list[str], str, str, tuple[int, dict[str, str], bytes]]:
+    """Run ``dpprof perfetto ARGS --open --port 0 --no-browser``, fetch the printed link as the UI would; the
+    process must then exit by itself. Returns (lines up to the link, the rest of stdout, stderr, the fetch)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "dpprof.cli", "perfetto", str(traces.parent), "--open", "--port",
-                             "0", "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "dpprof.cli", "perfetto", *args, "--open", "--port", "0",
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
     try:
         assert proc.stdout is not None
         lines = []
@@ -150,15 +150,27 @@ def test_command_open_serves_once_and_exits(tmp_path: Path) -> None:
             lines.append(line)
             if line.startswith("open in Perfetto: "):
                 break
-        url = re.search(r"url=(http://127\.0\.0\.1:(\d+)(/\S+?))&referrer=dpprof", lines[-1])
+        url = re.search(r"url=http://127\.0\.0\.1:(\d+)(/\S+?)&referrer=dpprof", lines[-1])
         assert url, lines
-        status, headers, body = _get(int(url.group(2)), url.group(3), UI_ORIGIN)
-        assert status == 200 and headers["access-control-allow-origin"] == UI_ORIGIN
-        assert body == (traces.parent / "perfetto" / "all_ranks.json.gz").read_bytes()
+        fetched = _get(int(url.group(1)), url.group(2), UI_ORIGIN)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
+    return lines, out, err, fetched
+
+
+def test_command_open_serves_once_and_exits(tmp_path: Path) -> None:
+    """``dpprof perfetto RUN --open --port 0 --no-browser`` writes, prints the link, serves one fetch, exits 0."""
+    traces, _ = write_dp_run(tmp_path, 2, "balanced")
+    lines, out, _, (status, headers, body) = _open_command([str(traces.parent)], tmp_path)
+    merged = traces.parent / "perfetto" / "all_ranks.json.gz"
+    assert status == 200 and headers["access-control-allow-origin"] == UI_ORIGIN and body == merged.read_bytes()
     assert lines[0].startswith("wrote ") and "sent all_ranks.json.gz" in out
+    # An earlier output is served again as it is, without merging.
+    before = merged.stat().st_mtime_ns
+    lines, out, _, (status, _, body) = _open_command([str(merged)], tmp_path)
+    assert status == 200 and body == merged.read_bytes() and merged.stat().st_mtime_ns == before
+    assert not any(line.startswith("wrote ") for line in lines)
