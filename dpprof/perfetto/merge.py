@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,7 @@ import msgspec
 from dpprof import __version__
 from dpprof.analyze.model import Analysis, RankInfo
 from dpprof.analyze.pipeline import attribute
+from dpprof.analyze.segments import Segments
 from dpprof.errors import DpprofError
 from dpprof.fileio import atomic_open
 from dpprof.perfetto import layout, tracks
@@ -119,6 +120,21 @@ def _check_steps(analysis: Analysis, selection: Selection) -> None:
                           f"{layout.spell(present) or 'none'})")
 
 
+@dataclass
+class _Context:
+    """What every rank's part of the merge needs: the analysis, the clocks, the ids, NVML."""
+
+    analysis: Analysis
+    segments: dict[int, Segments]
+    selection: Selection
+    ref: int
+    base_ref: int
+    stride: int
+    nvml: NvmlData
+    node_of: Callable[[int | None], str | None] | None
+    notes: list[str]
+
+
 def merge(paths: Sequence[str | Path], *, out: Path | None = None,
           selection: Selection | None = None, jobs: int | None = None) -> MergeResult:
     """Write the merged trace of a run directory or trace files (module docstring); DpprofError on bad input."""
@@ -131,57 +147,65 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
     _check_steps(analysis, selection)
     if len(chosen) > layout.MAX_RANKS:
         raise DpprofError(f"{len(chosen)} ranks: at most {layout.MAX_RANKS} fit in one merged trace (--ranks)")
-    offsets = {o.rank: o for o in analysis.clock_offsets}
     ref = next((o.rank for o in analysis.clock_offsets if o.source == "reference"), analysis.ranks[0].rank)
-    base_ref = next(r.base_time_ns or 0 for r in analysis.ranks if r.rank == ref)
-    all_ranks = [r.rank for r in analysis.ranks]
-    stride = 10 ** len(str(max(len(all_ranks) - 1, 0)))
-    ns_ranks = {w.rank for w in analysis.warnings if w.code == "ns_timestamps"}
     nvml, node_of = _nvml(inputs.run_dir)
-    notes = [f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else []
-    notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
+    ctx = _Context(analysis=analysis, segments=segments, selection=selection, ref=ref,
+                   base_ref=next(r.base_time_ns or 0 for r in analysis.ranks if r.rank == ref),
+                   stride=10 ** len(str(max(len(analysis.ranks) - 1, 0))), nvml=nvml, node_of=node_of,
+                   notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [])
+    ctx.notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
     info: list[dict[str, Any]] = []
     clocks = [] if ref in {r.rank for r in chosen} else [f"rank {ref} (not written): the reference clock"]
-    gpus = 0
     with _open(target) as fh:
         sink = _Sink(fh)
         sink.write(b'{"traceEvents": [\n')
         for index, rinfo in enumerate(chosen):
-            r = rinfo.rank
-            off = offsets.get(r)
-            off_ns = round(off.offset_us * 1000) if off is not None else 0
-            shift = ((rinfo.base_time_ns or 0) - base_ref) + off_ns
-            windows = step_windows(analysis.steps, r, selection.steps)
-            plan = RankPlan(rank=r, index=index, path=Path(rinfo.path), shift_ns=shift, ns_trace=r in ns_ranks,
-                            id_slot=all_ranks.index(r), id_stride=stride,
-                            flt=Filter(selection.host_ops, selection.kernels, windows))
-            sc = scan(plan.path, plan.flt)
-            done = rewrite(plan, sc, sink.add)
-            for kind, n in done.counts.items():
-                sink.counts[kind] = sink.counts.get(kind, 0) + n
-            wanted = set(selection.steps) if selection.steps is not None else None
-            rows = [s for s in analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
-            sink.add(_encode(tracks.attribution_rows(index, rows, segments.get(r), shift)), "attribution")
-            devices = sorted(set(rinfo.devices) | set(sc.gpus()))
-            span = _span(plan, sc, windows)
-            node = node_of(r) if node_of is not None else None
-            if nvml.samples and span is not None and devices:
-                if rinfo.base_time_ns is None and (sc.first_ts or 0) < _ABSOLUTE_US:
-                    notes.append(f"rank {r}: no baseTimeNanoseconds and relative timestamps: NVML left out")
-                else:
-                    lines, _, more = tracks.nvml_lines(nvml, node, index, list(rinfo.devices), base_ref - off_ns,
-                                                       *span)
-                    sink.add(lines, "nvml")
-                    notes += [f"rank {r}: {m}" for m in more]
-            sink.add(_encode(tracks.process_rows(index, r, devices) + done.metadata()), "metadata")
-            gpus += len(devices)
-            clocks.append(_clock_text(r, shift, off, ref))
-            info.append(_rank_info(rinfo, index, devices, shift, off, node))
+            info.append(_write_rank(ctx, sink, index, rinfo))
+            clocks.append(_clock_text(rinfo.rank, info[-1]["shift_ns"], ref, info[-1]))
         sink.write(b'\n],\n"displayTimeUnit": "ms",\n"metadata": ')
-        sink.write(msgspec.json.encode(_metadata(analysis, ref, base_ref, selection, info)) + b"}\n")
-    return MergeResult(output=target, ranks=tuple(r.rank for r in chosen), gpus=gpus, json_bytes=sink.json_bytes,
+        sink.write(msgspec.json.encode(_metadata(ctx, info)) + b"}\n")
+    return MergeResult(output=target, ranks=tuple(r.rank for r in chosen),
+                       gpus=sum(len(x["gpu_pids"]) for x in info), json_bytes=sink.json_bytes,
                        file_bytes=target.stat().st_size, counts=dict(sink.counts), clocks=tuple(clocks),
-                       notes=tuple(notes))
+                       notes=tuple(ctx.notes))
+
+
+def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict[str, Any]:
+    """One rank: its events (two passes), its attribution, its NVML counters, its names; returns its metadata."""
+    r, sel = rinfo.rank, ctx.selection
+    off = next((o for o in ctx.analysis.clock_offsets if o.rank == r), None)
+    off_ns = round(off.offset_us * 1000) if off is not None else 0
+    shift = ((rinfo.base_time_ns or 0) - ctx.base_ref) + off_ns
+    windows = step_windows(ctx.analysis.steps, r, sel.steps)
+    plan = RankPlan(rank=r, index=index, path=Path(rinfo.path), shift_ns=shift,
+                    ns_trace=any(w.code == "ns_timestamps" and w.rank == r for w in ctx.analysis.warnings),
+                    id_slot=[x.rank for x in ctx.analysis.ranks].index(r), id_stride=ctx.stride,
+                    flt=Filter(sel.host_ops, sel.kernels, windows))
+    sc = scan(plan.path, plan.flt)
+    done = rewrite(plan, sc, sink.add)
+    for kind, n in done.counts.items():
+        sink.counts[kind] = sink.counts.get(kind, 0) + n
+    wanted = set(sel.steps) if sel.steps is not None else None
+    rows = [s for s in ctx.analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
+    sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), shift)), "attribution")
+    devices = sorted(set(rinfo.devices) | set(sc.gpus()))
+    span = _span(plan, sc, windows)
+    node = ctx.node_of(r) if ctx.node_of is not None else None
+    if ctx.nvml.samples and span is not None and rinfo.devices:
+        if rinfo.base_time_ns is None and (sc.first_ts or 0) < _ABSOLUTE_US:
+            ctx.notes.append(f"rank {r}: no baseTimeNanoseconds and relative timestamps: NVML left out")
+        else:
+            lines, _, more = tracks.nvml_lines(ctx.nvml, node, index, list(rinfo.devices), ctx.base_ref - off_ns,
+                                               *span)
+            sink.add(lines, "nvml")
+            ctx.notes.extend(f"rank {r}: {m}" for m in more)
+    sink.add(_encode(tracks.process_rows(index, r, devices) + done.metadata()), "metadata")
+    return {"rank": r, "trace": rinfo.path, "base_time_ns": rinfo.base_time_ns, "host_pid": layout.host_pid(index),
+            "gpu_pids": {str(d): layout.gpu_pid(index, d) for d in devices}, "shift_ns": shift,
+            "shift_us": shift / 1000, "offset_us": off.offset_us if off is not None else 0.0,
+            "residual_us": off.residual_us if off is not None else None,
+            "max_residual_us": off.max_residual_us if off is not None else None,
+            "offset_source": off.source if off is not None else "none (one rank)", "nvml_node": node}
 
 
 def _encode(rows: list[dict[str, Any]]) -> list[bytes]:
@@ -207,42 +231,31 @@ def _span(plan: RankPlan, sc: Any, windows: Sequence[tuple[float, float]] | None
     return conv(sc.first_ts) + plan.shift_ns, conv(sc.last_end) + plan.shift_ns
 
 
-def _clock_text(rank: int, shift_ns: int, off: Any, ref: int) -> str:
+def _clock_text(rank: int, shift_ns: int, ref: int, info: dict[str, Any]) -> str:
     if rank == ref:
         return f"rank {rank}: reference clock (its ts unchanged)"
-    how = off.source if off is not None else "no offset in the analysis: baseTimeNanoseconds only"
-    res = f", residual {off.residual_us:.3f} µs" if off is not None and off.residual_us is not None else ""
-    return f"rank {rank}: moved {shift_ns / 1000:+,.3f} µs ({how}{res})"
+    res = f", residual {info['residual_us']:.3f} µs" if info["residual_us"] is not None else ""
+    return f"rank {rank}: moved {shift_ns / 1000:+,.3f} µs ({info['offset_source']}{res})"
 
 
-def _rank_info(rinfo: RankInfo, index: int, devices: Sequence[int], shift_ns: int, off: Any,
-               node: str | None) -> dict[str, Any]:
-    return {"rank": rinfo.rank, "trace": rinfo.path, "base_time_ns": rinfo.base_time_ns,
-            "host_pid": layout.host_pid(index), "gpu_pids": {str(d): layout.gpu_pid(index, d) for d in devices},
-            "shift_us": shift_ns / 1000, "offset_us": off.offset_us if off is not None else 0.0,
-            "residual_us": off.residual_us if off is not None else None,
-            "max_residual_us": off.max_residual_us if off is not None else None,
-            "offset_source": off.source if off is not None else "none (one rank)", "nvml_node": node}
-
-
-def _metadata(analysis: Analysis, ref: int, base_ref: int, selection: Selection,
-              ranks: list[dict[str, Any]]) -> dict[str, Any]:
+def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    sel = ctx.selection
     return {
         "dpprof": f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's "
                   "attribution as tracks",
-        "clock": f"ts: µs on rank {ref}'s trace clock (baseTimeNanoseconds {base_ref}); rank r's events are "
-                 "moved by (its baseTimeNanoseconds - the reference's) / 1000 + offset_us, offset_us from the "
+        "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}); rank r's events "
+                 "are moved by (its baseTimeNanoseconds - the reference's) / 1000 + offset_us, offset_us from the "
                  "cross-rank analysis (analysis.json clock_offsets: matched collectives' ends within causal "
                  "bounds), the same alignment the analysis compares ranks on",
-        "clock_reference_rank": ref,
-        "clock_base_time_ns": base_ref,
+        "clock_reference_rank": ctx.ref,
+        "clock_base_time_ns": ctx.base_ref,
         "ids": "pid = (i + 1) * 1000 + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's position "
                "here); tid = pid * 1000 + k (k 0: dpprof attribution); flow/async ids, External id and "
-               "correlation = id * stride + the rank's position among the analysed ranks",
-        "ranks": ranks,
-        "selection": {"ranks": list(selection.ranks) if selection.ranks is not None else "all",
-                      "steps": list(selection.steps) if selection.steps is not None else "all",
-                      "host_ops": selection.host_ops, "kernels": selection.kernels},
-        "strategy": analysis.strategy,
-        "analysis_schema": analysis.schema,
+               f"correlation = id * {ctx.stride} + the rank's position among the analysed ranks",
+        "ranks": [{k: v for k, v in x.items() if k != "shift_ns"} for x in ranks],
+        "selection": {"ranks": list(sel.ranks) if sel.ranks is not None else "all",
+                      "steps": list(sel.steps) if sel.steps is not None else "all",
+                      "host_ops": sel.host_ops, "kernels": sel.kernels},
+        "strategy": ctx.analysis.strategy,
+        "analysis_schema": ctx.analysis.schema,
     }
