@@ -40,6 +40,7 @@ class Scanned(msgspec.Struct, gc=False):
 
 
 _SCAN = msgspec.json.Decoder(list[Scanned])
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 _FIELDS = tuple(Scanned.__struct_fields__)
 
 
@@ -65,6 +66,16 @@ def decode_scanned(buf: bytes | memoryview) -> list[Scanned]:
     except (msgspec.ValidationError, UnicodeDecodeError):
         data = decode_generic(buf)
         return [Scanned(**{k: ev.get(k) for k in _FIELDS}) for ev in data if isinstance(ev, dict)]
+
+
+def decode_pairs(buf: bytes | memoryview) -> tuple[list[Scanned], list[msgspec.Raw]] | None:
+    """Each event's first-pass fields beside its text, not decoded further (so that only the events a selection
+    keeps are); None when the chunk needs the tolerant path. The chunk is copied: the Raw views outlive ``buf``."""
+    data = bytes(buf)
+    try:
+        return _SCAN.decode(data), _RAWS.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
 
 
 def chunks(path: Path, whole: bool, decode: Callable[[bytes | memoryview], list[Any]]) -> Iterator[list[Any]]:

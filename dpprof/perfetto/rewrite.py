@@ -21,7 +21,7 @@ import msgspec
 
 from dpprof.errors import TraceError
 from dpprof.perfetto import layout
-from dpprof.perfetto.events import Unsplittable, chunks, decode_generic
+from dpprof.perfetto.events import Unsplittable, chunks, decode_generic, decode_pairs
 from dpprof.perfetto.scan import FLOW_PHASES, Filter, Scan, is_number, sorted_threads
 
 _INT64_MAX = 2**63 - 1
@@ -105,12 +105,48 @@ def to_ns(ts: float | int) -> int:
 def rewrite(plan: RankPlan, sc: Scan, emit: Callable[[list[bytes]], None]) -> Rewritten:
     """Stream ``plan.path`` again, emitting each chunk's kept events (JSON text each); see the module doc."""
     out = Rewritten(threads=thread_map(plan.index, sc))
+    decode = _selecting(plan, sc, out.threads) if plan.flt.active else decode_generic
     try:
-        for events in chunks(plan.path, sc.whole, decode_generic):
+        for events in chunks(plan.path, sc.whole, decode):
             emit(_chunk(events, plan, sc, out))
     except Unsplittable:  # the first pass read it streamed: the file changed in between
         raise TraceError(f"{plan.path}: changed while it was being merged") from None
     return out
+
+
+def _keep(th: Thread | None, flt: Filter, dropped: set[tuple[Any, Any, Any]], ph: Any, cat: Any, ts: Any,
+          dur: Any, name: Any, id_: Any) -> bool:
+    """Whether a (non-metadata) event of thread ``th`` is written: its thread, kind and time, and its flow whole."""
+    if th is None:
+        return False
+    if not (flt.kernels if th.gpu else flt.host_ops) and not flt.kind_keeps(ph, cat, th.gpu):
+        return False
+    if flt.windows is not None and not flt.in_window(ph, ts, dur):
+        return False
+    return not (dropped and ph in FLOW_PHASES and (cat, name, id_) in dropped)
+
+
+def _selecting(plan: RankPlan, sc: Scan, threads: dict[tuple[Any, Any], Thread]
+               ) -> Callable[[bytes | memoryview], list[Any]]:
+    """A chunk decoder that decodes only the events the selection keeps (and metadata): with ``--steps`` or
+    ``--no-host-ops`` most events are dropped, and decoding their ``args`` is most of the cost."""
+    flt, dropped = plan.flt, sc.dropped_flows
+
+    def decode(buf: bytes | memoryview) -> list[Any]:
+        pairs = decode_pairs(buf)
+        if pairs is None:
+            return decode_generic(buf)  # the tolerant path; _chunk filters it all the same
+        kept = []
+        for ev, raw in zip(*pairs, strict=True):
+            try:
+                if ev.ph == "M" or _keep(threads.get((ev.pid, ev.tid)), flt, dropped, ev.ph, ev.cat, ev.ts, ev.dur,
+                                         ev.name, ev.id):
+                    kept.append(decode_generic(raw))
+            except TypeError:  # unhashable pid, tid or id: left out
+                continue
+        return kept
+
+    return decode
 
 
 def _new_id(v: Any, stride: int, slot: int) -> Any:
@@ -123,8 +159,7 @@ def _new_id(v: Any, stride: int, slot: int) -> Any:
 def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[bytes]:
     """The chunk's kept events, rewritten, as one JSON text of comma-separated events (or nothing)."""
     threads, counts, used = out.threads, out.counts, out.used
-    flt, dropped, windows = plan.flt, sc.dropped_flows, plan.flt.windows is not None
-    host_ops, kernels = flt.host_ops, flt.kernels
+    flt, dropped, active = plan.flt, sc.dropped_flows, plan.flt.active
     shift, ns, stride, slot = plan.shift_ns, plan.ns_trace, plan.id_stride, plan.id_slot
     kept: list[dict[str, Any]] = []
     n_host = n_gpu = n_flow = n_other = 0
@@ -138,9 +173,8 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
         key = (ev.get("pid"), ev.get("tid"))
         try:
             th = threads.get(key)
-            if th is None or not (kernels if th.gpu else host_ops) and not flt.kind_keeps(ph, ev.get("cat"), th.gpu) or (
-                    windows and not flt.in_window(ph, ev.get("ts"), ev.get("dur"))) or (
-                    dropped and ph in FLOW_PHASES and (ev.get("cat"), ev.get("name"), ev.get("id")) in dropped):
+            if th is None or active and not _keep(th, flt, dropped, ph, ev.get("cat"), ev.get("ts"), ev.get("dur"),
+                                                  ev.get("name"), ev.get("id")):
                 continue
         except TypeError:  # unhashable pid, tid or id: left out by the first pass too
             continue

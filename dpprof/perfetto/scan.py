@@ -74,6 +74,16 @@ class Filter:
             return self.kernels or not (ph in FLOW_PHASES or ph == "X" and _category(cat) in GPU_ACTIVITY)
         return self.host_ops or not (ph in FLOW_PHASES or ph == "X" and _category(cat) not in HOST_KEPT)
 
+    def in_windows(self, ts: np.ndarray) -> np.ndarray:
+        """``in_window`` of instants (flow events) at once; NaN (untimed) counts as inside."""
+        if self.windows is None:
+            return np.ones(len(ts), dtype=bool)
+        w0 = np.array([w[0] for w in self.windows])
+        w1 = np.array([w[1] for w in self.windows])
+        k = np.searchsorted(w0, ts, side="right")
+        inside = (k > 0) & (ts <= w1[np.maximum(k - 1, 0)])
+        return inside | np.isnan(ts)
+
     def in_window(self, ph: Any, ts: Any, dur: Any) -> bool:
         """``--steps``: the event overlaps a selected step (an untimed event has nothing to place it by)."""
         if self.windows is None or not is_number(ts):
@@ -123,9 +133,8 @@ def _finite(values: list[Any]) -> np.ndarray:
 def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
     out = Scan(whole=whole, threads={})
     threads = out.threads
-    index: dict[tuple[Any, Any], int] = {}  # thread -> bit in the flows' masks
     first, last = float("inf"), float("-inf")
-    flows: dict[tuple[Any, Any, Any], int] = {}  # flow -> mask of the threads its events are on
+    by_thread: dict[tuple[Any, Any], set[tuple[Any, Any, Any]]] = {}  # the flows each thread has events of
     cut: set[tuple[Any, Any, Any]] = set()
     for events in chunks(path, whole, decode_scanned):
         out.events += len(events)
@@ -136,9 +145,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
             real = [e for e in real if _hashable(e)]
             keys = dict.fromkeys([(e.pid, e.tid) for e in real])
         for k in keys:
-            if k not in threads:
-                threads[k] = False
-                index[k] = len(index)
+            threads.setdefault(k, False)
         for k in {(e.pid, e.tid) for e in real if e.ph == "X" and type(e.pid) is int and type(e.cat) is str
                   and e.cat.lower() in GPU_THREAD_CATS}:
             threads[k] = True
@@ -150,18 +157,17 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
         if len(ends):
             last = max(last, float(ends.max()))
         if flt.active:
-            for e in [e for e in real if e.ph in FLOW_PHASES]:
-                try:
-                    fk = (e.cat, e.name, e.id)
-                    flows[fk] = flows.get(fk, 0) | (1 << index[(e.pid, e.tid)])
-                except TypeError:
-                    continue
-                if flt.windows is not None and not flt.in_window(e.ph, e.ts, None):
-                    cut.add(fk)
-    # A flow goes when one of its ends is on a thread whose kind the selection drops.
-    bad = sum(1 << index[k] for k, gpu in threads.items() if not flt.kind_keeps("s", None, gpu))
-    if bad:
-        cut.update(fk for fk, mask in flows.items() if mask & bad)
+            flows = [e for e in real if e.ph in FLOW_PHASES and _hashable(e)]
+            for e in flows:
+                by_thread.setdefault((e.pid, e.tid), set()).add((e.cat, e.name, e.id))
+            if flt.windows is not None and flows:
+                inside = flt.in_windows(np.array([e.ts if type(e.ts) in _NUM else np.nan for e in flows]))
+                cut.update((e.cat, e.name, e.id) for e, ok in zip(flows, inside.tolist(), strict=True) if not ok)
+    # A flow with events on threads whose kind the selection drops and on threads it keeps loses them all.
+    dropped = [f for k, f in by_thread.items() if not flt.kind_keeps("s", None, threads[k])]
+    if dropped:
+        cut |= set().union(*dropped) & set().union(*(f for k, f in by_thread.items()
+                                                    if flt.kind_keeps("s", None, threads[k])))
     out.dropped_flows = cut
     if first <= last:
         out.first_ts, out.last_end = first, last

@@ -166,7 +166,8 @@ def check_attribution(doc: dict[str, Any], analysis: Analysis, ranks: list[int] 
     assert rows and len(rows) == len(steps_at)
     for row in rows:
         key = (row.rank, row.device, row.step)
-        assert steps_at[key]["dur"] == pytest.approx(row.duration_us, abs=1e-3)
+        # Both ends rounded to the ns here, the duration rounded to the ns in analysis.json: 1.5 ns at most.
+        assert steps_at[key]["dur"] == pytest.approx(row.duration_us, abs=2e-3)
         got = sums.get(key, {})
         for cat, us in row.categories_us.items():
             tol = 1e-3 * (count.get((*key, cat), 0) + 1)

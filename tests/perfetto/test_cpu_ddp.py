@@ -3,11 +3,13 @@ through torchrun): host-only ranks, their attribution on the host timeline, cloc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from dpprof.analyze.pipeline import analyze
+from dpprof import cli
+from dpprof.analyze.model import Analysis
 from dpprof.perfetto.merge import merge
 from tests.collect.helpers import FAST, only_run_dir, profile
 from tests.perfetto import checks
@@ -30,7 +32,9 @@ def test_merged_cpu_ddp_run(ddp_cpu_run: Path) -> None:
     procs = checks.check_groups(doc, [0, 1])
     assert sorted(procs.values()) == [(0, -1), (1, -1)]
     checks.check_ids_per_rank(doc, procs)
-    analysis = analyze([ddp_cpu_run])
+    # The slices equal analysis.json as `dpprof analyze` writes it (rounded to the ns), read back.
+    assert cli.main(["analyze", str(ddp_cpu_run), "--quiet"]) == 0
+    analysis = Analysis.from_json(json.loads((ddp_cpu_run / "analysis.json").read_text()))
     assert {s.device for s in analysis.steps} == {-1}
     assert checks.check_attribution(doc, analysis) > 0
     offsets = {o.rank: o for o in analysis.clock_offsets}
