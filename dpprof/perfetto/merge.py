@@ -129,6 +129,7 @@ class _Context:
     selection: Selection
     ref: int
     base_ref: int
+    origin_ns: int  # subtracted from every merged-clock ns (0 unless the timestamps are too large for a double)
     stride: int
     nvml: NvmlData
     node_of: Callable[[int | None], str | None] | None
@@ -151,6 +152,7 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
     nvml, node_of = _nvml(inputs.run_dir)
     ctx = _Context(analysis=analysis, segments=segments, selection=selection, ref=ref,
                    base_ref=next(r.base_time_ns or 0 for r in analysis.ranks if r.rank == ref),
+                   origin_ns=_origin(analysis, ref),
                    stride=10 ** len(str(max(len(analysis.ranks) - 1, 0))), nvml=nvml, node_of=node_of,
                    notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [])
     ctx.notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
@@ -175,9 +177,10 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     r, sel = rinfo.rank, ctx.selection
     off = next((o for o in ctx.analysis.clock_offsets if o.rank == r), None)
     off_ns = round(off.offset_us * 1000) if off is not None else 0
-    shift = ((rinfo.base_time_ns or 0) - ctx.base_ref) + off_ns
+    shift = ((rinfo.base_time_ns or 0) - ctx.base_ref) + off_ns  # the alignment
+    move = shift - ctx.origin_ns  # what is added to the rank's trace-clock ns
     windows = step_windows(ctx.analysis.steps, r, sel.steps)
-    plan = RankPlan(rank=r, index=index, path=Path(rinfo.path), shift_ns=shift,
+    plan = RankPlan(rank=r, index=index, path=Path(rinfo.path), shift_ns=move,
                     ns_trace=any(w.code == "ns_timestamps" and w.rank == r for w in ctx.analysis.warnings),
                     id_slot=[x.rank for x in ctx.analysis.ranks].index(r), id_stride=ctx.stride,
                     flt=Filter(sel.host_ops, sel.kernels, windows))
@@ -185,9 +188,12 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     done = rewrite(plan, sc, sink.add)
     for kind, n in done.counts.items():
         sink.counts[kind] = sink.counts.get(kind, 0) + n
+    if done.skipped:
+        ctx.notes.append(f"rank {r}: {done.skipped} events left out: no usable phase or ts, or an X event without "
+                         "a name or a usable dur (the Chrome trace format needs them; the analysis skips them too)")
     wanted = set(sel.steps) if sel.steps is not None else None
     rows = [s for s in ctx.analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
-    sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), shift)), "attribution")
+    sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), move)), "attribution")
     devices = sorted(set(rinfo.devices) | set(sc.gpus()))
     span = _span(plan, sc, windows)
     node = ctx.node_of(r) if ctx.node_of is not None else None
@@ -195,7 +201,8 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
         if rinfo.base_time_ns is None and (sc.first_ts or 0) < _ABSOLUTE_US:
             ctx.notes.append(f"rank {r}: no baseTimeNanoseconds and relative timestamps: NVML left out")
         else:
-            lines, _, more = tracks.nvml_lines(ctx.nvml, node, index, list(rinfo.devices), ctx.base_ref - off_ns,
+            lines, _, more = tracks.nvml_lines(ctx.nvml, node, index, list(rinfo.devices),
+                                               ctx.base_ref - off_ns + ctx.origin_ns,
                                                *span)
             sink.add(lines, "nvml")
             ctx.notes.extend(f"rank {r}: {m}" for m in more)
@@ -231,6 +238,18 @@ def _span(plan: RankPlan, sc: Any, windows: Sequence[tuple[float, float]] | None
     return conv(sc.first_ts) + plan.shift_ns, conv(sc.last_end) + plan.shift_ns
 
 
+#: Above this (µs) a double no longer holds a timestamp to the ns (2**53 ns): traces with such timestamps (epoch µs
+#: or ns, Kineto's steady clock after ~3 months of uptime) are written from a whole second before the first step.
+_EXACT_US = 8e12
+
+
+def _origin(analysis: Analysis, ref: int) -> int:
+    start = next((r.steps_start_us for r in analysis.ranks if r.rank == ref), None)
+    if start is None or abs(start) < _EXACT_US:
+        return 0
+    return to_ns(start) // 10**9 * 10**9
+
+
 def _clock_text(rank: int, shift_ns: int, ref: int, info: dict[str, Any]) -> str:
     if rank == ref:
         return f"rank {rank}: reference clock (its ts unchanged)"
@@ -243,10 +262,11 @@ def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "dpprof": f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's "
                   "attribution as tracks",
-        "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}); rank r's events "
-                 "are moved by (its baseTimeNanoseconds - the reference's) / 1000 + offset_us, offset_us from the "
-                 "cross-rank analysis (analysis.json clock_offsets: matched collectives' ends within causal "
-                 "bounds), the same alignment the analysis compares ranks on",
+        "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
+                 "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
+                 "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets: "
+                 "matched collectives' ends within causal bounds), the same alignment the analysis compares ranks on",
+        "clock_origin_us": ctx.origin_ns / 1000,
         "clock_reference_rank": ctx.ref,
         "clock_base_time_ns": ctx.base_ref,
         "ids": "pid = (i + 1) * 1000 + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's position "

@@ -22,7 +22,7 @@ import msgspec
 from dpprof.errors import TraceError
 from dpprof.perfetto import layout
 from dpprof.perfetto.events import Unsplittable, chunks, decode_generic, decode_pairs
-from dpprof.perfetto.scan import FLOW_PHASES, Filter, Scan, is_number, sorted_threads
+from dpprof.perfetto.scan import FLOW_PHASES, Filter, Scan, is_number, sorted_threads, thread_key
 
 _INT64_MAX = 2**63 - 1
 
@@ -57,6 +57,7 @@ class Rewritten:
     threads: dict[tuple[Any, Any], Thread] = field(default_factory=dict)
     names: dict[tuple[Any, Any], str] = field(default_factory=dict)
     used: set[tuple[Any, Any]] = field(default_factory=set)
+    skipped: int = 0  # events the Chrome trace format cannot hold (no ts, an X without dur or name...)
 
     def metadata(self) -> list[dict[str, Any]]:
         """``thread_name`` and ``thread_sort_index`` rows of the threads that hold events."""
@@ -139,7 +140,8 @@ def _selecting(plan: RankPlan, sc: Scan, threads: dict[tuple[Any, Any], Thread]
         kept = []
         for ev, raw in zip(*pairs, strict=True):
             try:
-                if ev.ph == "M" or _keep(threads.get((ev.pid, ev.tid)), flt, dropped, ev.ph, ev.cat, ev.ts, ev.dur,
+                if ev.ph == "M" or _keep(threads.get(thread_key(ev.pid, ev.tid)), flt, dropped, ev.ph, ev.cat, ev.ts,
+                                         ev.dur,
                                          ev.name, ev.id):
                     kept.append(decode_generic(raw))
             except TypeError:  # unhashable pid, tid or id: left out
@@ -150,6 +152,8 @@ def _selecting(plan: RankPlan, sc: Scan, threads: dict[tuple[Any, Any], Thread]
 
 
 def _new_id(v: Any, stride: int, slot: int) -> Any:
+    if type(v) is str and v.isdigit():
+        v = int(v)
     if type(v) is int and v >= 0:
         new = v * stride + slot
         return new if new <= _INT64_MAX else v
@@ -170,7 +174,7 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
         if ph == "M":
             _name(ev, out.names)
             continue
-        key = (ev.get("pid"), ev.get("tid"))
+        key = thread_key(ev.get("pid"), ev.get("tid"))
         try:
             th = threads.get(key)
             if th is None or active and not _keep(th, flt, dropped, ph, ev.get("cat"), ev.get("ts"), ev.get("dur"),
@@ -178,15 +182,10 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
                 continue
         except TypeError:  # unhashable pid, tid or id: left out by the first pass too
             continue
+        if not _times(ev, ph, shift, ns):
+            out.skipped += 1
+            continue
         ev["pid"], ev["tid"] = th.pid, th.tid
-        ts: Any = ev.get("ts")
-        if ns:
-            if is_number(ts):
-                ev["ts"] = (round(ts) + shift) / 1000
-            if is_number(ev.get("dur")):
-                ev["dur"] = ev["dur"] / 1000
-        elif shift and is_number(ts):
-            ev["ts"] = (to_ns(ts) + shift) / 1000
         if "id" in ev:
             ev["id"] = _new_id(ev["id"], stride, slot)
         if "bind_id" in ev:
@@ -220,6 +219,40 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
         return [line for line in map(_encode_or_none, kept) if line is not None]
 
 
+def _number(v: Any) -> int | float | None:
+    """A finite number, also when written as a string (some exporters do); None otherwise."""
+    if type(v) is int:
+        return v
+    if type(v) is str:
+        try:
+            v = int(v) if v.strip().lstrip("-").isdigit() else float(v)
+        except ValueError:
+            return None
+    return v if type(v) is int or type(v) is float and math.isfinite(v) else None
+
+
+def _times(ev: dict[str, Any], ph: Any, shift: int, ns: bool) -> bool:
+    """Numbers for ``ts`` (moved by ``shift``), ``dur`` and counter values; False when the event cannot be written
+    as the Chrome trace format wants it (no phase or ``ts``; an X without a name or with no or a negative ``dur``;
+    a counter without a numeric value): such events are what the analysis skips too."""
+    ts = _number(ev.get("ts"))
+    if ts is None or not isinstance(ph, str):
+        return False
+    if ph == "X":
+        dur = _number(ev.get("dur"))
+        if dur is None or dur < 0 or not isinstance(ev.get("name"), str):
+            return False
+        ev["dur"] = dur / 1000 if ns else dur
+    elif ph == "C":
+        args = ev.get("args")
+        values = {k: n for k, v in args.items() if (n := _number(v)) is not None} if type(args) is dict else {}
+        if not values:
+            return False
+        ev["args"] = values
+    ev["ts"] = (round(ts) + shift) / 1000 if ns else (to_ns(ts) + shift) / 1000 if shift else ts
+    return True
+
+
 def _encode_or_none(ev: dict[str, Any]) -> bytes | None:
     try:
         return msgspec.json.encode(ev)
@@ -234,6 +267,6 @@ def _name(ev: dict[str, Any], names: dict[tuple[Any, Any], str]) -> None:
         name = args.get("name")
         if isinstance(name, str) and name.strip():
             try:
-                names.setdefault((ev.get("pid"), ev.get("tid")), name)
+                names.setdefault(thread_key(ev.get("pid"), ev.get("tid")), name)
             except TypeError:
                 pass

@@ -117,6 +117,15 @@ def scan(path: Path, flt: Filter) -> Scan:
         return _scan(path, flt, whole=True)
 
 
+def thread_key(pid: Any, tid: Any) -> tuple[Any, Any]:
+    """The thread an event is on; numbers written as strings (``"441"``) are the numbers."""
+    if type(pid) is str and pid.isdigit():
+        pid = int(pid)
+    if type(tid) is str and tid.isdigit():
+        tid = int(tid)
+    return pid, tid
+
+
 def _hashable(ev: Scanned) -> bool:
     try:
         hash((ev.pid, ev.tid, ev.id))
@@ -139,15 +148,17 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
     for events in chunks(path, whole, decode_scanned):
         out.events += len(events)
         real = [e for e in events if e.ph != "M"]
+        tkeys = [thread_key(e.pid, e.tid) for e in real]
         try:
-            keys = dict.fromkeys([(e.pid, e.tid) for e in real])
+            for k in dict.fromkeys(tkeys):
+                threads.setdefault(k, False)
         except TypeError:
             real = [e for e in real if _hashable(e)]
-            keys = dict.fromkeys([(e.pid, e.tid) for e in real])
-        for k in keys:
-            threads.setdefault(k, False)
-        for k in {(e.pid, e.tid) for e in real if e.ph == "X" and type(e.pid) is int and type(e.cat) is str
-                  and e.cat.lower() in GPU_THREAD_CATS}:
+            tkeys = [thread_key(e.pid, e.tid) for e in real]
+            for k in dict.fromkeys(tkeys):
+                threads.setdefault(k, False)
+        for k in {k for e, k in zip(real, tkeys, strict=True) if e.ph == "X" and type(k[0]) is int
+                  and type(e.cat) is str and e.cat.lower() in GPU_THREAD_CATS}:
             threads[k] = True
         starts = _finite([e.ts for e in real if type(e.ts) in _NUM])
         ends = _finite([e.ts + e.dur for e in real if e.ph == "X" and type(e.ts) in _NUM and type(e.dur) in _NUM
@@ -159,7 +170,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
         if flt.active:
             flows = [e for e in real if e.ph in FLOW_PHASES and _hashable(e)]
             for e in flows:
-                by_thread.setdefault((e.pid, e.tid), set()).add((e.cat, e.name, e.id))
+                by_thread.setdefault(thread_key(e.pid, e.tid), set()).add((e.cat, e.name, e.id))
             if flt.windows is not None and flows:
                 inside = flt.in_windows(np.array([e.ts if type(e.ts) in _NUM else np.nan for e in flows]))
                 cut.update((e.cat, e.name, e.id) for e, ok in zip(flows, inside.tolist(), strict=True) if not ok)
