@@ -56,14 +56,22 @@ class Rewritten:
     counts: dict[str, int] = field(default_factory=lambda: {"host": 0, "gpu": 0, "flow": 0, "other": 0})
     threads: dict[tuple[Any, Any], Thread] = field(default_factory=dict)
     names: dict[tuple[Any, Any], str] = field(default_factory=dict)
-    used: set[tuple[Any, Any]] = field(default_factory=set)
+    used: set[Thread] = field(default_factory=set)
+    #: the trace's (pid, tid) as written -> its thread (numbers written as strings are the numbers: thread_key)
+    by_raw: dict[tuple[Any, Any], Thread | None] = field(default_factory=dict)
     skipped: int = 0  # events the Chrome trace format cannot hold (no ts, an X without dur or name...)
+
+    def thread(self, raw: tuple[Any, Any]) -> Thread | None:
+        """The thread of an event's (pid, tid) as written (raises TypeError when they are unhashable)."""
+        if raw not in self.by_raw:
+            self.by_raw[raw] = self.threads.get(thread_key(*raw))
+        return self.by_raw[raw]
 
     def metadata(self) -> list[dict[str, Any]]:
         """``thread_name`` and ``thread_sort_index`` rows of the threads that hold events."""
         rows: list[dict[str, Any]] = []
         for key, th in self.threads.items():
-            if key in self.used:
+            if th in self.used:
                 rows += thread_rows(th.pid, th.tid, self.names.get(key) or default_name(key, th.gpu), th.k)
         return rows
 
@@ -106,7 +114,7 @@ def to_ns(ts: float | int) -> int:
 def rewrite(plan: RankPlan, sc: Scan, emit: Callable[[list[bytes]], None]) -> Rewritten:
     """Stream ``plan.path`` again, emitting each chunk's kept events (JSON text each); see the module doc."""
     out = Rewritten(threads=thread_map(plan.index, sc))
-    decode = _selecting(plan, sc, out.threads) if plan.flt.active else decode_generic
+    decode = _selecting(plan, sc, out) if plan.flt.active else decode_generic
     try:
         for events in chunks(plan.path, sc.whole, decode):
             emit(_chunk(events, plan, sc, out))
@@ -127,8 +135,7 @@ def _keep(th: Thread | None, flt: Filter, dropped: set[tuple[Any, Any, Any]], ph
     return not (dropped and ph in FLOW_PHASES and (cat, name, id_) in dropped)
 
 
-def _selecting(plan: RankPlan, sc: Scan, threads: dict[tuple[Any, Any], Thread]
-               ) -> Callable[[bytes | memoryview], list[Any]]:
+def _selecting(plan: RankPlan, sc: Scan, out: Rewritten) -> Callable[[bytes | memoryview], list[Any]]:
     """A chunk decoder that decodes only the events the selection keeps (and metadata): with ``--steps`` or
     ``--no-host-ops`` most events are dropped, and decoding their ``args`` is most of the cost."""
     flt, dropped = plan.flt, sc.dropped_flows
@@ -140,8 +147,7 @@ def _selecting(plan: RankPlan, sc: Scan, threads: dict[tuple[Any, Any], Thread]
         kept = []
         for ev, raw in zip(*pairs, strict=True):
             try:
-                if ev.ph == "M" or _keep(threads.get(thread_key(ev.pid, ev.tid)), flt, dropped, ev.ph, ev.cat, ev.ts,
-                                         ev.dur,
+                if ev.ph == "M" or _keep(out.thread((ev.pid, ev.tid)), flt, dropped, ev.ph, ev.cat, ev.ts, ev.dur,
                                          ev.name, ev.id):
                     kept.append(decode_generic(raw))
             except TypeError:  # unhashable pid, tid or id: left out
@@ -162,7 +168,7 @@ def _new_id(v: Any, stride: int, slot: int) -> Any:
 
 def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[bytes]:
     """The chunk's kept events, rewritten, as one JSON text of comma-separated events (or nothing)."""
-    threads, counts, used = out.threads, out.counts, out.used
+    by_raw, counts, used = out.by_raw, out.counts, out.used
     flt, dropped, active = plan.flt, sc.dropped_flows, plan.flt.active
     shift, ns, stride, slot = plan.shift_ns, plan.ns_trace, plan.id_stride, plan.id_slot
     kept: list[dict[str, Any]] = []
@@ -174,9 +180,9 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
         if ph == "M":
             _name(ev, out.names)
             continue
-        key = thread_key(ev.get("pid"), ev.get("tid"))
+        raw = (ev.get("pid"), ev.get("tid"))
         try:
-            th = threads.get(key)
+            th = by_raw[raw] if raw in by_raw else out.thread(raw)
             if th is None or active and not _keep(th, flt, dropped, ph, ev.get("cat"), ev.get("ts"), ev.get("dur"),
                                                   ev.get("name"), ev.get("id")):
                 continue
@@ -197,7 +203,7 @@ def _chunk(events: list[Any], plan: RankPlan, sc: Scan, out: Rewritten) -> list[
             if "correlation" in args:
                 args["correlation"] = _new_id(args["correlation"], stride, slot)
         kept.append(ev)
-        used.add(key)
+        used.add(th)
         if ph == "X":
             if th.gpu:
                 n_gpu += 1
@@ -235,11 +241,15 @@ def _times(ev: dict[str, Any], ph: Any, shift: int, ns: bool) -> bool:
     """Numbers for ``ts`` (moved by ``shift``), ``dur`` and counter values; False when the event cannot be written
     as the Chrome trace format wants it (no phase or ``ts``; an X without a name or with no or a negative ``dur``;
     a counter without a numeric value): such events are what the analysis skips too."""
-    ts = _number(ev.get("ts"))
+    ts = ev.get("ts")
+    if type(ts) is not float or not math.isfinite(ts):  # the usual case first: a float from the decoder
+        ts = _number(ts)
     if ts is None or not isinstance(ph, str):
         return False
     if ph == "X":
-        dur = _number(ev.get("dur"))
+        dur = ev.get("dur")
+        if type(dur) is not float or not math.isfinite(dur):
+            dur = _number(dur)
         if dur is None or dur < 0 or not isinstance(ev.get("name"), str):
             return False
         ev["dur"] = dur / 1000 if ns else dur

@@ -144,22 +144,24 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
     threads = out.threads
     first, last = float("inf"), float("-inf")
     by_thread: dict[tuple[Any, Any], set[tuple[Any, Any, Any]]] = {}  # the flows each thread has events of
+    alias: dict[tuple[Any, Any], tuple[Any, Any]] = {}  # (pid, tid) as written -> thread_key
     cut: set[tuple[Any, Any, Any]] = set()
     for events in chunks(path, whole, decode_scanned):
         out.events += len(events)
         real = [e for e in events if e.ph != "M"]
-        tkeys = [thread_key(e.pid, e.tid) for e in real]
         try:
-            for k in dict.fromkeys(tkeys):
-                threads.setdefault(k, False)
+            raws = dict.fromkeys([(e.pid, e.tid) for e in real])
         except TypeError:
             real = [e for e in real if _hashable(e)]
-            tkeys = [thread_key(e.pid, e.tid) for e in real]
-            for k in dict.fromkeys(tkeys):
-                threads.setdefault(k, False)
-        for k in {k for e, k in zip(real, tkeys, strict=True) if e.ph == "X" and type(k[0]) is int
-                  and type(e.cat) is str and e.cat.lower() in GPU_THREAD_CATS}:
-            threads[k] = True
+            raws = dict.fromkeys([(e.pid, e.tid) for e in real])
+        for raw in raws:
+            if raw not in alias:
+                alias[raw] = thread_key(*raw)
+                threads.setdefault(alias[raw], False)
+        for raw in {(e.pid, e.tid) for e in real if e.ph == "X" and type(e.cat) is str
+                    and e.cat.lower() in GPU_THREAD_CATS}:
+            if type(alias[raw][0]) is int:
+                threads[alias[raw]] = True
         starts = _finite([e.ts for e in real if type(e.ts) in _NUM])
         ends = _finite([e.ts + e.dur for e in real if e.ph == "X" and type(e.ts) in _NUM and type(e.dur) in _NUM
                         and e.dur > 0])
@@ -170,7 +172,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
         if flt.active:
             flows = [e for e in real if e.ph in FLOW_PHASES and _hashable(e)]
             for e in flows:
-                by_thread.setdefault(thread_key(e.pid, e.tid), set()).add((e.cat, e.name, e.id))
+                by_thread.setdefault(alias[(e.pid, e.tid)], set()).add((e.cat, e.name, e.id))
             if flt.windows is not None and flows:
                 inside = flt.in_windows(np.array([e.ts if type(e.ts) in _NUM else np.nan for e in flows]))
                 cut.update((e.cat, e.name, e.id) for e, ok in zip(flows, inside.tolist(), strict=True) if not ok)
