@@ -1,9 +1,10 @@
 """First pass over one rank's trace: its threads (host or GPU), its time span, and the flows a selection cuts.
 
 Kinds: a thread (``(pid, tid)`` of the trace) is a GPU thread when it holds GPU activities (kernels, copies,
-memsets, GPU-side annotations) and its pid is an integer (Kineto: ``pid`` = device index, ``tid`` = stream);
-every other thread is a host thread. Deciding per thread rather than per pid keeps a host process whose pid
-equals a device index (pid 1 in a container) apart from that GPU.
+memsets, GPU-side annotations) and its pid is an integer (Kineto: ``pid`` = device index, ``tid`` = stream), or
+holds counters on such a pid (``merge-nvml``'s NVML samples); every other thread is a host thread. Deciding per
+thread rather than per pid keeps a host process whose pid equals a device index (pid 1 in a container) apart
+from that GPU.
 
 Which events a selection keeps is decided here and by the second pass with the same function (``Filter``); a
 flow (its events share ``cat``, ``name`` and ``id``) is dropped whole when any of its events is dropped, so
@@ -145,6 +146,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
     first, last = float("inf"), float("-inf")
     by_thread: dict[tuple[Any, Any], set[tuple[Any, Any, Any]]] = {}  # the flows each thread has events of
     alias: dict[tuple[Any, Any], tuple[Any, Any]] = {}  # (pid, tid) as written -> thread_key
+    counters: set[tuple[Any, Any]] = set()  # threads with counter events
     cut: set[tuple[Any, Any, Any]] = set()
     for events in chunks(path, whole, decode_scanned):
         out.events += len(events)
@@ -162,6 +164,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
                     and e.cat.lower() in GPU_THREAD_CATS}:
             if type(alias[raw][0]) is int:
                 threads[alias[raw]] = True
+        counters.update(alias[(e.pid, e.tid)] for e in real if e.ph == "C")
         starts = _finite([e.ts for e in real if type(e.ts) in _NUM])
         ends = _finite([e.ts + e.dur for e in real if e.ph == "X" and type(e.ts) in _NUM and type(e.dur) in _NUM
                         and e.dur > 0])
@@ -176,6 +179,11 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
             if flt.windows is not None and flows:
                 inside = flt.in_windows(np.array([e.ts if type(e.ts) in _NUM else np.nan for e in flows]))
                 cut.update((e.cat, e.name, e.id) for e, ok in zip(flows, inside.tolist(), strict=True) if not ok)
+    # Counters on a GPU's pid (NVML samples in merge-nvml's copies) belong to that GPU, not to the host.
+    gpu_pids = {k[0] for k, gpu in threads.items() if gpu}
+    for k in counters:
+        if k[0] in gpu_pids and not threads[k]:
+            threads[k] = True
     # A flow with events on threads whose kind the selection drops and on threads it keeps loses them all.
     dropped = [f for k, f in by_thread.items() if not flt.kind_keeps("s", None, threads[k])]
     if dropped:

@@ -95,6 +95,25 @@ def test_nvml_counters_on_each_rank_clock(tmp_path: Path) -> None:
     assert {procs[e["pid"]] for e in counters} == {(0, 0), (1, 1)}
 
 
+def test_nvml_merged_copies_keep_their_counters_on_the_gpu(h200: dict[str, Path], tmp_path: Path) -> None:
+    """``dpprof perfetto RUN/merged`` (merge-nvml's copies, counters already inside, on Kineto's GPU pid): the
+    counters stay under the GPU's process, not the host's."""
+    from dpprof.trace.nvml_merge import merge_run
+    from tests.trace.test_nvml_merge import make_run, samples_over, span_ns
+
+    run = make_run(tmp_path, {"rank0.1.pt.trace.json.gz": h200["single_vgg16cifar"]})
+    base, start, end = span_ns(json.loads(gzip.decompress(h200["single_vgg16cifar"].read_bytes())))
+    rows, n_in = samples_over(base, start, end, cuda=0, util=40)
+    write_nvml(run / "nvml.hostA.jsonl", "hostA", rows)
+    merge_run(run)
+    doc = checks.load(merge([run / "merged"]).output)
+    checks.check_format(doc)
+    procs = checks.check_groups(doc, [0])
+    counters = [e for e in doc["traceEvents"] if e["ph"] == "C"]
+    assert counters and {procs[e["pid"]] for e in counters} == {(0, 0)}
+    assert len([e for e in counters if "util_gpu_pct" in e["args"]]) == n_in
+
+
 def test_selection_options(gloo: Path, tmp_path: Path) -> None:
     analysis = analyze([gloo])
     full = checks.load(merge([gloo], out=tmp_path / "full.json.gz").output)
