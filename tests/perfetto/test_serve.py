@@ -86,10 +86,22 @@ def test_serves_the_ui_origin_and_stops_after_the_fetch(server: tuple, trace: Pa
     assert any("refused a request from origin 'https://evil.example'" in line for line in said)
 
 
+def _other_addresses() -> list[str]:
+    """This machine's IPv4 address on its default route, if it has one (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere, only used to pick the interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return []
+    return [ip] if not ip.startswith("127.") and ip != "0.0.0.0" else []
+
+
 def test_binds_loopback_only(server: tuple, trace: Path) -> None:
     srv, thread, _ = server
     assert srv.server_address[0] == "127.0.0.1" and srv.socket.getsockname()[0] == "127.0.0.1"
-    for family, host in ((socket.AF_INET, "127.0.0.2"), (socket.AF_INET6, "::1")):
+    for family, host in ((socket.AF_INET, "127.0.0.2"), (socket.AF_INET6, "::1"),
+                         *((socket.AF_INET, ip) for ip in _other_addresses())):
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             try:
