@@ -56,3 +56,20 @@ def test_ids_sort_by_rank_then_device_and_stay_uint32() -> None:
 def test_command_line_quotes_paths(tmp_path: Path) -> None:
     assert layout.command_line(Path("runs/a b"), []) == "dpprof perfetto 'runs/a b' --open"
     assert layout.command_line(None, [Path("t0.json"), Path("t1.json")]) == "dpprof perfetto t0.json t1.json --open"
+
+
+def test_perfetto_never_imports_torch(tmp_path: Path) -> None:
+    """The merge and the server run where torch is not installed: torch, pynvml and matplotlib made unimportable."""
+    import subprocess
+    import sys
+
+    from tests.synth import write_ddp_run
+
+    traces, _ = write_ddp_run(tmp_path, 2, "balanced")
+    code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'pynvml', 'matplotlib')]; "
+            "from dpprof.cli import main; sys.exit(main(['perfetto', sys.argv[1]]))")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code, str(traces.parent)], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (traces.parent / "perfetto" / "all_ranks.json.gz").is_file()
