@@ -53,8 +53,9 @@ lint: venv ## ruff on the package, tests and benchmarks; mypy on the package
 	$(VENV)/bin/ruff check dpprof tests benchmarks
 	$(VENV)/bin/mypy dpprof --ignore-missing-imports
 
-bench: venv ## analyze-vs-HTA speed and memory, collection overhead on CPU, projection vs a measured DDP run
+bench: venv ## analyze-vs-HTA speed and memory, perfetto merge time and memory, collection overhead on CPU, projection vs a measured DDP run
 	$(PY) benchmarks/analyze_vs_hta.py $(ARGS)
+	$(PY) benchmarks/perfetto_merge.py
 	$(PY) benchmarks/overhead.py --model tiny
 	$(PY) benchmarks/projection_check.py
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "profile": "dpprof.collect.command",
     "analyze": "dpprof.commands.analyze",
     "merge-nvml": "dpprof.commands.merge_nvml",
+    "perfetto": "dpprof.commands.perfetto",
     "report": "dpprof.commands.report",
     "compare": "dpprof.commands.compare",
     "sweep": "dpprof.commands.sweep",

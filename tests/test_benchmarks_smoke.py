@@ -166,3 +166,20 @@ def test_hostile_input_script_runs(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["gzip bomb"]["exit"] == 2 and rows["truncated trace (2/3)"]["exit"] == 2
     assert rows["the same trace, whole"]["exit"] == 0 and rows["report, 20-rank steps"]["exit"] == 0
+
+
+def test_perfetto_merge_runs_and_writes_json(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    mld.make_large_dir(traces, ranks=2, rank_mb=1, sources=DDP)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "perfetto_merge.py"), str(traces), "--repeat", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"analyze (context)", "perfetto", "perfetto --no-host-ops", "perfetto --ranks 0"}
+    for name in ("perfetto", "perfetto --no-host-ops", "perfetto --ranks 0"):
+        assert runs[name]["peak_rss_bytes_median"] > 10e6 and runs[name]["output_json_bytes"] > 0
+    assert runs["perfetto --ranks 0"]["output_json_bytes"] < runs["perfetto"]["output_json_bytes"]
+    assert sorted(p.name for p in traces.iterdir()) == [  # nothing written beside the traces
+        "rank0.1790857026000000000.pt.trace.json", "rank1.1790857026000000000.pt.trace.json"]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.model import Analysis, AnalysisWarning
+from dpprof.analyze.segments import Segments
 from dpprof.errors import DpprofError
 from dpprof.fileio import read_input
 from dpprof.manifest import Manifest, read_manifest
@@ -61,6 +62,8 @@ class Run:
     step_times: tuple[StepTime, ...] = ()
     step_source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Every rank's attribution as segments (``load_run(..., segments=True)``, for timeline views), keyed by rank.
+    segments: Mapping[int, Segments] | None = None
 
     @classmethod
     def of(cls, analysis: Analysis, *, traces: Sequence[Path] = (), manifest: Manifest | None = None,
@@ -77,7 +80,7 @@ class Run:
 
 def load_run(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
              jobs: int | None = None, link_gbps: float | None = None, param_bytes: int | None = None,
-             sweep: Any = None, max_inflate: int | None = None) -> Run:
+             sweep: Any = None, max_inflate: int | None = None, segments: bool = False) -> Run:
     """Resolve ``paths`` (a run directory or trace files), analyse them, read the rest, attach the diagnosis.
 
     ``baseline``: a single-GPU run of the same configuration (its compute / N is DP's ideal).
@@ -85,15 +88,20 @@ def load_run(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str 
     ``sweep``: a sweep directory, its sweep.json, or a SweepResult (the hyperparameters question, and measured
     step times beside the projection).
     ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
+    ``segments``: also keep every rank's attribution as segments (``Run.segments``).
     Manifest fields of the wrong type are left out and named in the analysis' warnings.
     """
     from dpprof.analyze.diagnosis import diagnose
-    from dpprof.analyze.pipeline import analyze
+    from dpprof.analyze.pipeline import analyze, attribute
     from dpprof.analyze.sweep_model import SweepResult, read_sweep
 
     inputs = resolve_inputs([Path(p) for p in paths])
     manifest, problems = read_manifest(inputs.run_dir)
-    analysis = analyze([str(p) for p in paths], jobs=jobs, max_inflate=max_inflate, manifest=manifest)
+    segs = None
+    if segments:
+        analysis, segs = attribute([str(p) for p in paths], jobs=jobs, max_inflate=max_inflate, manifest=manifest)
+    else:
+        analysis = analyze([str(p) for p in paths], jobs=jobs, max_inflate=max_inflate, manifest=manifest)
     if problems:
         more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         analysis = replace(analysis, warnings=(*analysis.warnings, AnalysisWarning(
@@ -113,8 +121,9 @@ def load_run(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str 
     merged: tuple[Path, ...] = ()
     if inputs.run_dir is not None and (inputs.run_dir / MERGED_DIR).is_dir():
         merged = tuple(sorted(p for p in (inputs.run_dir / MERGED_DIR).iterdir() if p.name.endswith(".json.gz")))
-    return Run.of(analysis, traces=inputs.traces, manifest=manifest, nvml=nvml, run_dir=inputs.run_dir,
-                  step_times=step_times, merged=merged, notes=(*notes, *unreadable))
+    run = Run.of(analysis, traces=inputs.traces, manifest=manifest, nvml=nvml, run_dir=inputs.run_dir,
+                 step_times=step_times, merged=merged, notes=(*notes, *unreadable))
+    return replace(run, segments=segs) if segs is not None else run
 
 
 def run_name(run_dir: Path | None, traces: Sequence[Path], manifest: Manifest | None) -> str:

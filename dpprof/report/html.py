@@ -65,6 +65,8 @@ def run_plots(run: Run) -> list[Plot]:
 
 def run_page_context(run: Run, out: Path | None) -> dict[str, Any]:
     """Every value ``run.html`` shows, computed from the run (no file is read)."""
+    from dpprof.perfetto.layout import command_line
+
     charts = run_plots(run)
     analysis = run.analysis
     diag = analysis.diagnosis
@@ -84,6 +86,8 @@ def run_page_context(run: Run, out: Path | None) -> dict[str, Any]:
         "warnings": run_context.warnings(run),
         "traces": [{"name": p.name, "href": run_context.link(p, out)} for p in run.traces],
         "merged": [{"name": p.name, "href": run_context.link(p, out)} for p in run.merged],
+        "perfetto_command": command_line(run.run_dir, run.traces) if run.run_dir is not None or run.traces
+        else "dpprof perfetto RUN_DIR --open",
     }
 
 

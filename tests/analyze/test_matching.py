@@ -115,7 +115,7 @@ def test_split_moves_only_the_waiting_and_keeps_the_sum() -> None:
     pieces = Pieces(step=np.array([1, 1, 1]), device=np.array([0, 0, 0], np.int32), uid=np.array([0, 0, 1]),
                     start=np.array([1000.0, 1200.0, 2000.0]), end=np.array([1100.0, 1500.0, 2300.0]),
                     label=np.array([CAT["comm"], CAT["comm"], CAT["dp_reduce"]], np.int16),
-                    waited=np.array([-1, -1, -1]))
+                    waited=np.array([-1, -1, -1]))  # no queued-work wait: inside collectives only
     wait_end = np.array([1250.0, 2100.0])  # uid 0 waits until 1250, uid 1 until 2100
     (out,) = split_waiting([row], pieces, ["all_gather", "reduce"], wait_end, ["rank 3", "GPU 2"])
     c = out.categories_us

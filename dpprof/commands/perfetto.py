@@ -1,0 +1,101 @@
+"""``dpprof perfetto RUN_DIR|TRACE... [--ranks L] [--steps L] [--no-host-ops] [--no-kernels] [--open]``.
+
+Thin: parse, call ``dpprof.perfetto.merge.merge``, print what was written, and with ``--open`` serve it to
+ui.perfetto.dev (``dpprof.perfetto.serve``). The port is taken before merging, so a busy port is said at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dpprof.perfetto.merge import MergeResult
+
+HELP = "write one Perfetto timeline of every rank (clocks aligned, NVML counters, dpprof's attribution); --open shows it"
+
+
+def prepare_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
+                   "or trace files (*.json, *.json.gz), one per rank")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="the trace to write, *.json.gz or "
+                   "*.json (default: RUN/perfetto/all_ranks.json.gz, named after the selection)")
+    p.add_argument("--ranks", metavar="LIST", help="only these ranks, e.g. 0,3,7 or 0-3 (all are analysed)")
+    p.add_argument("--steps", metavar="LIST", help="only these profiled steps, e.g. 3-5")
+    p.add_argument("--no-host-ops", action="store_true", help="leave out CPU ops, runtime calls and Python "
+                   "functions (annotations such as ProfilerStep# and DP phases stay)")
+    p.add_argument("--no-kernels", action="store_true", help="leave out GPU kernels, copies and memsets")
+    p.add_argument("--open", action="store_true", help="serve it on 127.0.0.1 and open it in ui.perfetto.dev")
+    p.add_argument("--port", type=int, default=None, metavar="N", help="port for --open (default 9001, the only "
+                   "one the UI's deep links may fetch from; 0: any free port)")
+    p.add_argument("--keep-serving", action="store_true", help="with --open: serve until Ctrl-C, not only once")
+    p.add_argument("--no-browser", action="store_true", help="with --open: print the link, do not open a browser")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="analysis worker processes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpprof.errors import DpprofError
+    from dpprof.perfetto.layout import PERFETTO_DIR, Selection, parse_numbers
+
+    if not args.open and (args.port is not None or args.keep_serving or args.no_browser):
+        raise DpprofError("--port, --keep-serving and --no-browser go with --open")
+    if args.jobs is not None and args.jobs < 1:
+        raise DpprofError("--jobs must be at least 1")
+    selection = Selection(ranks=parse_numbers(args.ranks, "ranks") if args.ranks is not None else None,
+                          steps=parse_numbers(args.steps, "steps") if args.steps is not None else None,
+                          host_ops=not args.no_host_ops, kernels=not args.no_kernels)
+    given = Path(args.inputs[0])
+    # An earlier output (a file in perfetto/): serve it again as it is, nothing to merge.
+    again = len(args.inputs) == 1 and given.is_file() and given.resolve().parent.name == PERFETTO_DIR
+    if again:
+        if not args.open or args.ranks or args.steps or args.no_host_ops or args.no_kernels or args.out:
+            raise DpprofError(f"{given}: already a merged trace (in {PERFETTO_DIR}/): only --open (and its "
+                              "options) apply to it; give the run directory to merge again")
+    server = None
+    if args.open:
+        from dpprof.perfetto.serve import DEFAULT_PORT, TraceServer
+
+        port = DEFAULT_PORT if args.port is None else args.port
+        if not 0 <= port <= 65535:
+            raise DpprofError(f"--port {port}: not a TCP port")
+        server = TraceServer(port, log=lambda line: print(line, flush=True))
+    try:
+        from dpprof.perfetto.merge import merge
+
+        if again:
+            output = given
+        else:
+            result = merge(args.inputs, out=args.out, selection=selection, jobs=args.jobs)
+            report(result)
+            output = result.output
+        if server is not None:
+            from dpprof.perfetto.serve import open_in_ui
+
+            open_in_ui(server, output, open_browser=not args.no_browser, keep_serving=args.keep_serving,
+                       say=lambda line: print(line, flush=True))
+    finally:
+        if server is not None:
+            server.server_close()
+    return 0
+
+
+def report(result: MergeResult) -> None:
+    """What was written: where, how big, which events, each rank's clock; a warning when it is too big."""
+    from dpprof.perfetto.layout import WARN_JSON_BYTES
+
+    c = result.counts
+    kinds = ", ".join(f"{label} {c.get(key, 0):,}" for key, label in (
+        ("host", "host"), ("gpu", "GPU"), ("flow", "flows"), ("attribution", "attribution"), ("nvml", "NVML"),
+        ("other", "other"), ("metadata", "names")))
+    print(f"wrote {result.output}: {len(result.ranks)} rank(s), {result.gpus} GPU(s); {sum(c.values()):,} events "
+          f"({kinds}); {result.file_bytes / 1e6:,.1f} MB, {result.json_bytes / 1e6:,.1f} MB of JSON")
+    for line in result.clocks:
+        print(f"  clock: {line}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if result.too_big:
+        print(f"warning: {result.json_bytes / 1e6:,.0f} MB of JSON: Perfetto's in-browser JSON importer gets slow and "
+              f"may run out of memory past a few hundred MB (this warning starts at {WARN_JSON_BYTES / 1e6:,.0f} "
+              "MB); keep it smaller with --ranks, --steps, --no-host-ops or --no-kernels", file=sys.stderr)
