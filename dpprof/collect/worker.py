@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from dpprof.collect.config import RunConfig
+from dpprof.collect.config import DISTRIBUTED, RunConfig
 from dpprof.collect.ddp_info import BucketWatch
+from dpprof.collect.fsdp_info import fsdp_section
 from dpprof.collect.manifest import Manifest, StepsWriter, node_gpus, steps_file_name, write_node_file
-from dpprof.collect.session import finalize, make_placement, open_nvml, start_manifest, window_for
+from dpprof.collect.session import cuda_uuids, finalize, make_placement, open_nvml, start_manifest, window_for
 from dpprof.collect.train import LoopResult, LoopSetup, StopRequest, train_loop
 from dpprof.rundir import TRACES_DIR
 
@@ -64,7 +65,7 @@ def setup_context(cfg: RunConfig) -> Context:
     """Initialise torch.distributed for DDP and agree on node names; plain context otherwise."""
     host = socket.gethostname()
     use_cuda = cfg.device == "cuda"
-    if cfg.strategy != "ddp":
+    if cfg.strategy not in DISTRIBUTED:
         device = torch.device("cuda", (cfg.device_ids or [0])[0]) if use_cuda else torch.device("cpu")
         return Context(host=host, node_key=host, device=device,
                        nodes=[{"host": host, "node_rank": 0, "file": f"nodes/{host}.json"}])
@@ -149,7 +150,7 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
     warnings: list[str] = []
     manifest: Manifest | None = start_manifest(cfg, ctx, run_dir, warnings) if ctx.is_main else None
     steps_writer = StepsWriter(run_dir / steps_file_name(ctx.rank))
-    sampler, nvml_file = open_nvml(cfg, ctx, run_dir, warnings)
+    sampler, nvml_file = open_nvml(cfg.nvml_period_ms, ctx, run_dir, warnings, cuda_uuids(cfg.device))
     status = "failed"
     result = LoopResult()
     watch: BucketWatch | None = None
@@ -161,6 +162,8 @@ def _run(cfg: RunConfig, ctx: Context, run_dir: Path, stop: StopRequest, progres
             placement, plain, loaders = make_placement(cfg, ctx, manifest, warnings)
             if cfg.strategy == "ddp" and manifest is not None:
                 watch = BucketWatch(placement.module)
+            if cfg.strategy == "fsdp" and manifest is not None:
+                manifest.data["fsdp"] = fsdp_section(placement.module)
             window = window_for(cfg, ctx, run_dir, placement)
             if window is not None:
                 stack.enter_context(window)
