@@ -49,8 +49,8 @@ chromium: ## install headless Chromium for the report rendering test (Debian pac
 test: venv chromium ## run the test suite (installs what it needs)
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
-lint: venv ## ruff on the package, tests and benchmarks; mypy on the package
-	$(VENV)/bin/ruff check dpprof tests benchmarks
+lint: venv ## ruff on the package, tests, benchmarks and examples; mypy on the package
+	$(VENV)/bin/ruff check dpprof tests benchmarks examples
 	$(VENV)/bin/mypy dpprof --ignore-missing-imports
 
 bench: venv ## analyze-vs-HTA speed and memory, and collection overhead on CPU

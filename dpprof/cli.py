@@ -20,6 +20,7 @@ from dpprof.errors import DpprofError
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.
 COMMANDS: dict[str, str] = {
     "profile": "dpprof.collect.command",
+    "run": "dpprof.collect.run_command",
     "analyze": "dpprof.analyze.command",
     "merge-nvml": "dpprof.trace.nvml_merge_command",
     "report": "dpprof.report.command",
