@@ -53,9 +53,10 @@ lint: venv ## ruff on the package, tests, benchmarks and examples; mypy on the p
 	$(VENV)/bin/ruff check dpprof tests benchmarks examples
 	$(VENV)/bin/mypy dpprof --ignore-missing-imports
 
-bench: venv ## analyze-vs-HTA speed and memory, and collection overhead on CPU
+bench: venv ## analyze-vs-HTA speed and memory, collection overhead, dpprof run vs plain script on CPU
 	$(PY) benchmarks/analyze_vs_hta.py $(ARGS)
 	$(PY) benchmarks/overhead.py --model tiny
+	$(PY) benchmarks/run_overhead.py
 
 gpu-check: ## on a GPU machine (no venv): single, dp, ddp with profiler + NVML, overhead figures
 	bash benchmarks/gpu_check.sh

@@ -151,7 +151,10 @@ def _buffer_bytes(model: Any) -> int:
 
 
 def _distributed(inf: Inference) -> None:
-    """World size and backend from torch.distributed once the script has set it up, else 1 / None."""
+    """World size and backend from torch.distributed once the script has set it up, else the launcher's
+    WORLD_SIZE (ranks that do not talk to each other) or 1, and no backend."""
+    world = os.environ.get("WORLD_SIZE", "")
+    inf.world_size = int(world) if world.isdigit() and int(world) >= 1 else 1
     dist = sys.modules.get("torch.distributed")
     try:
         if dist is not None and dist.is_available() and dist.is_initialized():

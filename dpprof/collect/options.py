@@ -11,18 +11,12 @@ from typing import Any
 
 from dpprof.errors import DpprofError
 
-#: The launcher options' help, per command (``profile`` speaks of ddp, ``run`` of any script).
-_NPROC_HELP = "processes per node, launched through torchrun"
 
-
-def add_profiler_options(g: Any, window_help: str = "steps") -> None:
-    """The profiler window (counted in ``window_help``), what it records, and the NVML period."""
-    g.add_argument("--profile-wait", type=int, default=2,
-                   help=f"{window_help} before the profiler starts (default 2)")
-    g.add_argument("--profile-warmup", type=int, default=1,
-                   help=f"profiler warm-up {window_help}, discarded (default 1)")
-    g.add_argument("--profile-active", type=int, default=3,
-                   help=f"profiled {window_help} written to the trace (default 3)")
+def add_profiler_options(g: Any) -> None:
+    """The profiler window (counted in steps), what it records, and the NVML period."""
+    g.add_argument("--profile-wait", type=int, default=2, help="steps before the profiler starts (default 2)")
+    g.add_argument("--profile-warmup", type=int, default=1, help="profiler warm-up steps, discarded (default 1)")
+    g.add_argument("--profile-active", type=int, default=3, help="profiled steps written to the trace (default 3)")
     g.add_argument("--no-profile", action="store_true", help="no torch.profiler (NVML and step times only)")
     g.add_argument("--no-all-threads", action="store_true",
                    help="do not record all threads (DP's parallel_apply threads then lose their CPU ops)")
@@ -42,7 +36,7 @@ def profiler_settings(args: argparse.Namespace) -> dict[str, Any]:
 def add_launch_options(g: Any, nproc_default: int | None, who: str) -> None:
     """torchrun's topology: processes per node, nodes, and the c10d rendezvous (``who``: ddp, ...)."""
     default = f" (default {nproc_default})" if nproc_default is not None else " (default: one process, no torchrun)"
-    g.add_argument("--nproc", type=int, default=nproc_default, help=f"{who}: {_NPROC_HELP}{default}")
+    g.add_argument("--nproc", type=int, default=nproc_default, help=f"{who}: processes per node, launched through torchrun{default}")
     g.add_argument("--nnodes", type=int, default=1, help=f"{who}: number of nodes (torchrun c10d rendezvous)")
     g.add_argument("--node-rank", type=int, default=0, help=f"{who}: this node's rank (c10d assigns its own)")
     g.add_argument("--rdzv-endpoint", help=f"{who}: HOST:PORT of the rendezvous, the same on every node")

@@ -84,6 +84,11 @@ class TraceWindow:
         """True for the warm-up and active steps (the profiler runs, and costs time, in both)."""
         return self.wait <= index < self.wait + self.warmup + self.active
 
+    @property
+    def finished(self) -> bool:
+        """The window is over (its trace, if any, is written) or was stopped."""
+        return self._closed
+
     def __enter__(self) -> TraceWindow:
         self._prof.__enter__()
         self._maybe_add_metadata()

@@ -12,6 +12,9 @@ recorder stops, says so once, and the script runs on.
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +41,7 @@ class StepRecorder:
         self.boundaries = 0
         self._clock: StepClock | None = None
         self._skipped: dict[int, Any] = {}
+        self._cost_us = array("d")  # dpprof's own time inside each unprofiled step's boundary
 
     def start(self, device: Any = None) -> None:
         """Step 0 begins (again, until step 0 has ended): timed with CUDA events on ``device`` when it is
@@ -61,6 +65,7 @@ class StepRecorder:
             self.say(self.failed)
 
     def _boundary(self, grad_scaler_skipped: Any) -> None:
+        t0 = time.perf_counter()
         if self._clock is None:
             self.start()
         assert self._clock is not None
@@ -73,6 +78,16 @@ class StepRecorder:
         self.boundaries += 1
         self._emit(self._clock.ready())
         self._clock.start(self.boundaries)
+        if index and not self.window.is_profiler_on(index):  # step 0 infers; profiled steps pay the profiler
+            self._cost_us.append((time.perf_counter() - t0) * 1e6)
+
+    def cost_section(self) -> dict[str, Any]:
+        """dpprof's own host time per unprofiled step (the boundary: records, clock, window), in µs."""
+        costs = sorted(self._cost_us)
+        if not costs:
+            return {"hook_us_median": None, "hook_us_p90": None}
+        return {"hook_us_median": round(statistics.median(costs), 2),
+                "hook_us_p90": round(costs[min(len(costs) - 1, int(0.9 * len(costs)))], 2)}
 
     def _emit(self, done: list[tuple[int, float]]) -> None:
         for step, ms in done:

@@ -159,12 +159,12 @@ def launch(args: argparse.Namespace, cfg: Any) -> int:
     from dpprof.collect.manifest import mark_unfinished
     from dpprof.collect.options import topology
     from dpprof.collect.outputs import fresh_run_dir, make_run_dir
-    from dpprof.collect.run_config import default_run_name, script_stem
+    from dpprof.collect.run_config import default_run_name, run_name_for_id
 
     topo = topology(args, args.nproc or 1)
     cfg.nproc, cfg.nnodes = topo.nproc_per_node, topo.nnodes
     several = topo.nnodes > 1
-    name = args.run_name or (f"run-{script_stem(cfg.target, cfg.module)}-{args.rdzv_id}" if several else
+    name = args.run_name or (run_name_for_id(cfg.target, cfg.module, args.rdzv_id) if several else
                              default_run_name(cfg.target, cfg.module, cfg.created_unix_ns))
     run_dir = fresh_run_dir(Path(args.out), name, shared=several, explicit=bool(args.run_name))
     cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name

@@ -57,6 +57,12 @@ def default_run_name(target: str, module: bool, unix_ns: int | None = None) -> s
     return f"run-{script_stem(target, module)}-{utc_stamp(unix_ns)}"
 
 
+def run_name_for_id(target: str, module: bool, run_id: str) -> str:
+    """``run-<script>-<id>`` for a rendezvous or torchrun run id (a uuid: its first 8 hex digits)."""
+    tag = run_id[:8] if _UUID.match(run_id) else "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    return f"run-{script_stem(target, module)}-{tag}"
+
+
 def under_torchrun(env: dict[str, str] | None = None) -> bool:
     """True in a process that torchrun started (it sets these for every worker)."""
     e = os.environ if env is None else env
@@ -75,8 +81,7 @@ def shared_run_name(target: str, module: bool, env: dict[str, str] | None = None
     run_id = e.get("TORCHELASTIC_RUN_ID", "none")
     stem = script_stem(target, module)
     if run_id and run_id != "none":
-        tag = run_id[:8] if _UUID.match(run_id) else "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-        return f"run-{stem}-{tag}"
+        return run_name_for_id(target, module, run_id)
     if e.get("GROUP_WORLD_SIZE", "1") not in ("", "1"):
         raise DpprofError("several nodes under torchrun without --rdzv-id: give dpprof --run-name NAME (the "
                           "same on every node) so that all ranks write one run directory")

@@ -100,7 +100,9 @@ def apply_inference(manifest: Manifest, inf: Inference, cfg: ScriptRunConfig) ->
                                                  else "")},
         "device": {"value": inf.device, "index": inf.device_index, "from": "the model's first parameter"},
         "world_size": {"value": inf.world_size,
-                       "from": "torch.distributed" if inf.backend else "no process group (one process)"},
+                       "from": "torch.distributed" if inf.backend else
+                       "the launcher's WORLD_SIZE (no process group)" if inf.world_size > 1 else
+                       "no process group (one process)"},
     }
     manifest.data["model_info"] = inf.model_info
     manifest.data["dp_mode"] = inf.dp_mode

@@ -145,10 +145,12 @@ class RunSession:
         meta = {"run_id": self.cfg.run_id, "rank": self.ctx.rank, "source": "dpprof run",
                 "step_on": self.cfg.step_on, "dpprof_version": __version__}
         c = self.cfg
+        # distributedInfo as for single/DP traces until the first step shows a process group (torch's own then)
+        info = {"backend": None, "rank": self.ctx.rank, "world_size": self.ctx.world_size}
         window = TraceWindow(self.run_dir / TRACES_DIR, self.ctx.rank, wait=c.profile_wait, warmup=c.profile_warmup,
                              active=c.profile_active, use_cuda=torch.cuda.is_available(),
                              all_threads=c.profile_all_threads, record_shapes=c.record_shapes,
-                             with_stack=c.with_stack, extra_metadata=meta)
+                             with_stack=c.with_stack, distributed_info=info, extra_metadata=meta)
         self.warnings.extend(window.warnings)
         return window
 
@@ -191,22 +193,26 @@ class RunSession:
             self.say(f"DataParallel mode {inf.dp_mode}: {DP_MODE_NOTES[inf.dp_mode]}")
         if inf.per_rank_batch is None:
             self.say("batch size unknown (no module was called with a tensor in the first step): images_per_s "
-                     "is null; give --batch-size")
+                     "is null; give --batch-size (batch_size= in dpprof.session)")
         window = self.window.window
         if window is not None:  # before the active part begins, when the metadata goes in
             window.extra_metadata.update({
                 "strategy": inf.strategy, "model": (inf.model_info or {}).get("name"), "world_size": inf.world_size,
                 "dp_mode": inf.dp_mode, "device_ids": inf.device_ids, "batch_size": inf.global_batch,
                 "per_rank_batch_size": inf.per_rank_batch})
-            if inf.backend is None:  # torch writes distributedInfo itself when a process group is up
-                window.distributed_info = {"backend": None, "rank": self.ctx.rank, "world_size": inf.world_size}
+            # torch writes distributedInfo itself when a process group is up
+            window.distributed_info = None if inf.backend else \
+                {"backend": None, "rank": self.ctx.rank, "world_size": inf.world_size}  # (WORLD_SIZE, or 1)
         if self.manifest is not None:
             apply_inference(self.manifest, inf, self.cfg)
-            if inf.strategy == "fsdp" and inf.wrapper is not None:
-                self.manifest.data["fsdp"] = fsdp_section(inf.wrapper)
-            if inf.wrapper_kind == "ddp":
-                self._bucket_watch = BucketWatch(inf.wrapper)
-                self.manifest.data["ddp"] = self._bucket_watch.section
+            try:  # private APIs of DDP and FSDP: a failure costs a section, not the run's step records
+                if inf.strategy == "fsdp" and inf.wrapper is not None:
+                    self.manifest.data["fsdp"] = fsdp_section(inf.wrapper)
+                if inf.wrapper_kind == "ddp":
+                    self._bucket_watch = BucketWatch(inf.wrapper)
+                    self.manifest.data["ddp"] = self._bucket_watch.section
+            except Exception as exc:
+                self.say(f"{inf.strategy} settings not recorded ({type(exc).__name__}: {exc})")
             self.manifest.data["warnings"] = list(dict.fromkeys(self.manifest.data["warnings"] + self.warnings))
             self.manifest.write()
 
@@ -215,7 +221,11 @@ class RunSession:
         if self.inference is None:
             assert self.watch is not None, "started sessions have a watch"
             self.watch.stop()
-            self.inference = self.watch.infer(self.cfg.batch_size)
+            try:
+                self.inference = self.watch.infer(self.cfg.batch_size)
+            except Exception as exc:  # an exotic model must not stop the step records
+                self.say(f"could not infer the training's setup ({type(exc).__name__}: {exc})")
+                self.inference = Inference(strategy_from="not inferred", batch_from="not inferred")
         return self.inference
 
     def _after_record(self, rec: dict[str, Any]) -> None:
@@ -245,6 +255,8 @@ class RunSession:
                                     "grad_scaler_skipped_steps": sum(1 for r in records if r["grad_scaler_skipped"])}
         if self._optimizers is not None:
             stepping.update(self._optimizers.section())
+        if self.recorder is not None:
+            stepping.update(self.recorder.cost_section())
         close_run_manifest(m, outcome.exit_code, outcome.error, stepping, self.window.skip_reason,
                            node_entries(nodes))
         if self._bucket_watch is not None:

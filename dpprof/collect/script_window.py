@@ -82,8 +82,9 @@ class ScriptWindow:
             self._stop(f"dpprof's profiler failed ({type(exc).__name__}: {exc})", "stopped")
 
     def yield_to(self, what: str) -> None:
-        """The script starts its own profiler: step aside once (later starts find the window stopped)."""
-        if not self.running:
+        """The script starts its own profiler: step aside once (later starts find the window stopped).
+        A window already over has nothing to give up."""
+        if not self.running or (self.window is not None and self.window.finished):
             return
         on = self._entered and self.window is not None and self.window.is_profiler_on(self.steps)
         self._stop(f"the script runs its own profiler ({what})", "stopped" if on else "skipped")

@@ -33,7 +33,7 @@ Boundary = Callable[[Any], None]
 STEP_ON_HELP = ("what ends a step: optimizer (each step() of the first optimizer created; default), "
                 "optimizer:K (the K-th created, from 0), backward[:N] (every N-th backward), "
                 "function:NAME (each return of NAME: a function or Class.method of the script, or "
-                "module:qualname)")
+                "module:qualname), manual (the script's own dpprof.session() s.step() calls)")
 #: The name the script's own functions are decorated with (``function:NAME`` in the script).
 DECORATOR = "__dpprof_step__"
 

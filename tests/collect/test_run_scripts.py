@@ -120,6 +120,13 @@ def test_a_scripts_own_profiler_wins(tmp_path, capsys):
     run = only_run(tmp_path / "b")
     assert [s["step"] for s in step_records(run) if s["profiled"]] == [3]
     assert len(load(run / "manifest.json")["files"]["traces"]) == 1
+    # started once dpprof's window is over: nothing to give up, nothing to say
+    capsys.readouterr()
+    assert in_process(["--out", str(tmp_path / "c"), script, "--start", "7", "--out", str(tmp_path / "own7.json")]) == 0
+    assert "runs its own profiler" not in capsys.readouterr().err
+    run = only_run(tmp_path / "c")
+    assert [s["step"] for s in step_records(run) if s["profiled"]] == [3, 4, 5]
+    assert load(run / "manifest.json")["profiler_skipped"] is None
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
