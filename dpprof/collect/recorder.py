@@ -22,6 +22,10 @@ from dpprof.collect.manifest import StepsWriter
 from dpprof.collect.script_window import ScriptWindow
 from dpprof.collect.train import StepClock
 
+#: Step records kept in memory for the manifest's summary (every one is in the steps file): a training of
+#: millions of steps must not hold them all (the summary's medians are then over the first ones).
+KEPT_RECORDS = 100_000
+
 
 class StepRecorder:
     """Boundaries in, records out. ``first_boundary()`` runs once, at the end of step 0, before its
@@ -35,7 +39,9 @@ class StepRecorder:
         self.say = say
         self.first_boundary = first_boundary
         self.after_record = after_record
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []  # the first KEPT_RECORDS
+        self.recorded = 0
+        self.skipped_steps = 0
         self.global_batch: int | None = None
         self.failed: str | None = None
         self.boundaries = 0
@@ -99,7 +105,10 @@ class StepRecorder:
                    "images_per_s": round(batch / (ms / 1e3), 3) if batch and ms > 0 else None,
                    "profiled": self.window.is_active_step(step), "profiler_on": self.window.is_profiler_on(step),
                    "loss": None, "grad_scaler_skipped": skipped}
-            self.records.append(rec)
+            self.recorded += 1
+            self.skipped_steps += bool(skipped)
+            if len(self.records) < KEPT_RECORDS:
+                self.records.append(rec)
             self.writer.write(rec)
             self.after_record(rec)
 
@@ -112,7 +121,3 @@ class StepRecorder:
             with contextlib.suppress(Exception):  # a GPU already in error: the finished records stay
                 self._emit(self._clock.ready(wait=True))
         self._clock = None
-
-    @property
-    def skipped_steps(self) -> int:
-        return sum(1 for r in self.records if r["grad_scaler_skipped"])

@@ -249,10 +249,12 @@ class RunSession:
         if self.manifest is None:
             return
         m = self.manifest
-        records = list(self.recorder.records) if self.recorder is not None else []
+        rec = self.recorder
+        records = list(rec.records) if rec is not None else []
+        recorded = rec.recorded if rec is not None else 0
         nodes = read_node_files(self.run_dir)
-        stepping: dict[str, Any] = {"boundaries": len(records),
-                                    "grad_scaler_skipped_steps": sum(1 for r in records if r["grad_scaler_skipped"])}
+        stepping: dict[str, Any] = {"boundaries": recorded,
+                                    "grad_scaler_skipped_steps": rec.skipped_steps if rec is not None else 0}
         if self._optimizers is not None:
             stepping.update(self._optimizers.section())
         if self.recorder is not None:
@@ -270,8 +272,14 @@ class RunSession:
             self.warnings.append(self.recorder.failed)
         ran = any(r["profiler_on"] for r in records)
         cfg = self.cfg if ran or self.window.skip_reason is None else replace(self.cfg, profile=False)
+        if recorded > len(records):
+            self.warnings.append(f"{recorded} steps: the summary's medians are over the first {len(records)} "
+                                 "(every step is in the steps files)")
         result = LoopResult(steps=records, wall_s=time.perf_counter() - self._t0)
         finalize(m, cfg, result, outcome.status, signal_name, self.warnings, nodes or [node])
+        if recorded > len(records):
+            m.data["summary"]["steps"] = recorded
+            m.write()
 
     def _write_node_part(self) -> dict[str, Any]:
         import torch

@@ -130,3 +130,20 @@ def test_api_session_records_failure_and_nests(tmp_path, monkeypatch):
     assert m["script"]["api"] is True and m["summary"]["steps"] == 3 and m["config"]["batch_size"] == 5
     assert not (tmp_path / "inner").exists()
     assert sys.modules["__main__"] is not None  # the API never replaces the running program's __main__
+
+
+def test_long_runs_keep_a_bounded_number_of_records_in_memory(tmp_path, monkeypatch):
+    import dpprof
+    from dpprof.collect import recorder
+    from dpprof.rundir import read_manifest
+
+    monkeypatch.setattr(recorder, "KEPT_RECORDS", 5)
+    model = nn.Linear(3, 1)
+    with dpprof.session(out=tmp_path, run_name="long", quiet=True, profile=False) as s:
+        for _ in range(8):
+            model(torch.randn(2, 3)).sum().backward()
+            s.step()
+    m = read_manifest(tmp_path / "long")
+    assert m["summary"]["steps"] == 8 and m["stepping"]["boundaries"] == 8
+    assert len((tmp_path / "long" / "steps.rank0.jsonl").read_text().splitlines()) == 8
+    assert any("medians are over the first 5" in w for w in m["warnings"])
