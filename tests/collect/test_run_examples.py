@@ -70,12 +70,14 @@ def _analyse_and_report(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_single_example(tmp_path, capsys):
-    proc = dpprof_run(["--out", str(tmp_path / "t"), str(EXAMPLES / "single.py"), *STEPS])
+    proc = dpprof_run(["--out", "t", "--report", str(EXAMPLES / "single.py"), *STEPS], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the script's stdout is its own; dpprof speaks on stderr
     assert re.fullmatch(r"(step \d: loss \d\.\d{3}\n)+", proc.stdout), proc.stdout
     assert "dpprof run: " in proc.stderr and "run: " in proc.stderr and "dpprof" not in proc.stdout
     run = only_run(tmp_path / "t")
+    report = re.search(r"^report: (\S+\.html)$", proc.stderr, re.MULTILINE)
+    assert report and (tmp_path / report.group(1)).is_file()  # --report: written where dpprof report writes
     assert run.name.startswith("run-single-")
     m = _check(run, "single", 1, 16)
     assert m["dp_mode"] is None and m["ddp"] is None and m["fsdp"] is None
