@@ -23,7 +23,7 @@ ARGS ?=
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "  variables: STRATEGY=single|dp|ddp MODEL=vgg16|vgg16-tv|resnet18|tiny STEPS=N BATCH=N NPROC=N RUN=DIR ARGS='...'"
+	@echo "  variables: STRATEGY=single|dp|ddp|fsdp MODEL=vgg16|vgg16-tv|resnet18|tiny STEPS=N BATCH=N NPROC=N RUN=DIR ARGS='...'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
