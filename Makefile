@@ -23,7 +23,7 @@ ARGS ?=
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "  variables: STRATEGY=single|dp|ddp MODEL=vgg16|vgg16-tv|resnet18|tiny STEPS=N BATCH=N NPROC=N RUN=DIR ARGS='...'"
+	@echo "  variables: STRATEGY=single|dp|ddp|fsdp MODEL=vgg16|vgg16-tv|resnet18|tiny STEPS=N BATCH=N NPROC=N RUN=DIR ARGS='...'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,15 +49,16 @@ chromium: ## install headless Chromium for the report rendering test (Debian pac
 test: venv chromium ## run the test suite (installs what it needs)
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
-lint: venv ## ruff on the package, tests and benchmarks; mypy on the package
-	$(VENV)/bin/ruff check dpprof tests benchmarks
+lint: venv ## ruff on the package, tests, benchmarks and examples; mypy on the package
+	$(VENV)/bin/ruff check dpprof tests benchmarks examples
 	$(VENV)/bin/mypy dpprof --ignore-missing-imports
 
-bench: venv ## analyze-vs-HTA speed and memory, perfetto merge time and memory, collection overhead on CPU, projection vs a measured DDP run
+bench: venv ## analyze-vs-HTA speed and memory, perfetto merge, collection overhead, dpprof run vs plain script, projection vs a measured DDP run
 	$(PY) benchmarks/analyze_vs_hta.py $(ARGS)
 	$(PY) benchmarks/perfetto_merge.py
 	$(PY) benchmarks/overhead.py --model tiny
 	$(PY) benchmarks/projection_check.py
+	$(PY) benchmarks/run_overhead.py
 
 gpu-check: ## on a GPU machine (no venv): single, dp, ddp with profiler + NVML, overhead figures
 	bash benchmarks/gpu_check.sh

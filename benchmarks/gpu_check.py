@@ -24,7 +24,7 @@ MARKS = ("dpprof::dp_scatter", "dpprof::dp_replicate", "dpprof::dp_parallel_appl
 
 def profile_run(out: Path, name: str, extra: list[str], steps: int, model: str, batch: int) -> Path:
     """One ``dpprof profile`` run in this process (the CLI's profile subcommand alone)."""
-    from dpprof.collect import command
+    from dpprof.commands import profile as command
 
     p = argparse.ArgumentParser()
     command.prepare_parser(p)

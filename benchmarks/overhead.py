@@ -206,6 +206,12 @@ def ab_blocks(run_a: Callable[[], list[float]], run_b: Callable[[], list[float]]
             a = statistics.median(run_a())
         a_means.append(a)
         b_means.append(b)
+    return ab_summary(a_means, b_means)
+
+
+def ab_summary(a_means: list[float], b_means: list[float]) -> dict:
+    """Per pair the ratio B/A of block medians; their mean with a 95 % confidence interval."""
+    pairs = len(a_means)
     ratios = [b / a for a, b in zip(a_means, b_means, strict=True)]
     mean, lo, hi = mean_ci95(ratios)
     return {"pairs": pairs, "a_ms_median_mean": round(statistics.fmean(a_means), 3),

@@ -1,4 +1,4 @@
-"""``dpprof`` command line: thin. Each subcommand lives with its stage and is imported only when run.
+"""``dpprof`` command line: thin. Each subcommand is a module of ``dpprof.commands``.
 
 A subcommand module exposes ``HELP`` (one line), ``prepare_parser(parser)`` and ``run(args) -> int``.
 User errors (``DpprofError``) become one line on stderr (control characters escaped, see
@@ -21,7 +21,8 @@ from dpprof.errors import DpprofError, Terminated
 
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.
 COMMANDS: dict[str, str] = {
-    "profile": "dpprof.collect.command",
+    "profile": "dpprof.commands.profile",
+    "run": "dpprof.commands.run",
     "analyze": "dpprof.commands.analyze",
     "merge-nvml": "dpprof.commands.merge_nvml",
     "perfetto": "dpprof.commands.perfetto",

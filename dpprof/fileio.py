@@ -126,6 +126,12 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+def sigterm_unwinds(handler: Any) -> bool:
+    """Whether ``handler`` is :func:`command_scope`'s (SIGTERM unwinds the command): a command that records its
+    own end on SIGTERM (``dpprof run``) may replace it."""
+    return handler is _terminate
+
+
 # --- writing ----------------------------------------------------------------------------------------
 
 def is_stdout(path: str | os.PathLike[str] | None) -> bool:

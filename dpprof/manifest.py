@@ -68,6 +68,10 @@ class Config(_Section, frozen=True):
     train_size: int | None = None
     test_size: int | None = None
     cudnn_benchmark: bool | None = None
+    comm_probe: bool | None = None
+    step_on: str | None = None  # dpprof run: --step-on as given
+    inferred: list[str] | None = None  # dpprof run: the config keys dpprof inferred from the script
+
 
 
 class ModelInfo(_Section, frozen=True):
@@ -188,6 +192,44 @@ class CommProbe(_Section, frozen=True):
     note: str | None = None
 
 
+class Fsdp(_Section, frozen=True):
+    api: str | None = None  # "fully_shard" (FSDP2) or "FullyShardedDataParallel" (FSDP1)
+    units: int | None = None
+    sharding_strategy: str | None = None
+    mesh_shape: list[int] | None = None
+    placements: list[str] | None = None
+
+
+class Script(_Section, frozen=True):
+    """``dpprof run``: the user's script and how it ended."""
+
+    path: str | None = None
+    target: str | None = None
+    module: bool | None = None
+    args: list[str] | None = None
+    sha256: str | None = None
+    cwd: str | None = None
+    python: str | None = None
+    api: bool | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    launcher_command: list[str] | None = None
+
+
+class Stepping(_Section, frozen=True):
+    """``dpprof run``: where a step ends, and what dpprof's own bookkeeping cost per step."""
+
+    step_on: str | None = None
+    means: str | None = None
+    boundaries: int | None = None
+    grad_scaler_skipped_steps: int | None = None
+    optimizers: list[str] | None = None
+    optimizer_steps: list[int] | None = None
+    tracked: int | None = None
+    hook_us_median: float | None = None
+    hook_us_p90: float | None = None
+
+
 class Epoch(_Section, frozen=True):
     epoch: int | None = None
     train_acc: float | None = None
@@ -233,7 +275,11 @@ class Manifest(_Section, frozen=True):
     profiler: Profiler = Profiler()
     summary: Summary = Summary()
     ddp: Ddp | None = None
+    fsdp: Fsdp | None = None
     comm_probe: CommProbe | None = None
+    script: Script | None = None
+    stepping: Stepping | None = None
+    profiler_skipped: str | None = None
     epochs: list[Epoch] | None = None
     peak_memory_bytes: dict[str, int] | None = None
     nodes: list[Node] | None = None

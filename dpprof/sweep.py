@@ -29,6 +29,7 @@ from typing import Any
 from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult, total_loader_workers
 from dpprof.manifest import EMPTY, read_manifest
 from dpprof.rundir import is_run_dir, read_json, write_json
+from dpprof.vocabulary import PROCESS_PER_RANK
 
 SWEEP_JSON = "sweep.json"
 SWEEP_HTML = "sweep.html"
@@ -113,13 +114,13 @@ def _cannot_run(strategy: str, gpus: int, batch: int, cuda: int) -> tuple[str, s
         if gpus > cuda:
             return f"DP over {gpus} GPUs needs {gpus} CUDA devices, this machine has {cuda}", ""
         return "", ""
-    if strategy == "ddp":
+    if strategy in PROCESS_PER_RANK:
         if batch % gpus:
             return f"global batch {batch} is not divisible by {gpus} processes", ""
         if cuda == 0:
             return "", f"{gpus} gloo process(es) on CPU"
         if gpus > cuda:
-            return f"DDP with {gpus} NCCL ranks needs {gpus} CUDA devices, this machine has {cuda}", ""
+            return f"{strategy.upper()} with {gpus} NCCL ranks needs {gpus} CUDA devices, this machine has {cuda}", ""
         return "", ""
     return f"unknown strategy {strategy!r}", ""
 
@@ -134,7 +135,7 @@ def profile_argv(grid: Grid, strategy: str, gpus: int, batch: int, workers: int,
         argv += ["--steps", str(grid.steps)]
     if grid.epochs is not None:
         argv += ["--epochs", str(grid.epochs)]
-    if strategy == "ddp":
+    if strategy in PROCESS_PER_RANK:
         argv += ["--nproc", str(gpus)]
     elif strategy == "dp" and cuda:
         argv += ["--gpus", str(gpus)]  # without CUDA, DP's no-GPU path: the collector's default

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 # --- strategies ----------------------------------------------------------------------------------
 #: What ``dpprof profile`` (and ``sweep``) can run.
-PROFILE_STRATEGIES: tuple[str, ...] = ("single", "dp", "ddp")
+PROFILE_STRATEGIES: tuple[str, ...] = ("single", "dp", "ddp", "fsdp")
+#: Strategies that run one process per rank (launched through torchrun; each process loads its own data).
+PROCESS_PER_RANK: tuple[str, ...] = ("ddp", "fsdp")
 #: What the analysis can label a trace (``analyze.strategy.detect``); ``distributed``: collectives that are
 #: neither DDP nor FSDP (tensor/pipeline parallelism, distributed inference); ``unknown``: no step to read.
 ANALYSIS_STRATEGIES: tuple[str, ...] = ("dp", "ddp", "fsdp", "distributed", "single", "unknown")
@@ -63,17 +65,21 @@ def strategy_title(strategy: str) -> str:
 #: The analysis categories of DP's transfers (GPU transfer time; ``analyze.model.CATEGORIES`` holds them).
 DP_PHASES: tuple[str, ...] = ("dp_scatter", "dp_broadcast", "dp_gather", "dp_reduce")
 
-#: dpprof's own ``record_function`` markers around DP's forward steps (``collect`` wraps the four methods
-#: ``DataParallel.forward`` calls) -> the host class each opens. Exact when present, so they are matched first.
+#: dpprof's own ``record_function`` markers around DP's forward steps: the DataParallel method ``collect`` wraps
+#: (the four ``DataParallel.forward`` calls) -> the name written into the trace.
 DP_MARKS: dict[str, str] = {
-    "dpprof::dp_scatter": "dp_scatter",
-    "dpprof::dp_replicate": "dp_broadcast",
-    "dpprof::dp_parallel_apply": "dp_parallel_apply",
-    "dpprof::dp_gather": "dp_gather",
+    "scatter": "dpprof::dp_scatter",
+    "replicate": "dpprof::dp_replicate",
+    "parallel_apply": "dpprof::dp_parallel_apply",
+    "gather": "dpprof::dp_gather",
 }
-#: The DataParallel method each marker wraps.
-DP_MARKED_METHODS: dict[str, str] = {"scatter": "dpprof::dp_scatter", "replicate": "dpprof::dp_replicate",
-                                     "parallel_apply": "dpprof::dp_parallel_apply", "gather": "dpprof::dp_gather"}
+#: The host class each marker opens in ``trace.classify`` (exact when present, so matched first).
+DP_MARK_CLASSES: dict[str, str] = {
+    DP_MARKS["scatter"]: "dp_scatter",
+    DP_MARKS["replicate"]: "dp_broadcast",
+    DP_MARKS["parallel_apply"]: "dp_parallel_apply",
+    DP_MARKS["gather"]: "dp_gather",
+}
 
 #: torch's own names in a trace -> host class: the module's forward, the autograd functions of
 #: torch/nn/parallel/_functions.py and the backward nodes autograd names after them.

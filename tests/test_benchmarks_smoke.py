@@ -128,18 +128,25 @@ def test_mean_ci95_brackets_the_mean() -> None:
     assert lo < m < hi and abs(m - 1.0) < 1e-12 and hi - lo < 0.05
 
 
-def test_overhead_runs_all_three_comparisons(tmp_path: Path) -> None:
-    out = tmp_path / "overhead.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "overhead.py"), "--model", "tiny", "--batch", "16",
-                           "--steps", "2", "--pairs", "2", "--json", str(out)],
+def _bench(tmp_path: Path, script: str, args: list[str]) -> tuple[dict, str]:
+    """Run a benchmark script with --json; (its report, its stdout)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_pairs(r: dict, pairs: int) -> None:
+    assert r["pairs"] == pairs and len(r["ratios"]) == pairs and all(x > 0 for x in r["ratios"])
+    lo, hi = r["ratio_ci95"]
+    assert lo <= r["ratio_mean"] <= hi
+
+
+def test_overhead_runs_all_three_comparisons(tmp_path: Path) -> None:
+    report, _ = _bench(tmp_path, "overhead.py", ["--model", "tiny", "--batch", "16", "--steps", "2", "--pairs", "2"])
     for name in ("harness", "profiler", "nvml"):
-        r = report[name]
-        assert r["pairs"] == 2 and len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
-        lo, hi = r["ratio_ci95"]
-        assert lo <= r["ratio_mean"] <= hi
+        _check_pairs(report[name], 2)
     assert report["nvml"]["period_ms"] > 0
     assert report["nvml"]["nvml"].startswith(("real NVML", "fake pynvml"))
 
@@ -183,3 +190,14 @@ def test_perfetto_merge_runs_and_writes_json(tmp_path: Path) -> None:
     assert runs["perfetto --ranks 0"]["output_json_bytes"] < runs["perfetto"]["output_json_bytes"]
     assert sorted(p.name for p in traces.iterdir()) == [  # nothing written beside the traces
         "rank0.1790857026000000000.pt.trace.json", "rank1.1790857026000000000.pt.trace.json"]
+
+
+def test_run_overhead_compares_plain_and_dpprof_run_processes(tmp_path: Path) -> None:
+    report, stdout = _bench(tmp_path, "run_overhead.py", ["--pairs", "2", "--steps", "13", "--skip", "10",
+                                                           "--batch", "16"])
+    for kind in ("wall", "cpu"):
+        _check_pairs(report[kind], 2)
+    # dpprof's step records and the script's own clock time the same steps; its own cost is measured
+    assert 0.5 < report["dpprof_record_vs_script_clock_median"] < 2
+    assert report["hook_us_median"] > 0 and 0 < report["hook_share_of_step_pct"] < 100
+    assert "run wall" in stdout and "run cpu" in stdout

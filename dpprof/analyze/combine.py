@@ -24,6 +24,7 @@ from dpprof.analyze.rank_summary import RankSummary
 from dpprof.analyze.segments import Segments, finalize
 from dpprof.manifest import Manifest
 from dpprof.rundir import rank_from_name
+from dpprof.vocabulary import PROCESS_PER_RANK
 
 _PEER_WAIT = CAT["peer_wait"]
 _LISTED = 20  # missing ranks named in the warning
@@ -182,7 +183,7 @@ def _completeness(sums: Sequence[RankSummary], ranks: list[int], manifest: Manif
     world = max((s.world_size or 0 for s in sums), default=0)
     if manifest is not None:
         cfg = manifest.config
-        world = max(world, cfg.world_size or 0) if cfg.strategy == "ddp" else world
+        world = max(world, cfg.world_size or 0) if cfg.strategy in PROCESS_PER_RANK else world
         if manifest.status == "running" or manifest.complete is False:
             warnings.append(AnalysisWarning("run_incomplete", f"the run is not complete (status "
                                             f"{manifest.status!r}): analysed the traces written so far"))

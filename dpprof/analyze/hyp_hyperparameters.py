@@ -14,7 +14,8 @@ from typing import Any
 
 from dpprof.analyze.diag_figures import Context, mean, reference_row
 from dpprof.analyze.model import Hypothesis
-from dpprof.analyze.sweep_model import PER_PROCESS_LOADERS, total_loader_workers
+from dpprof.analyze.sweep_model import total_loader_workers
+from dpprof.vocabulary import PROCESS_PER_RANK
 
 SUPPORTED = 0.20
 NOT_SUPPORTED = 0.05
@@ -37,12 +38,12 @@ def total_workers(p: Any) -> int:
 def gap_pairs(sweep: Any) -> tuple[int | None, list[dict[str, Any]]]:
     """(GPU count, pairs of DP and DDP points of equal batch and total workers with their efficiencies)."""
     done = [p for p in sweep.points if p.status == "done" and p.gpus > 1 and p.scaling_efficiency is not None]
-    both = {p.gpus for p in done if p.strategy == "dp"} & {p.gpus for p in done if p.strategy in PER_PROCESS_LOADERS}
+    both = {p.gpus for p in done if p.strategy == "dp"} & {p.gpus for p in done if p.strategy in PROCESS_PER_RANK}
     if not both:
         return None, []
     n = max(both)
     dp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy == "dp" and p.gpus == n}
-    ddp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy in PER_PROCESS_LOADERS and p.gpus == n}
+    ddp = {(p.batch_size, total_workers(p)): p for p in done if p.strategy in PROCESS_PER_RANK and p.gpus == n}
     pairs = []
     for key in sorted(dp.keys() & ddp.keys()):
         a, b = dp[key], ddp[key]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.analyze.model import _from_plain, _to_plain
+from dpprof.vocabulary import PROCESS_PER_RANK
 
 SWEEP_SCHEMA = "dpprof.sweep/1"
 POINT_STATUSES: tuple[str, ...] = ("done", "skipped", "failed")
@@ -30,13 +31,12 @@ EpochRow = tuple[float | None, float | None, float | None]
 
 
 #: Strategies that run one process per GPU, each with its own DataLoader (and its own ``--workers``).
-PER_PROCESS_LOADERS: tuple[str, ...] = ("ddp", "fsdp")
 
 
 def total_loader_workers(strategy: str, processes: int, workers: int) -> int:
     """DataLoader workers of a whole run: ``workers`` per process x the processes that load (DDP/FSDP: one
     per rank, ``processes`` = world size; single and DP: the one process, whatever the GPU count)."""
-    return workers * (processes if strategy in PER_PROCESS_LOADERS else 1)
+    return workers * (processes if strategy in PROCESS_PER_RANK else 1)
 
 
 @dataclass(frozen=True)

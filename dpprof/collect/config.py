@@ -11,11 +11,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dpprof.errors import DpprofError
+from dpprof.vocabulary import PROFILE_STRATEGIES
 
-STRATEGIES = ("single", "dp", "ddp")
 DATA_KINDS = ("synthetic", "cifar10")
 #: The learning-rate rule, stated once: the manifest and ``--help`` quote it.
 BASE_BATCH = 128
@@ -27,8 +27,64 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / BASE_BATCH
 
 
+_C = TypeVar("_C", bound="ProfilerSettings")
+
+
 @dataclass
-class RunConfig:
+class ProfilerSettings:
+    """What ``dpprof profile`` and ``dpprof run`` configure alike: the run directory and its identity, the
+    command line, the profiler window and the NVML sampler.
+
+    The window is counted in steps: ``profile_wait`` steps without the profiler, ``profile_warmup`` steps
+    with it (discarded), ``profile_active`` steps recorded into the trace; once.
+    """
+
+    run_dir: str = ""
+    run_id: str = ""
+    command: list[str] = field(default_factory=list)
+    created_unix_ns: int = 0
+    quiet: bool = False
+    profile: bool = True
+    profile_wait: int = 2
+    profile_warmup: int = 1
+    profile_active: int = 3
+    profile_all_threads: bool = True
+    record_shapes: bool = False
+    with_stack: bool = False
+    nvml_period_ms: int = 100
+
+    @property
+    def profiler_window_end(self) -> int:
+        """Index (0-based) of the first step after the profiler's active window."""
+        return self.profile_wait + self.profile_warmup + self.profile_active
+
+    def to_json(self) -> str:
+        """The whole configuration as JSON: how it travels to every worker on torchrun's command line."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[_C], text: str) -> _C:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise DpprofError(f"bad worker configuration: {exc}") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def validate_profiler(s: ProfilerSettings) -> None:
+    """Raise DpprofError (one line) for a window or sampler setting that cannot work."""
+    for name in ("profile_wait", "profile_warmup"):
+        if getattr(s, name) < 0:
+            raise DpprofError(f"--{name.replace('_', '-')} must not be negative")
+    if s.profile_active < 1:
+        raise DpprofError("--profile-active must be at least 1")
+    if s.nvml_period_ms < 1:
+        raise DpprofError("--nvml-period-ms must be at least 1")
+
+
+@dataclass
+class RunConfig(ProfilerSettings):
     """Everything a worker needs. Sizes are images; times are steps unless a name says ``_ms``."""
 
     strategy: str = "dp"
@@ -53,14 +109,6 @@ class RunConfig:
     momentum: float = 0.9
     workers: int = 0
     seed: int = 0
-    profile: bool = True
-    profile_wait: int = 2
-    profile_warmup: int = 1
-    profile_active: int = 3
-    profile_all_threads: bool = True
-    record_shapes: bool = False
-    with_stack: bool = False
-    nvml_period_ms: int = 100
     loss_every: int = 10
     exact_timing: bool = False
     device: str = "cpu"
@@ -68,25 +116,8 @@ class RunConfig:
     cudnn_benchmark: bool = True
     probe: bool = True
     comm_probe: bool = True  # the allreduce probe at the start of a DDP run (dpprof.collect.comm_probe)
-    run_dir: str = ""
-    run_id: str = ""
-    command: list[str] = field(default_factory=list)
-    created_unix_ns: int = 0
-    quiet: bool = False
     #: intra-op CPU threads per process (torch.set_num_threads); None = torch's default.
     threads: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise DpprofError(f"bad worker configuration: {exc}") from None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
 
     def manifest_section(self) -> dict[str, Any]:
         """The ``config`` section of manifest.json (docs/run-format.md)."""
@@ -98,11 +129,6 @@ class RunConfig:
                 "threads")
         d = dataclasses.asdict(self)
         return {k: d[k] for k in keep}
-
-    @property
-    def profiler_window_end(self) -> int:
-        """Index (0-based) of the first step after the profiler's active window."""
-        return self.profile_wait + self.profile_warmup + self.profile_active
 
 
 def utc_stamp(unix_ns: int | None = None) -> str:
@@ -124,8 +150,8 @@ def _safe(text: str) -> str:
 
 def validate(cfg: RunConfig) -> None:
     """Raise DpprofError (one line) for a configuration that cannot run."""
-    if cfg.strategy not in STRATEGIES:
-        raise DpprofError(f"unknown strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if cfg.strategy not in PROFILE_STRATEGIES:
+        raise DpprofError(f"unknown strategy {cfg.strategy!r} (choose from {', '.join(PROFILE_STRATEGIES)})")
     if cfg.data not in DATA_KINDS:
         raise DpprofError(f"unknown data {cfg.data!r} (choose from {', '.join(DATA_KINDS)})")
     if cfg.batch_size < 1:
@@ -139,16 +165,13 @@ def validate(cfg: RunConfig) -> None:
         raise DpprofError("--epochs must be at least 1")
     if cfg.steps is None and cfg.epochs is None:
         raise DpprofError("give --steps or --epochs")
-    for name in ("profile_wait", "profile_warmup", "loss_every", "train_size", "test_size", "workers"):
+    validate_profiler(cfg)
+    for name in ("loss_every", "train_size", "test_size", "workers"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise DpprofError(f"--{name.replace('_', '-')} must not be negative")
-    if cfg.profile_active < 1:
-        raise DpprofError("--profile-active must be at least 1")
     if cfg.train_size is not None and cfg.train_size < cfg.batch_size:
         raise DpprofError(f"--train-size {cfg.train_size} is smaller than one global batch ({cfg.batch_size})")
-    if cfg.nvml_period_ms < 1:
-        raise DpprofError("--nvml-period-ms must be at least 1")
     if cfg.data == "cifar10" and not cfg.data_root:
         raise DpprofError("--data cifar10 needs --data-root DIR")
     if cfg.run_dir and Path(cfg.run_dir).is_file():

@@ -66,8 +66,10 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cuda_gpus(torch: ModuleType | None) -> list[dict[str, Any]]:
+def _cuda_gpus(torch: ModuleType | None, use_cuda: bool = True) -> list[dict[str, Any]]:
     if torch is None or not torch.cuda.is_available():
+        return []
+    if not use_cuda and not torch.cuda.is_initialized():  # reading properties would initialise CUDA
         return []
     gpus = []
     for i in range(torch.cuda.device_count()):
@@ -78,8 +80,11 @@ def _cuda_gpus(torch: ModuleType | None) -> list[dict[str, Any]]:
     return gpus
 
 
-def collect_hardware() -> dict[str, Any]:
+def collect_hardware(use_cuda: bool = True) -> dict[str, Any]:
     """host, cpus (usable by this process), gpus (CUDA order, with NVML index and UUID), topology.
+
+    ``use_cuda=False``: CUDA is not initialised to read the GPUs (unless it already is); NVML describes
+    them, mapped to CUDA indices through CUDA_VISIBLE_DEVICES.
 
     ``topology`` is None without NVML. Otherwise, per pair of GPUs ``"i-j"`` (CUDA indices):
     ``p2p`` = "NVLINK" (peer access over NVLink), "PCIE" (peer reads over PCIe) or "NONE" (copies go
@@ -87,7 +92,7 @@ def collect_hardware() -> dict[str, Any]:
     and ``nvlink_active_links`` per GPU. ``warnings`` lists what could not be read.
     """
     torch = _torch()
-    out: dict[str, Any] = {"host": socket.gethostname(), "cpus": _cpus(), "gpus": _cuda_gpus(torch),
+    out: dict[str, Any] = {"host": socket.gethostname(), "cpus": _cpus(), "gpus": _cuda_gpus(torch, use_cuda),
                            "topology": None, "warnings": []}
     nv, reason = import_nvml()
     if nv is None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from dpprof.collect.config import RunConfig
 from dpprof.collect.manifest import mark_unfinished
 from dpprof.errors import DpprofError
 
@@ -45,8 +44,9 @@ class Topology:
     rdzv_id: str | None = None
 
 
-def torchrun_command(cfg: RunConfig, topo: Topology, python: str = sys.executable) -> list[str]:
-    """The torchrun argv that starts this node's workers (``-m dpprof.collect.worker CONFIG``)."""
+def torchrun_command(topo: Topology, entry: list[str], python: str = sys.executable) -> list[str]:
+    """The torchrun argv that starts this node's workers with ``entry`` (e.g. ``-m dpprof.collect.worker
+    CONFIG`` for ``dpprof profile``, ``-m dpprof.run --config CONFIG`` for ``dpprof run``)."""
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(topo.nproc_per_node),
            "--max-restarts", "0"]
     if topo.nnodes == 1 and not topo.rdzv_endpoint:
@@ -56,7 +56,7 @@ def torchrun_command(cfg: RunConfig, topo: Topology, python: str = sys.executabl
             raise DpprofError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
         cmd += ["--nnodes", str(topo.nnodes), "--node-rank", str(topo.node_rank), "--rdzv-backend", "c10d",
                 "--rdzv-endpoint", topo.rdzv_endpoint, "--rdzv-id", topo.rdzv_id or "dpprof"]
-    return cmd + ["-m", "dpprof.collect.worker", cfg.to_json()]
+    return cmd + list(entry)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class FailureScan:
         if m and self._last_rank is not None:
             self.failed[self._last_rank] = int(m.group(1))
 
-    def _first(self) -> int:
+    def first(self) -> int:
         if self.root is not None and self.root in self.failed:
             return self.root
         # No root-cause section: a rank torchrun did not stop with SIGTERM itself is the likelier culprit.
@@ -99,7 +99,7 @@ class FailureScan:
     def describe(self) -> str:
         if not self.failed:
             return "rank unknown (see torchrun's output above)"
-        first = self._first()
+        first = self.first()
         text = _rank_text(first, self.failed[first])
         others = sorted(r for r in self.failed if r != first)
         if others:
@@ -171,12 +171,31 @@ def _pump(src: IO[str], out: StderrFilter, scan: FailureScan) -> None:
     out.close()
 
 
-def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = None) -> int:
-    """Run torchrun to the end. Returns 0, or 130 when interrupted; raises DpprofError naming the rank
-    that failed otherwise (exit code 1)."""
+@dataclass
+class Launched:
+    """How torchrun ended: its exit code, the signals this launcher passed on, the ranks that failed."""
+
+    rc: int
+    interrupted: list[str]
+    scan: FailureScan
+
+    def first_failed_exit_code(self) -> int | None:
+        """The exit code of the rank that failed first (128 + N for a rank killed by signal N), or None."""
+        if not self.scan.failed:
+            return None
+        code = self.scan.failed[self.scan.first()]
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code
+
+
+def launch_torchrun(cmd: list[str], env: dict[str, str] | None = None) -> Launched:
+    """Run torchrun to the end, passing its stderr through (:class:`StderrFilter`) and reading its
+    failure summary; SIGTERM to this process is passed on to torchrun."""
     full_env = dict(os.environ if env is None else env)
     # torchrun would set 1 thread per worker anyway (and warn); say it here so the run is reproducible.
-    # Each worker then applies the run's own --threads (RunConfig.threads) with torch.set_num_threads.
+    # dpprof profile's workers then apply the run's own --threads (RunConfig.threads) with
+    # torch.set_num_threads; dpprof run leaves the thread count to the script, as torchrun would.
     full_env.setdefault("OMP_NUM_THREADS", "1")
     # libkineto logs "ERROR: ... gpuGetDeviceCount failed" on machines without CUDA: keep its fatal lines only.
     full_env.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
@@ -202,12 +221,19 @@ def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = Non
         for s, h in old.items():
             signal.signal(s, h)
         pump.join(timeout=5)
-    if rc == 0:
+    return Launched(rc, interrupted, scan)
+
+
+def run_torchrun(cmd: list[str], run_dir: Path, env: dict[str, str] | None = None) -> int:
+    """``dpprof profile``'s launch: run torchrun to the end. Returns 0, or 130 when interrupted; raises
+    DpprofError naming the rank that failed otherwise (exit code 1)."""
+    done = launch_torchrun(cmd, env)
+    if done.rc == 0:
         return 0
-    if interrupted:
-        mark_unfinished(run_dir, "incomplete", f"launcher interrupted by {interrupted[0]}")
+    if done.interrupted:
+        mark_unfinished(run_dir, "incomplete", f"launcher interrupted by {done.interrupted[0]}")
         return 130
-    who = scan.describe()
-    mark_unfinished(run_dir, "failed", f"DDP worker failed: {who}; torchrun exit code {rc}")
-    raise DpprofError(f"DDP worker failed: {who} (torchrun exit code {rc}); run directory {run_dir}",
+    who = done.scan.describe()
+    mark_unfinished(run_dir, "failed", f"DDP worker failed: {who}; torchrun exit code {done.rc}")
+    raise DpprofError(f"DDP worker failed: {who} (torchrun exit code {done.rc}); run directory {run_dir}",
                       exit_code=1)

@@ -79,12 +79,12 @@ def fallback_versions() -> dict[str, Any]:
             "cuda": torch.version.cuda, "nccl": nccl, "driver": None, "dpprof": __version__}
 
 
-def fallback_hardware() -> dict[str, Any]:
+def fallback_hardware(use_cuda: bool = True) -> dict[str, Any]:
     """Host, CPUs and the GPUs torch sees (used when dpprof.collect.hwinfo is unavailable)."""
     import torch
 
     gpus = []
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and (use_cuda or torch.cuda.is_initialized()):
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gpus.append({"cuda_index": i, "nvml_index": None, "uuid": None, "name": p.name,
@@ -92,27 +92,31 @@ def fallback_hardware() -> dict[str, Any]:
     return {"host": socket.gethostname(), "cpus": os.cpu_count() or 0, "gpus": gpus, "topology": None}
 
 
-def collect_versions_and_hardware(warnings: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(versions, hardware) from dpprof.collect.hwinfo, or torch's own view when that fails."""
+def collect_versions_and_hardware(warnings: list[str],
+                                  use_cuda: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(versions, hardware) from dpprof.collect.hwinfo, or torch's own view when that fails.
+
+    ``use_cuda=False``: do not initialise CUDA to read the GPUs (NVML describes them instead).
+    """
     try:
         from dpprof.collect import hwinfo
     except ImportError:
-        return fallback_versions(), fallback_hardware()
+        return fallback_versions(), fallback_hardware(use_cuda)
     try:
-        return hwinfo.collect_versions(), hwinfo.collect_hardware()
+        return hwinfo.collect_versions(), hwinfo.collect_hardware(use_cuda)
     except Exception as exc:  # hardware discovery must never stop a training run
         warnings.append(f"hardware/version discovery failed ({type(exc).__name__}: {exc}); torch's view used")
-        return fallback_versions(), fallback_hardware()
+        return fallback_versions(), fallback_hardware(use_cuda)
 
 
-def node_gpus() -> list[dict[str, Any]]:
+def node_gpus(use_cuda: bool = True) -> list[dict[str, Any]]:
     """This node's GPUs as the manifest's ``hardware.gpus`` lists them (for ``nodes/<node>.json``)."""
     try:
         from dpprof.collect import hwinfo
 
-        return list(hwinfo.collect_hardware().get("gpus", []))
+        return list(hwinfo.collect_hardware(use_cuda).get("gpus", []))
     except Exception:  # ImportError or a discovery failure: torch's view is enough here
-        return list(fallback_hardware()["gpus"])
+        return list(fallback_hardware(use_cuda)["gpus"])
 
 
 def probe_links(cuda_indices: list[int], warnings: list[str]) -> dict[str, Any]:
@@ -143,7 +147,7 @@ class Manifest:
             "schema": MANIFEST_SCHEMA, "run_id": run_id, "status": "running", "complete": False,
             "command": list(command), "created_unix_ns": int(created_unix_ns), "config": config,
             "dp_mode": None, "model_info": None, "data_info": None, "versions": None, "hardware": None,
-            "link_bandwidth": None, "profiler": None, "summary": None, "epochs": [], "ddp": None,
+            "link_bandwidth": None, "profiler": None, "summary": None, "epochs": [], "ddp": None, "fsdp": None,
             "peak_memory_bytes": {}, "nodes": [], "files": {"traces": [], "nvml": [], "steps": [], "merged": []},
             "warnings": [],
         }
@@ -188,13 +192,48 @@ def write_node_file(run_dir: Path, node_key: str, data: dict[str, Any]) -> str:
     return rel
 
 
-def mark_unfinished(run_dir: Path, status: str, message: str) -> bool:
+def merge_node_part(run_dir: Path, node_key: str, part: dict[str, Any]) -> dict[str, Any]:
+    """For ranks that cannot gather over torch.distributed (``dpprof run``: the process group is the
+    script's): write this rank's node record as ``nodes/.<node_key>.rank<R>.json``, then rewrite
+    ``nodes/<node_key>.json`` from every part written so far, under a lock on the folder, so the
+    node's last rank to finish writes the complete record. Returns the merged record."""
+    import fcntl
+
+    folder = run_dir / NODES_DIR
+    write_json(folder / f".{node_key}.rank{part['ranks'][0]}.json", part)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        parts = [read_json(f) for f in sorted(folder.glob(f".{node_key}.rank*.json"))]
+        mine = [x for x in parts if isinstance(x, dict)] or [part]
+        merged = dict(mine[0], ranks=sorted(r for x in mine for r in x["ranks"]),
+                      peak_memory_bytes={k: v for x in mine for k, v in x["peak_memory_bytes"].items()},
+                      peak_rss_bytes=max(x["peak_rss_bytes"] for x in mine),
+                      nvml_file=next((x["nvml_file"] for x in mine if x.get("nvml_file")), None),
+                      written_unix_ns=time.time_ns())
+        write_node_file(run_dir, node_key, merged)
+    return merged
+
+
+def read_node_files(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``nodes/<node>.json`` of the run, by node rank."""
+    found = [read_json(p) for p in sorted((run_dir / NODES_DIR).glob("*.json")) if not p.name.startswith(".")]
+    return sorted((n for n in found if isinstance(n, dict) and "node_key" in n), key=lambda n: n["node_rank"])
+
+
+def node_entries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's ``nodes`` list from node records."""
+    return [{"host": n["host"], "node_rank": n["node_rank"], "file": f"{NODES_DIR}/{n['node_key']}.json"}
+            for n in nodes]
+
+
+def mark_unfinished(run_dir: Path, status: str, message: str, force: bool = False) -> bool:
     """Called by a launcher after its workers died: set a manifest still ``running`` to ``status``.
 
-    Returns True when the manifest was changed. A manifest already ``complete`` is left alone.
+    Returns True when the manifest was changed. A manifest already ``complete`` is left alone unless
+    ``force`` (``dpprof run``: another rank's script failed after rank 0's ended well).
     """
     data = read_json(run_dir / MANIFEST)  # rewritten as it is: fields this function does not touch are kept
-    if not isinstance(data, dict) or data.get("status") == "complete":
+    if not isinstance(data, dict) or (data.get("status") == "complete" and not force):
         return False
     m = Manifest(run_dir, data)
     if data.get("status") == "running" or status == "failed":

@@ -53,6 +53,8 @@ class TraceWindow:
         self.files: list[Path] = []
         self.warnings: list[str] = []
         self._metadata_added = False
+        self._steps = 0
+        self._closed = False
         activities = [ProfilerActivity.CPU]
         if use_cuda:
             activities.append(ProfilerActivity.CUDA)
@@ -82,6 +84,11 @@ class TraceWindow:
         """True for the warm-up and active steps (the profiler runs, and costs time, in both)."""
         return self.wait <= index < self.wait + self.warmup + self.active
 
+    @property
+    def finished(self) -> bool:
+        """The window is over (its trace, if any, is written) or was stopped."""
+        return self._closed
+
     def __enter__(self) -> TraceWindow:
         self._prof.__enter__()
         self._maybe_add_metadata()
@@ -89,11 +96,20 @@ class TraceWindow:
 
     def __exit__(self, *exc: Any) -> None:
         # Stopping inside the active part still saves what was recorded (torch's RECORD -> stop path).
-        self._prof.__exit__(*exc)
+        if not self._closed:
+            self._closed = True
+            self._prof.__exit__(*exc)
 
     def step(self) -> None:
+        if self._closed:
+            return
         self._prof.step()
+        self._steps += 1
         self._maybe_add_metadata()
+        if self._steps >= self.wait + self.warmup + self.active:
+            # The step() that left the active part has saved the trace (schedule(repeat=1) then says
+            # NONE for good): stop now, so later steps no longer open a ProfilerStep range each.
+            self.__exit__(None, None, None)
 
     def _maybe_add_metadata(self) -> None:
         # Metadata only sticks while Kineto records, so add it when the active part begins.

@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from dpprof import __version__
-from dpprof.collect.config import RunConfig
+from dpprof.collect.config import ProfilerSettings, RunConfig
 from dpprof.collect.data import build_loaders
+from dpprof.collect.identity import RankIdentity
 from dpprof.collect.manifest import Manifest, collect_versions_and_hardware, median_or_none, probe_links
 from dpprof.collect.models import build_model, model_info
 from dpprof.collect.profiler import TraceWindow
-from dpprof.collect.strategies import Placement, wrap_ddp, wrap_dp, wrap_single
+from dpprof.collect.strategies import Placement, wrap_ddp, wrap_dp, wrap_fsdp, wrap_single
 from dpprof.collect.train import LoopResult
 from dpprof.rundir import TRACES_DIR
-
-if TYPE_CHECKING:
-    from dpprof.collect.worker import Context
+from dpprof.vocabulary import PROCESS_PER_RANK
 
 
 def _probe_indices(cfg: RunConfig) -> list[int]:
@@ -30,12 +29,12 @@ def _probe_indices(cfg: RunConfig) -> list[int]:
     count = torch.cuda.device_count()
     if cfg.strategy == "dp":
         return sorted(set(cfg.device_ids or range(cfg.gpus or count)))
-    if cfg.strategy == "ddp":
+    if cfg.strategy in PROCESS_PER_RANK:
         return list(range(min(cfg.nproc, count)))
     return [(cfg.device_ids or [0])[0]]
 
 
-def start_manifest(cfg: RunConfig, ctx: Context, run_dir: Path, warnings: list[str]) -> Manifest:
+def start_manifest(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, warnings: list[str]) -> Manifest:
     """Write manifest.json with status ``running``: config, versions, hardware, link bandwidth."""
     versions, hardware = collect_versions_and_hardware(warnings)
     versions.setdefault("dpprof", __version__)
@@ -58,7 +57,18 @@ def start_manifest(cfg: RunConfig, ctx: Context, run_dir: Path, warnings: list[s
     return manifest
 
 
-def open_nvml(cfg: RunConfig, ctx: Context, run_dir: Path, warnings: list[str]) -> tuple[Any | None, str | None]:
+def cuda_uuids(device: str) -> list[str] | None:
+    """CUDA's GPU UUIDs in CUDA order (they make the NVML-to-CUDA mapping exact), on a CUDA run."""
+    if device != "cuda":
+        return None
+    try:
+        return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def open_nvml(period_ms: int, ctx: RankIdentity, run_dir: Path, warnings: list[str],
+              uuids: list[str] | None) -> tuple[Any | None, str | None]:
     """The node's NVML sampler (local rank 0 only) and its file name, or (None, None) elsewhere."""
     if not ctx.is_node_main:
         return None, None
@@ -68,16 +78,10 @@ def open_nvml(cfg: RunConfig, ctx: Context, run_dir: Path, warnings: list[str]) 
     except ImportError:
         warnings.append("NVML sampler not available in this dpprof: no GPU samples recorded")
         return None, None
-    uuids = None
-    if cfg.device == "cuda":
-        try:
-            uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-        except (AttributeError, RuntimeError):
-            uuids = None
-    return NvmlSampler(run_dir / name, ctx.host, period_ms=cfg.nvml_period_ms, cuda_uuids=uuids), name
+    return NvmlSampler(run_dir / name, ctx.host, period_ms=period_ms, cuda_uuids=uuids), name
 
 
-def make_placement(cfg: RunConfig, ctx: Context, manifest: Manifest | None,
+def make_placement(cfg: RunConfig, ctx: RankIdentity, manifest: Manifest | None,
                    warnings: list[str]) -> tuple[Placement, Any, Any]:
     """(placement, the plain model for evaluation, loaders), recording model and data in the manifest."""
     model = build_model(cfg.model, seed=cfg.seed)
@@ -89,6 +93,8 @@ def make_placement(cfg: RunConfig, ctx: Context, manifest: Manifest | None,
         placement = wrap_dp(model, use_cuda, cfg.gpus, cfg.device_ids)
         if placement.note and ctx.is_main:
             print(f"dpprof: DataParallel mode {placement.dp_mode}: {placement.note}", flush=True)
+    elif cfg.strategy == "fsdp":
+        placement = wrap_fsdp(model, ctx.device, ctx.world_size)
     else:
         placement = wrap_ddp(model, ctx.device)
     loaders = build_loaders(cfg.data, root=cfg.data_root, download=cfg.download and ctx.is_main,
@@ -105,10 +111,12 @@ def make_placement(cfg: RunConfig, ctx: Context, manifest: Manifest | None,
             warnings.append(placement.note)
         manifest.data["warnings"] = list(dict.fromkeys(manifest.data["warnings"] + warnings))
         manifest.write()
-    return placement, placement.module.module if cfg.strategy != "single" else placement.module, loaders
+    # Held-out accuracy runs the plain model; FSDP2 shards the model in place (its forward gathers).
+    plain = placement.module.module if cfg.strategy in ("dp", "ddp") else placement.module
+    return placement, plain, loaders
 
 
-def window_for(cfg: RunConfig, ctx: Context, run_dir: Path, placement: Placement) -> TraceWindow | None:
+def window_for(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, placement: Placement) -> TraceWindow | None:
     if not cfg.profile:
         return None
     # torch writes distributedInfo itself only when torch.distributed is initialised (DDP).
@@ -123,7 +131,7 @@ def window_for(cfg: RunConfig, ctx: Context, run_dir: Path, placement: Placement
                        with_stack=cfg.with_stack, distributed_info=dist_info, extra_metadata=meta)
 
 
-def unprofiled_steps(cfg: RunConfig, steps: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+def unprofiled_steps(cfg: ProfilerSettings, steps: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
     """The steps that ran without the profiler and stand for the run's speed, and which they are.
 
     ``"after_window"``: steps after the profiler window; ``"before_window"``: when none follows it, the
@@ -142,7 +150,7 @@ def unprofiled_steps(cfg: RunConfig, steps: list[dict[str, Any]]) -> tuple[str |
     return ("before_window", before) if before else (None, [])
 
 
-def profiler_section(cfg: RunConfig, steps: list[dict[str, Any]], all_threads: bool) -> dict[str, Any]:
+def profiler_section(cfg: ProfilerSettings, steps: list[dict[str, Any]], all_threads: bool) -> dict[str, Any]:
     """Median wall time of profiled (active) steps vs unprofiled ones (:func:`unprofiled_steps`), and
     their ratio."""
     profiled = [s["wall_ms"] for s in steps if s["profiled"]]
@@ -156,7 +164,7 @@ def profiler_section(cfg: RunConfig, steps: list[dict[str, Any]], all_threads: b
             "unprofiled_basis": basis}
 
 
-def finalize(manifest: Manifest, cfg: RunConfig, result: LoopResult | None, status: str,
+def finalize(manifest: Manifest, cfg: ProfilerSettings, result: LoopResult | None, status: str,
              signal_name: str | None, warnings: list[str], per_rank: list[dict[str, Any]]) -> None:
     """Rank 0's last manifest write: summary, profiler overhead, peak memory, status."""
     steps = result.steps if result is not None else []

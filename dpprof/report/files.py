@@ -4,11 +4,13 @@ never replaces a good page with a broken one. Default output: ``reports/<run>.ht
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dpprof.analyze.run import Run, load_run
+from dpprof.errors import DpprofError
 from dpprof.fileio import is_stdout, output_target, write_text_atomic
 
 REPORTS_DIR = Path("reports")
@@ -59,3 +61,20 @@ def write_compare(a: str | Path, b: str | Path, out: Path | None = None, max_inf
     html = render_compare(run_a, run_b, out=target)
     write_text_atomic(target, html)
     return target
+
+
+def report_after_run(run_dir: Path, prog: str, stream: IO[str] | None = None) -> int:
+    """Write the HTML report of a run that has just ended (``profile --report``, ``run --report``); 0, or 1 when
+    it failed (the run itself stays on disk). ``prog`` names the command in messages; the report's path goes to
+    ``stream`` (default stdout)."""
+    try:
+        path = report_run(run_dir)
+    except DpprofError as exc:
+        print(f"{prog}: report failed: {exc} (the run itself is on disk: {run_dir})", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the run is safe on disk; a report bug must not hide that
+        print(f"{prog}: report failed: {type(exc).__name__}: {exc} (the run itself is on disk: "
+              f"{run_dir}; set DPPROF_DEBUG=1 and run `dpprof report {run_dir}` for details)", file=sys.stderr)
+        return 1
+    print(f"report: {path}", file=stream if stream is not None else sys.stdout)
+    return 0

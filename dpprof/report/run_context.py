@@ -216,6 +216,10 @@ def environment(run: Run) -> list[dict[str, Any]]:
         sections.append({"title": "Run summary", "rows": fmt.rows(m.summary.shown())})
         sections.append({"title": "DDP buckets and settings (from the reducer)",
                          "rows": fmt.rows(m.ddp.shown() if m.ddp is not None else None)})
+        for title, section in (("FSDP", m.fsdp), ("Script (dpprof run)", m.script),
+                               ("Steps of the script (dpprof run)", m.stepping)):
+            if section is not None:
+                sections.append({"title": title, "rows": fmt.rows(section.shown())})
         sections.append({"title": "Model and data", "rows": fmt.rows(m.model_info.shown()) + fmt.rows(m.data_info.shown())})
         if m.peak_memory_bytes:
             sections.append({"title": "Peak GPU memory", "rows": fmt.rows(m.peak_memory_bytes)})

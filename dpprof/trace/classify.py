@@ -72,7 +72,7 @@ CPU_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("data_loading", re.compile(r"^enumerate\(DataLoader\)#.*__next__")),
     # DP (dpprof.vocabulary): dpprof's own phase markers come first, they are exact when present; then torch's
     # DataParallel.forward and the torch.nn.parallel autograd functions (GatherBackward scatters grad_output).
-    *((cls, _exact(mark)) for mark, cls in V.DP_MARKS.items()),
+    *((cls, _exact(mark)) for mark, cls in V.DP_MARK_CLASSES.items()),
     *((cls, _exact(*ops)) for cls, ops in V.DP_TORCH_OPS.items()),
     ("ddp_forward", re.compile(r"^DistributedDataParallel\.forward$")),
     ("ddp_reducer", re.compile(r"^(?:torch::distributed::reducer::|torch\.distributed\.ddp\.reducer::)")),

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dpprof.collect import command
+from dpprof.commands import profile as command
 from dpprof.errors import DpprofError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -72,7 +72,7 @@ def test_not_ddp_means_not_measured() -> None:
 
 
 def test_no_comm_probe_flag(tmp_path: Path) -> None:
-    from dpprof.collect.command import build_config
+    from dpprof.commands.profile import build_config
 
     base = ["--strategy", "ddp", "--nproc", "2", "--device", "cpu", "--out", str(tmp_path)]
     assert build_config(parse(base), [])[0].comm_probe is True
@@ -116,9 +116,11 @@ def test_two_gloo_processes_measure_and_agree() -> None:
     assert s0["sizes_bytes"] == list(comm_probe.CPU_SIZES_BYTES) and s0["repeats"] == comm_probe.REPEATS
     # every rank ends with the same slowest-rank times (one MAX all_reduce)
     assert s0["time_us_median"] == s1["time_us_median"] and all(t > 0 for t in s0["time_us_median"])
-    assert s0["time_us_median"][-1] > s0["time_us_median"][0]  # 1 MiB takes longer than 4 KiB
-    assert s0["beta_us_per_byte"] > 0 and s0["bandwidth_GBps"] > 0
-    assert s0["duration_ms"] < 1000, s0["duration_ms"]
+    # Times are measured, so under load the fit may find no growth with size: then it says so instead of a bandwidth.
+    if s0["beta_us_per_byte"] > 0:
+        assert s0["bandwidth_GBps"] > 0
+    else:
+        assert s0["bandwidth_GBps"] is None and "note" in s0
     assert off0["reason"] == off1["reason"] == "turned off (--no-comm-probe)" and off0["measured"] is False
     print(f"gloo probe, 2 processes: {s0}")
 

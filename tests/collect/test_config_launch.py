@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from dpprof.collect.command import build_config
 from dpprof.collect.config import LR_RULE, RunConfig, default_run_name, scaled_lr
 from dpprof.collect.launch import FailureScan, StderrFilter, Topology, torchrun_command
+from dpprof.commands.profile import build_config
 from dpprof.errors import DpprofError
 
 from .helpers import parse
@@ -61,16 +61,17 @@ def test_existing_run_directory_gets_a_suffix(tmp_path):
 
 def test_torchrun_command():
     cfg = RunConfig(strategy="ddp", model="tiny")
-    single = torchrun_command(cfg, Topology(nproc_per_node=2), python="py")
+    entry = ["-m", "dpprof.collect.worker", cfg.to_json()]
+    single = torchrun_command(Topology(nproc_per_node=2), entry, python="py")
     assert single[:7] == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "0"]
     assert "--standalone" in single and single[-3:-1] == ["-m", "dpprof.collect.worker"]
     assert json.loads(single[-1])["model"] == "tiny"
-    multi = torchrun_command(cfg, Topology(2, nnodes=2, node_rank=1, rdzv_endpoint="h:29500", rdzv_id="x"))
+    multi = torchrun_command(Topology(2, nnodes=2, node_rank=1, rdzv_endpoint="h:29500", rdzv_id="x"), entry)
     assert "--standalone" not in multi
     i = multi.index("--rdzv-endpoint")
     assert multi[i + 1] == "h:29500" and multi[multi.index("--rdzv-backend") + 1] == "c10d"
     with pytest.raises(DpprofError, match="rdzv-endpoint"):
-        torchrun_command(cfg, Topology(1, nnodes=2))
+        torchrun_command(Topology(1, nnodes=2), entry)
 
 
 def test_failure_scan_names_the_dead_rank():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpprof.collect.strategies import DP_MARKS
+from dpprof.vocabulary import DP_MARKS
 
 from .helpers import FAST, manifest, only_run_dir, profile, steps, trace_json
 

@@ -7,8 +7,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from dpprof.collect import strategies
 from dpprof.collect.models import build_model
-from dpprof.collect.strategies import DP_MARKS, MarkedDataParallel, dp_device_ids, wrap_dp
+from dpprof.collect.strategies import MarkedDataParallel, dp_device_ids, wrap_dp
 from dpprof.errors import DpprofError
+from dpprof.vocabulary import DP_MARKS
 
 
 def test_mark_names_are_the_ones_the_analyzer_keys_on():

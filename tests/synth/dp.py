@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dpprof.vocabulary import DP_MARKS
 from tests.synth import names as N
 from tests.synth.expect import expected_rows
 from tests.synth.kineto import TS0_US, RankTrace
@@ -39,9 +40,8 @@ from tests.synth.streams import Member, Streams, collective, item, launching_op
 
 MAIN_TID = 4100
 STEPS = (3, 4, 5)
-#: dpprof's own DP phase markers (dpprof/collect/strategies.py DP_MARKS), copied to keep torch out.
-MARKS = {"scatter": "dpprof::dp_scatter", "replicate": "dpprof::dp_replicate",
-         "parallel_apply": "dpprof::dp_parallel_apply", "gather": "dpprof::dp_gather"}
+#: dpprof's own DP phase markers, as the collector writes them (dpprof.vocabulary.DP_MARKS).
+MARKS = DP_MARKS
 INPUT_BYTES = 128 * 3 * 32 * 32 * 4
 OUTPUT_BYTES = 128 * 10 * 4
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.errors import DpprofError
+from dpprof.vocabulary import PROCESS_PER_RANK, PROFILE_STRATEGIES
 
-HELP = "train a model under single / DP / DDP with torch.profiler and NVML, writing one run directory"
+HELP = "train a built-in model under single / DP / DDP / FSDP with torch.profiler and NVML, writing one run directory"
 
 _LR_HELP = ("base learning rate for a global batch of 128; the run uses base_lr x global_batch / 128 "
             "(linear scaling), so every strategy with the same --batch-size gets the same lr")
@@ -20,14 +21,16 @@ _LR_HELP = ("base learning rate for a global batch of 128; the run uses base_lr 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
     from dpprof.collect.config import LR_RULE
     from dpprof.collect.models import MODEL_NAMES
+    from dpprof.collect.options import add_launch_options, add_output_options, add_profiler_options
 
     p.epilog = (f"Learning rate: {LR_RULE}. --steps and --epochs: whichever limit comes first "
                 "(--steps 0 with --epochs: no step limit). Output: OUT/<strategy>-<model>-b<batch>-<UTC stamp>/ "
                 "with traces/ (one trace per rank), manifest.json, nvml.<host>.jsonl, steps.rank<R>.jsonl "
                 "(docs/run-format.md). SIGINT/SIGTERM: the current step finishes, the run is kept, marked incomplete.")
     g = p.add_argument_group("what to train")
-    g.add_argument("--strategy", choices=("single", "dp", "ddp"), default="dp",
-                   help="single device, nn.DataParallel, or DistributedDataParallel via torchrun (default dp)")
+    g.add_argument("--strategy", choices=PROFILE_STRATEGIES, default="dp",
+                   help="single device, nn.DataParallel, DistributedDataParallel or FSDP2 (fully_shard per "
+                        "conv/linear layer, then the root) via torchrun (default dp)")
     g.add_argument("--model", choices=MODEL_NAMES, default="vgg16", help="default vgg16 (CIFAR VGG16, 14.7M params)")
     g.add_argument("--data", choices=("synthetic", "cifar10"), default="synthetic",
                    help="synthetic: learnable CIFAR-shaped data, deterministic per --seed (default)")
@@ -50,35 +53,21 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
 
     d = p.add_argument_group("devices and processes")
     d.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda if available")
-    d.add_argument("--gpus", type=int, help="dp: GPUs to use (default all); ddp on GPUs: processes per node")
+    d.add_argument("--gpus", type=int, help="dp: GPUs to use (default all); ddp/fsdp on GPUs: processes per node")
     d.add_argument("--device-ids", help="dp: explicit CUDA device list, e.g. 0,1 or 0,0 (repeats allowed)")
     d.add_argument("--threads", type=int,
                    help="intra-op CPU threads per process (default: OMP_NUM_THREADS if set; on the CPU the cores "
                         "split evenly over the processes of a node, so every strategy gets the same cores; on "
                         "GPUs torch's default for single/dp, 1 per DDP worker as torchrun sets)")
-    d.add_argument("--nproc", type=int, default=2, help="ddp: processes per node (gloo on CPU; default 2)")
-    d.add_argument("--backend", choices=("nccl", "gloo"), help="ddp backend (default nccl on GPU, gloo on CPU)")
-    d.add_argument("--nnodes", type=int, default=1, help="ddp: number of nodes (torchrun c10d rendezvous)")
-    d.add_argument("--node-rank", type=int, default=0, help="ddp: this node's rank (c10d assigns its own)")
-    d.add_argument("--rdzv-endpoint", help="ddp: HOST:PORT of the rendezvous, the same on every node")
-    d.add_argument("--rdzv-id", help="ddp: rendezvous id, the same on every node (names the run directory)")
+    d.add_argument("--backend", choices=("nccl", "gloo"), help="ddp/fsdp backend (default nccl on GPU, gloo on CPU)")
+    add_launch_options(d, 2, "ddp/fsdp")
 
     r = p.add_argument_group("profiling and output")
-    r.add_argument("--profile-wait", type=int, default=2, help="steps before the profiler starts (default 2)")
-    r.add_argument("--profile-warmup", type=int, default=1, help="profiler warm-up steps, discarded (default 1)")
-    r.add_argument("--profile-active", type=int, default=3, help="profiled steps written to the trace (default 3)")
-    r.add_argument("--no-profile", action="store_true", help="no torch.profiler (NVML and step times only)")
-    r.add_argument("--no-all-threads", action="store_true",
-                   help="do not record all threads (DP's parallel_apply threads then lose their CPU ops)")
-    r.add_argument("--record-shapes", action="store_true", help="record operator input shapes")
-    r.add_argument("--with-stack", action="store_true", help="record Python stacks (large traces)")
-    r.add_argument("--nvml-period-ms", type=int, default=100, help="NVML polling period (default 100 ms)")
+    add_profiler_options(r)
     r.add_argument("--no-probe", action="store_true", help="skip the link bandwidth probe on GPUs")
     r.add_argument("--no-comm-probe", action="store_true",
                    help="ddp: skip the short allreduce probe (latency and bandwidth) before training")
-    r.add_argument("--out", default="traces", help="parent folder of the run directory (default traces)")
-    r.add_argument("--run-name", help="run directory name (default <strategy>-<model>-b<batch>-<UTC stamp>)")
-    r.add_argument("--report", action="store_true", help="write the HTML report when the run ends")
+    add_output_options(r, "<strategy>-<model>-b<batch>-<UTC stamp>")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -118,8 +107,8 @@ def _threads(given: int | None, strategy: str, device: str, nproc: int) -> int |
         return int(env)
     if device == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // (max(1, nproc) if strategy == "ddp" else 1))
-    return 1 if strategy == "ddp" else None
+        return max(1, cores // (max(1, nproc) if strategy in PROCESS_PER_RANK else 1))
+    return 1 if strategy in PROCESS_PER_RANK else None
 
 
 def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
@@ -131,7 +120,7 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
     import torch
 
     from dpprof.collect.config import RunConfig, default_run_name, scaled_lr, validate
-    from dpprof.collect.launch import Topology
+    from dpprof.collect.options import profiler_settings, topology
 
     device = _device(args.device)
     ids = _device_ids(args.device_ids)
@@ -143,10 +132,7 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
                     batch_size=args.batch_size, epochs=args.epochs, steps=steps, base_lr=args.lr,
                     lr=scaled_lr(args.lr, args.batch_size), momentum=args.momentum, seed=args.seed,
                     workers=args.workers if args.workers is not None else (2 if device == "cuda" else 0),
-                    profile=not args.no_profile, profile_wait=args.profile_wait,
-                    profile_warmup=args.profile_warmup, profile_active=args.profile_active,
-                    profile_all_threads=not args.no_all_threads, record_shapes=args.record_shapes,
-                    with_stack=args.with_stack, nvml_period_ms=args.nvml_period_ms, loss_every=args.loss_every,
+                    loss_every=args.loss_every, **profiler_settings(args),
                     exact_timing=args.exact_timing, device=device, cudnn_benchmark=not args.no_cudnn_benchmark,
                     probe=not args.no_probe, command=argv, created_unix_ns=time.time_ns(), quiet=args.quiet,
                     threads=_threads(args.threads, args.strategy, device, args.nproc),
@@ -160,21 +146,16 @@ def build_config(args: argparse.Namespace, argv: list[str]) -> tuple[Any, Any]:
         cfg.gpus = 1 if device == "cuda" else 0
     else:
         if ids:
-            raise DpprofError("--device-ids is for dp; ddp uses one GPU per process (local rank)")
+            raise DpprofError(f"--device-ids is for dp; {cfg.strategy} uses one GPU per process (local rank)")
         nproc = args.gpus if (device == "cuda" and args.gpus) else args.nproc
-        if nproc < 1 or args.nnodes < 1:
-            raise DpprofError("--nproc/--gpus and --nnodes must be at least 1")
+        topo = topology(args, nproc)
         if device == "cuda" and nproc > torch.cuda.device_count():
-            raise DpprofError(f"{nproc} DDP processes per node but {torch.cuda.device_count()} GPU(s): NCCL needs "
-                              "one GPU per process (use --nproc/--gpus to match, or --device cpu for gloo)")
+            raise DpprofError(f"{nproc} {cfg.strategy.upper()} processes per node but {torch.cuda.device_count()} "
+                              "GPU(s): NCCL needs one GPU per process (use --nproc/--gpus to match, or --device "
+                              "cpu for gloo)")
         cfg.nproc, cfg.nnodes, cfg.world_size = nproc, args.nnodes, nproc * args.nnodes
         cfg.gpus = nproc if device == "cuda" else 0
         cfg.backend = args.backend or ("nccl" if device == "cuda" else "gloo")
-        topo = Topology(nproc_per_node=nproc, nnodes=args.nnodes, node_rank=args.node_rank,
-                        rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
-        if args.nnodes > 1 and not (args.run_name or args.rdzv_id):
-            raise DpprofError("with --nnodes > 1 give --run-name or --rdzv-id: every node must agree on the "
-                              "run directory")
     cfg.per_rank_batch_size = cfg.batch_size // cfg.world_size
     validate(cfg)
     name = args.run_name or default_run_name(cfg, args.rdzv_id if cfg.nnodes > 1 else None, cfg.created_unix_ns)
@@ -198,6 +179,7 @@ def _create_run_dir(args: argparse.Namespace, cfg: Any) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from dpprof.commands.options import require_extra
+    from dpprof.report.files import report_after_run
 
     require_extra("collect", "dpprof profile")
     from dpprof.collect.summary import print_summary
@@ -209,10 +191,11 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.quiet:
         print(f"dpprof profile: {cfg.strategy} {cfg.model} on {cfg.device}, global batch {cfg.batch_size}, "
               f"lr {cfg.lr:g} ({cfg.lr_rule.split(' (')[0]}) -> {run_dir}", flush=True)
-    if cfg.strategy == "ddp":
+    if cfg.strategy in PROCESS_PER_RANK:
         from dpprof.collect.launch import run_torchrun, torchrun_command
 
-        rc = run_torchrun(torchrun_command(cfg, topo), run_dir, dict(os.environ))
+        rc = run_torchrun(torchrun_command(topo, ["-m", "dpprof.collect.worker", cfg.to_json()]), run_dir,
+                          dict(os.environ))
     else:
         from dpprof.collect.progress import ConsoleProgress
         from dpprof.collect.worker import run_worker
@@ -229,25 +212,5 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return rc
     if args.report:
-        return _report(run_dir)
-    return 0
-
-
-def _report(run_dir: Path) -> int:
-    try:
-        from dpprof.report.files import report_run
-    except ImportError:
-        print("dpprof profile: --report: the report writer is not available in this dpprof; "
-              f"run `dpprof report {run_dir}` once it is", file=sys.stderr)
-        return 0
-    try:
-        path = report_run(run_dir)
-    except DpprofError as exc:
-        print(f"dpprof profile: report failed: {exc} (the run itself is complete: {run_dir})", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the run is safe on disk; a report bug must not hide that
-        print(f"dpprof profile: report failed: {type(exc).__name__}: {exc} (the run itself is complete: "
-              f"{run_dir}; set DPPROF_DEBUG=1 and run `dpprof report {run_dir}` for details)", file=sys.stderr)
-        return 1
-    print(f"report: {path}")
+        return report_after_run(run_dir, "dpprof profile")
     return 0
