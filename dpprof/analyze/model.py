@@ -221,25 +221,25 @@ class Analysis:
 
     def to_json(self) -> dict[str, Any]:
         """Plain, deterministic JSON-ready dict (floats rounded to ns, keys sorted by the writer)."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Analysis:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not a dpprof analysis (schema {data.get('schema')!r}, expected {SCHEMA!r})")
-        return _from_plain(cls, data)
+        return from_plain(cls, data)
 
     def with_diagnosis(self, diagnosis: Diagnosis) -> Analysis:
         return dataclasses.replace(self, diagnosis=diagnosis)
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return None
@@ -247,25 +247,25 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _from_plain(tp: Any, value: Any) -> Any:
+def from_plain(tp: Any, value: Any) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
+        kwargs = {f.name: from_plain(hints[f.name], value[f.name])
                   for f in dataclasses.fields(tp) if f.name in value}
         return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_plain(members[0], value) if len(members) == 1 else value
+        return from_plain(members[0], value) if len(members) == 1 else value
     if origin is tuple:
         (item, *_rest) = typing.get_args(tp)
-        return tuple(_from_plain(item, v) for v in value)
+        return tuple(from_plain(item, v) for v in value)
     if origin in (Mapping, dict) or tp is Mapping:
         args = typing.get_args(tp)
         vt = args[1] if len(args) == 2 else Any
-        return {k: _from_plain(vt, v) for k, v in value.items()}
+        return {k: from_plain(vt, v) for k, v in value.items()}
     if tp is float and isinstance(value, int):
         return float(value)
     return value

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.model import _from_plain, _to_plain
+from dpprof.analyze.model import from_plain, to_plain
 from dpprof.vocabulary import PROCESS_PER_RANK
 
 SWEEP_SCHEMA = "dpprof.sweep/1"
@@ -102,14 +102,14 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats rounded to 3 decimals; the writer sorts keys)."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SweepResult:
         if not isinstance(data, Mapping) or data.get("schema") != SWEEP_SCHEMA:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"not a dpprof sweep (schema {got!r}, expected {SWEEP_SCHEMA!r})")
-        return _from_plain(cls, data)
+        return from_plain(cls, data)
 
 
 SWEEP_FILE = "sweep.json"
