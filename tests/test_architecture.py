@@ -13,6 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dpprof"
 #: Stages that must not depend on the ones after them (collect -> run dir -> trace -> analyze -> report).
 LOWER = ("dpprof.trace", "dpprof.analyze")
 UPPER = ("dpprof.report", "dpprof.collect", "dpprof.commands", "dpprof.cli", "dpprof.perfetto")
+#: Modules any stage may import: they import only each other.
+LEAVES = ("dpprof.vocabulary", "dpprof.manifest", "dpprof.rundir", "dpprof.schema", "dpprof.fileio", "dpprof.term",
+          "dpprof.errors")
 
 
 def module_name(path: Path) -> str:
@@ -98,6 +101,11 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def test_lower_stages_do_not_import_upper_ones() -> None:
     assert layering_violations(graph()) == []
+
+
+def test_leaves_import_only_leaves() -> None:
+    g = graph()
+    assert sorted(f"{m} imports {i}" for m in LEAVES for i in g[m] if i not in LEAVES and i != "dpprof") == []
 
 
 def test_no_import_cycles() -> None:

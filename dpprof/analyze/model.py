@@ -1,7 +1,7 @@
 """The one intermediate form of dpprof: what ``analyze`` produces and every report reads.
 
 All durations are microseconds (``*_us``), byte counts ``*_bytes``, shares ``*_pct`` (0..100).
-The JSON contract (``schema: dpprof.analysis/1``) may be extended, never renamed.
+The JSON contract (``schema: dpprof.analysis/2``) may be extended, never renamed.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def probe_links(cuda_indices: list[int], warnings: list[str]) -> dict[str, Any]:
         return {**unmeasured, "note": f"probe failed: {exc}"}
 
 
-class Manifest:
+class ManifestWriter:
     """manifest.json of one run, kept in memory and rewritten atomically on :meth:`write`."""
 
     def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
@@ -142,7 +142,7 @@ class Manifest:
 
     @classmethod
     def start(cls, run_dir: Path, *, run_id: str, command: list[str], created_unix_ns: int,
-              config: dict[str, Any], **sections: Any) -> Manifest:
+              config: dict[str, Any], **sections: Any) -> ManifestWriter:
         data: dict[str, Any] = {
             "schema": MANIFEST_SCHEMA, "run_id": run_id, "status": "running", "complete": False,
             "command": list(command), "created_unix_ns": int(created_unix_ns), "config": config,
@@ -235,7 +235,7 @@ def mark_unfinished(run_dir: Path, status: str, message: str, force: bool = Fals
     data = read_json(run_dir / MANIFEST)  # rewritten as it is: fields this function does not touch are kept
     if not isinstance(data, dict) or (data.get("status") == "complete" and not force):
         return False
-    m = Manifest(run_dir, data)
+    m = ManifestWriter(run_dir, data)
     if data.get("status") == "running" or status == "failed":
         m.set_status(status)
     m.data.setdefault("warnings", [])

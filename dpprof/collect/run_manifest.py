@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dpprof import __version__
-from dpprof.collect.manifest import Manifest, collect_versions_and_hardware
+from dpprof.collect.manifest import ManifestWriter, collect_versions_and_hardware
 from dpprof.collect.model_watch import Inference
 from dpprof.collect.run_config import ScriptRunConfig, under_torchrun
 from dpprof.collect.script_runner import Script
@@ -55,12 +55,12 @@ def _sha256(path: str | None) -> str | None:
 
 
 def start_run_manifest(cfg: ScriptRunConfig, run_dir: Path, script: Script | None, step_on: str,
-                       warnings: list[str]) -> Manifest:
+                       warnings: list[str]) -> ManifestWriter:
     """manifest.json with status ``running``, written before the script starts. Hardware is read without
     initialising CUDA (the script's own business: a fork after CUDA is set up breaks CUDA in the child)."""
     versions, hardware = collect_versions_and_hardware(warnings, use_cuda=False)
     versions.setdefault("dpprof", __version__)
-    manifest = Manifest.start(run_dir, run_id=cfg.run_id, command=cfg.command,
+    manifest = ManifestWriter.start(run_dir, run_id=cfg.run_id, command=cfg.command,
                               created_unix_ns=cfg.created_unix_ns or time.time_ns(), config=cfg.manifest_config(),
                               versions=versions, hardware=hardware, nodes=[])
     note = "not measured: dpprof run leaves the GPUs to the script"
@@ -74,7 +74,7 @@ def start_run_manifest(cfg: ScriptRunConfig, run_dir: Path, script: Script | Non
     return manifest
 
 
-def apply_inference(manifest: Manifest, inf: Inference, cfg: ScriptRunConfig) -> None:
+def apply_inference(manifest: ManifestWriter, inf: Inference, cfg: ScriptRunConfig) -> None:
     """Fill ``config`` and the sections the inference decides: ``inferred``, ``model_info``, ``dp_mode``."""
     c = manifest.data["config"]
     gpus = None
@@ -109,7 +109,7 @@ def apply_inference(manifest: Manifest, inf: Inference, cfg: ScriptRunConfig) ->
     manifest.write()
 
 
-def close_run_manifest(manifest: Manifest, exit_code: int | None, error: str | None, stepping: dict[str, Any],
+def close_run_manifest(manifest: ManifestWriter, exit_code: int | None, error: str | None, stepping: dict[str, Any],
                        skip_reason: str | None, nodes: list[dict[str, Any]]) -> None:
     """The script's end and the sections only known then (before :func:`session.finalize` writes)."""
     manifest.data["script"]["exit_code"] = exit_code

@@ -25,7 +25,7 @@ from dpprof.collect.dp_marks import marking_all
 from dpprof.collect.fsdp_info import fsdp_section
 from dpprof.collect.identity import RankIdentity
 from dpprof.collect.manifest import (
-    Manifest,
+    ManifestWriter,
     StepsWriter,
     merge_node_part,
     node_entries,
@@ -82,7 +82,7 @@ class RunSession:
         self.ctx = identity_from_env()
         self.run_dir = Path(cfg.run_dir)
         self.warnings: list[str] = []
-        self.manifest: Manifest | None = None
+        self.manifest: ManifestWriter | None = None
         self.inference: Inference | None = None
         self.finished = False
         self._patches = Patches()

@@ -14,7 +14,7 @@ from dpprof import __version__
 from dpprof.collect.config import ProfilerSettings, RunConfig
 from dpprof.collect.data import build_loaders
 from dpprof.collect.identity import RankIdentity
-from dpprof.collect.manifest import Manifest, collect_versions_and_hardware, median_or_none, probe_links
+from dpprof.collect.manifest import ManifestWriter, collect_versions_and_hardware, median_or_none, probe_links
 from dpprof.collect.models import build_model, model_info
 from dpprof.collect.profiler import TraceWindow
 from dpprof.collect.strategies import Placement, wrap_ddp, wrap_dp, wrap_fsdp, wrap_single
@@ -34,7 +34,7 @@ def _probe_indices(cfg: RunConfig) -> list[int]:
     return [(cfg.device_ids or [0])[0]]
 
 
-def start_manifest(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, warnings: list[str]) -> Manifest:
+def start_manifest(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, warnings: list[str]) -> ManifestWriter:
     """Write manifest.json with status ``running``: config, versions, hardware, link bandwidth."""
     versions, hardware = collect_versions_and_hardware(warnings)
     versions.setdefault("dpprof", __version__)
@@ -42,7 +42,7 @@ def start_manifest(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, warnings: l
     # Intra-op threads of this process (DDP: each worker's, from OMP_NUM_THREADS set by the launcher).
     config["torch_threads"] = torch.get_num_threads()
     config["omp_num_threads_env"] = os.environ.get("OMP_NUM_THREADS")
-    manifest = Manifest.start(run_dir, run_id=cfg.run_id, command=cfg.command,
+    manifest = ManifestWriter.start(run_dir, run_id=cfg.run_id, command=cfg.command,
                               created_unix_ns=cfg.created_unix_ns or time.time_ns(),
                               config=config, versions=versions, hardware=hardware,
                               nodes=ctx.nodes or [])
@@ -81,7 +81,7 @@ def open_nvml(period_ms: int, ctx: RankIdentity, run_dir: Path, warnings: list[s
     return NvmlSampler(run_dir / name, ctx.host, period_ms=period_ms, cuda_uuids=uuids), name
 
 
-def make_placement(cfg: RunConfig, ctx: RankIdentity, manifest: Manifest | None,
+def make_placement(cfg: RunConfig, ctx: RankIdentity, manifest: ManifestWriter | None,
                    warnings: list[str]) -> tuple[Placement, Any, Any]:
     """(placement, the plain model for evaluation, loaders), recording model and data in the manifest."""
     model = build_model(cfg.model, seed=cfg.seed)
@@ -164,7 +164,7 @@ def profiler_section(cfg: ProfilerSettings, steps: list[dict[str, Any]], all_thr
             "unprofiled_basis": basis}
 
 
-def finalize(manifest: Manifest, cfg: ProfilerSettings, result: LoopResult | None, status: str,
+def finalize(manifest: ManifestWriter, cfg: ProfilerSettings, result: LoopResult | None, status: str,
              signal_name: str | None, warnings: list[str], per_rank: list[dict[str, Any]]) -> None:
     """Rank 0's last manifest write: summary, profiler overhead, peak memory, status."""
     steps = result.steps if result is not None else []

@@ -26,7 +26,7 @@ from dpprof.collect.config import RunConfig
 from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.fsdp_info import fsdp_section
 from dpprof.collect.identity import RankIdentity
-from dpprof.collect.manifest import Manifest, StepsWriter, node_gpus, steps_file_name, write_node_file
+from dpprof.collect.manifest import ManifestWriter, StepsWriter, node_gpus, steps_file_name, write_node_file
 from dpprof.collect.session import cuda_uuids, finalize, make_placement, open_nvml, start_manifest, window_for
 from dpprof.collect.train import LoopResult, LoopSetup, StopRequest, train_loop
 from dpprof.rundir import TRACES_DIR
@@ -127,7 +127,7 @@ def _run(cfg: RunConfig, ctx: RankIdentity, run_dir: Path, stop: StopRequest, pr
     torch.manual_seed(cfg.seed)
     (run_dir / TRACES_DIR).mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
-    manifest: Manifest | None = start_manifest(cfg, ctx, run_dir, warnings) if ctx.is_main else None
+    manifest: ManifestWriter | None = start_manifest(cfg, ctx, run_dir, warnings) if ctx.is_main else None
     steps_writer = StepsWriter(run_dir / steps_file_name(ctx.rank))
     sampler, nvml_file = open_nvml(cfg.nvml_period_ms, ctx, run_dir, warnings, cuda_uuids(cfg.device))
     status = "failed"

@@ -203,7 +203,7 @@ def launch(args: argparse.Namespace, cfg: Any) -> int:
 def _refresh_nodes(run_dir: Path) -> None:
     """Once every local rank has ended: the manifest's node list and peak memory from the node files
     (rank 0 wrote the manifest before its peers had written theirs)."""
-    from dpprof.collect.manifest import Manifest, node_entries, read_node_files
+    from dpprof.collect.manifest import ManifestWriter, node_entries, read_node_files
     from dpprof.rundir import MANIFEST, read_json
 
     data = read_json(run_dir / MANIFEST)  # rewritten as it is: fields this function does not touch are kept
@@ -212,7 +212,7 @@ def _refresh_nodes(run_dir: Path) -> None:
     nodes = read_node_files(run_dir)
     data["nodes"] = node_entries(nodes)
     data["peak_memory_bytes"] = {k: v for n in nodes for k, v in n.get("peak_memory_bytes", {}).items()}
-    Manifest(run_dir, data).write()
+    ManifestWriter(run_dir, data).write()
 
 
 def _after(run_dir: Path, code: int, summary: bool, report: bool, quiet: bool) -> int:
