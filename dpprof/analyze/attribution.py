@@ -58,6 +58,7 @@ from dpprof.vocabulary import DP_PHASES
 
 CAT = {name: i for i, name in enumerate(CATEGORIES)}
 _PHASE_CAT = np.array([CAT[p] for p in DP_PHASES], dtype=np.int16)
+_HOST = CAT["host"]
 #: Priority of GPU busy categories (first match wins).
 _BUSY_ORDER = tuple(CAT[c] for c in (*DP_PHASES, "compute", "comm", "memcpy"))
 #: Work launched longer ago than this (µs) and not yet started is queued behind a dependency, not waiting for its
@@ -89,6 +90,8 @@ class RankTimeline:
     host_compute: iv.Intervals  # cpu ops of threads that run no collective (device -1 rows)
     gloo: iv.Intervals  # gloo collective spans (executions without a kernel)
     phase_spans: tuple[iv.Intervals, ...]  # host spans of each DP phase
+    #: DP's own host windows: ``DataParallel.forward`` (replicate, the replica threads, gather) and every DP phase.
+    dp_windows: iv.Intervals = (np.zeros(0), np.zeros(0))
 
     def exec_nesting(self, dev: int) -> iv.Nesting:
         """Executions that can cover a piece of device ``dev``'s row: its kernels and the rank's gloo spans."""
@@ -167,7 +170,15 @@ def build_timeline(rt: RankTrace, hcls: np.ndarray, gpu_name_class: np.ndarray, 
         host_compute=spans_of(compute_rows), gloo=gloo,
         phase_spans=tuple(iv.union(spans.start[spans.label == i], spans.end[spans.label == i])
                           for i in range(len(DP_PHASES))),
+        dp_windows=_dp_windows(rt, hcls, spans),
     )
+
+
+def _dp_windows(rt: RankTrace, hcls: np.ndarray, spans: PhaseSpans) -> iv.Intervals:
+    """``DataParallel.forward`` spans and DP's phase spans, merged (torch/nn/parallel/data_parallel.py: everything
+    DP adds to a step runs inside its ``forward`` or, in backward, in ``GatherBackward``/``ReduceAddCoalesced``)."""
+    fwd = np.flatnonzero(hcls == C.C_DP_FORWARD)
+    return iv.union(np.concatenate([rt.ts[fwd], spans.start]), np.concatenate([rt.ts[fwd] + rt.dur[fwd], spans.end]))
 
 
 @dataclass
@@ -263,6 +274,8 @@ def attribute_step(tl: RankTimeline, rank: int, step: int, s0: float, s1: float,
                         if len(u[0])},
             peer_wait_on_us=peer, peer_wait_idle_us=float(seg[waited >= 0].sum()),
             peer_wait_dp_us=float(seg[waited_dp].sum()), gpu0_serial_us=gpu0_serial,
+            host_in_dp_us=float(seg[(label == _HOST) & iv.covered(mids, tl.dp_windows)].sum())
+            if len(tl.dp_windows[0]) else 0.0,
             optimizer_us=iv.length(iv.union(gs[opt], ge[opt])),
             autotune_us=iv.length(iv.union(gs[auto], ge[auto])), autotune_kernels=int(np.count_nonzero(
                 auto & (tl.start[sel] >= s0) & (tl.rt.kind[tl.gpu_rows[sel]] == K_KERNEL))),

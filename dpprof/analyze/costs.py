@@ -12,6 +12,8 @@ verdicts can list them in their evidence.
   optimizer) is *not* in either ideal: it is part of what the data-path question tests.
 * **Collective ideal** (``collective_excess``, DDP/FSDP/distributed): per rank, its own compute, data loading and
   host time; the excess is the rest of its step (exposed transfer, waiting, copies, idle), averaged over ranks.
+* **Material excess**: an excess is judged against the step's *device side* (the step less its host time and
+  data loading, which are in the ideal), so that a host-bound step does not make device-side costs look small.
 * **DP backend and bytes through GPU0** (``dp_backend``, ``dp_bytes``): with NCCL (distinct devices) DP's
   broadcast and reduce are ring/tree collectives (torch/csrc/cuda/comm.cpp -> torch/csrc/cuda/nccl.cpp), so GPU0's
   link carries about one copy of the parameters out and one in whatever N is; the copy fallback (no NCCL, or
@@ -49,6 +51,10 @@ class Excess:
     source: str  # "baseline" | "estimate"
     terms: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: The step less its host time and data loading (both in the ideal): what the devices' own work and waiting
+    #: took. Whether an excess is material is judged against it, so that a host-bound step (say 80 % host) does
+    #: not make every device-side cost look small.
+    device_side_us: float = 0.0
 
     @property
     def excess_us(self) -> float:
@@ -57,6 +63,10 @@ class Excess:
     @property
     def excess_pct(self) -> float:
         return 100.0 * self.excess_us / self.step_us if self.step_us > 0 else 0.0
+
+    @property
+    def excess_pct_of_device_side(self) -> float:
+        return 100.0 * self.excess_us / self.device_side_us if self.device_side_us > 0 else 0.0
 
 
 def model_compute(r: Row) -> float:
@@ -77,12 +87,14 @@ def dp_excess(ctx: Context, ref: Row, others: list[Row]) -> Excess:
             notes = (f"baseline batch {bb} scaled linearly to {b}",)
         per_gpu = model_compute(base) * scale / n
         return Excess(ref.step_us, per_gpu + loading + host, "baseline",
-                      {"compute_per_gpu_us": per_gpu, "data_loading_us": loading, "host_us": host}, notes)
+                      {"compute_per_gpu_us": per_gpu, "data_loading_us": loading, "host_us": host}, notes,
+                      ref.step_us - loading - host)
     # GPU0's own replica: its compute less the serial work it does alone (loss, optimizer).
     own = max(0.0, model_compute(ref) - (ref.gpu0_serial_us or 0.0))
     replica = min([own, *(model_compute(r) for r in others)])
     return Excess(ref.step_us, replica + loading + host, "estimate",
-                  {"replica_compute_us": replica, "data_loading_us": loading, "host_us": host})
+                  {"replica_compute_us": replica, "data_loading_us": loading, "host_us": host},
+                  device_side_us=ref.step_us - loading - host)
 
 
 def collective_excess(ctx: Context) -> Excess:
@@ -92,7 +104,9 @@ def collective_excess(ctx: Context) -> Excess:
     return Excess(mean([r.step_us for r in rs]), mean(ideal), "estimate",
                   {"compute_us": mean([model_compute(r) for r in rs]),
                    "data_loading_us": mean([r.categories_us["data_loading"] for r in rs]),
-                   "host_us": mean([r.categories_us["host"] for r in rs])})
+                   "host_us": mean([r.categories_us["host"] for r in rs])},
+                  device_side_us=mean([r.step_us - r.categories_us["data_loading"] - r.categories_us["host"]
+                                       for r in rs]))
 
 
 def dp_backend(analysis: Analysis) -> tuple[str, str]:

@@ -49,6 +49,7 @@ class Row:
     autotune_us: float = 0.0
     autotune_kernels: float = 0.0
     optimizer_us: float = 0.0
+    host_in_dp_us: float = 0.0
 
     def pct(self, us: float) -> float:
         """``us`` as a percentage of this row's mean step."""
@@ -90,6 +91,7 @@ def rows(analysis: Analysis) -> list[Row]:
             autotune_us=mean([s.autotune_us for s in steps]),
             autotune_kernels=mean([float(s.autotune_kernels) for s in steps]),
             optimizer_us=mean([s.optimizer_us for s in steps]),
+            host_in_dp_us=mean([s.host_in_dp_us for s in steps]),
         ))
     return out
 
@@ -132,28 +134,6 @@ def link_gbps(manifest: Manifest | None) -> tuple[float | None, str]:
         if vals:
             return min(vals), "manifest link_bandwidth.p2p_GBps (slowest pair with GPU0)"
     return None, "no peer-to-peer bandwidth in the manifest"
-
-
-def gpu0_bytes_per_step(analysis: Analysis, manifest: Manifest | None, n: int) -> dict[str, Any]:
-    """Bytes through GPU0 per DP step: params×(N−1) broadcast and reduced, inputs scattered, outputs gathered.
-
-    Parameter bytes come from the manifest's model_info; without it, from the peer copies the trace
-    shows (NCCL broadcast/reduce kernels carry no byte counts, so that figure is a lower bound).
-    """
-    m = manifest or EMPTY
-    params, buffers, batch = m.model_info.param_bytes, m.model_info.buffers_bytes or 0, m.config.batch_size
-    if params is not None and params > 0:
-        out: dict[str, Any] = {
-            "broadcast_bytes": int((params + buffers) * (n - 1)),
-            "reduce_bytes": int(params * (n - 1)),
-            "scatter_bytes": int(batch * INPUT_BYTES_PER_IMAGE * (n - 1) / n) if batch else None,
-            "gather_bytes": int(batch * OUTPUT_BYTES_PER_IMAGE * (n - 1) / n) if batch else None,
-            "source": "manifest model_info (inputs 3x32x32 fp32, 10 fp32 outputs per image)",
-        }
-        out["total_bytes"] = sum(v for k, v in out.items() if k.endswith("_bytes") and v)
-        return out
-    total = sum(r.ptop_bytes for r in gpu_rows(analysis))
-    return {"total_bytes": int(total), "source": "trace peer copies (lower bound: NCCL kernels carry no bytes)"}
 
 
 def allreduce_per_step(analysis: Analysis) -> dict[str, Any] | None:

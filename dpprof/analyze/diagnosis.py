@@ -33,7 +33,7 @@ def diagnose(analysis: Analysis, manifest: Manifest | None = None, nvml: Any = N
 
     ``manifest``: the run's manifest.json (config, model_info, link_bandwidth, profiler figures).
     ``nvml``: ``dpprof.trace.nvml_samples.NvmlData`` of the run. ``baseline``: a single-GPU analysis of the
-    same configuration (gives the ideal step = its step / N). ``sweep``: for the hyperparameter question and
+    same configuration (DP's ideal step = its compute / N plus the loading and host time DP measured). ``sweep``: for the hyperparameter question and
     measured step times beside the projection. ``link_gbps`` / ``param_bytes``: a declared link bandwidth
     (GB/s) and model size (bytes) for the projection where the manifest has none (foreign traces).
     """
@@ -49,12 +49,12 @@ def diagnose(analysis: Analysis, manifest: Manifest | None = None, nvml: Any = N
 
 def _measured_from_sweep(sweep: SweepResult | None, manifest: Manifest) -> dict[tuple[str, int], float]:
     """Measured median step times (ms) of the sweep points with this run's batch size and workers."""
-    if sweep is None:
-        return {}
     batch, workers = manifest.config.batch_size, manifest.config.workers
+    if sweep is None or batch is None or workers is None:
+        return {}  # without the run's batch and workers no sweep point is known to be the same configuration
     return {(p.strategy, p.gpus): p.step_ms_median for p in sweep.points
             if p.status == "done" and p.step_ms_median and p.strategy in ("dp", "ddp")
-            and (batch is None or p.batch_size == batch) and (workers is None or p.workers == workers)}
+            and p.batch_size == batch and p.workers == workers}
 
 
 def _proj_row(proj: Mapping[str, Any], strategy: str, n: int) -> Mapping[str, Any] | None:
@@ -81,10 +81,9 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
         else:
             ev = h["data_path"].evidence
             if h["data_path"].verdict == "supported":
-                why = (f"here GPU0's data-path phases took {ev.get('dp_phases_pct')} % of the step "
-                       f"({ev.get('gpu0_centred_share_of_excess_pct')} % of the excess over ideal)")
-                if ev.get("busy_imbalance_pct") is not None:
-                    why += f" and GPU0 was busy {ev['busy_imbalance_pct']} % more than the other GPUs"
+                wi = ev.get("whatif") or {}
+                why = (f"here GPU0's step would be up to {wi['saving_bound_us'] / 1e3:.2f} ms shorter without the "
+                       f"data path, {ev['saving_share_of_excess_pct']:.0f} % of its excess over ideal")
             elif "host_bound" in f:
                 why = f"here the DP step was {f['host_bound'].evidence['host_pct']} % host time in its replica threads"
             else:
@@ -156,14 +155,15 @@ def advice(ctx: Context, hyps: tuple[Hypothesis, ...], found: tuple[Finding, ...
     if h["hardware"].verdict == "supported":
         out.append(f"Hardware: {h['hardware'].reason}. Check cooling and power caps (nvidia-smi -q -d "
                    "PERFORMANCE) and the topology (nvidia-smi topo -m) before tuning software.")
-    hp = h["hyperparameters"].evidence.get("sweep")
-    if hp and h["hyperparameters"].verdict == "supported":
-        for axis in ("batch_size", "workers"):
-            eff = hp.get(f"efficiency_by_{axis}") or {}
-            if len(eff) >= 2:
-                best = max(eff, key=lambda k: eff[k])
-                out.append(f"In the sweep, {hp['strategy'].upper()} at {hp['gpus']} GPUs scales best with "
-                           f"{axis.replace('_', ' ')} {best} (efficiency {eff[best]}).")
+    hp = h["hyperparameters"].evidence
+    if h["hyperparameters"].verdict == "supported":
+        for axis, label in (("batch_size", "batch size"), ("total_workers", "total loader workers")):
+            gaps = hp.get(f"gap_by_{axis}") or {}
+            if len(gaps) >= 2:
+                best = max(gaps, key=lambda k: gaps[k])
+                out.append(f"In the sweep, DP's gap to DDP at {hp['gpus']} GPUs (DP's scaling efficiency minus "
+                           f"DDP's) is smallest at {label} {best} ({gaps[best]:+.2f}, against "
+                           f"{min(gaps.values()):+.2f} at worst): tune that setting before judging DP.")
     if "profiler_distortion" in f:
         out.append(f"The profiler made steps {f['profiler_distortion'].evidence['overhead_ratio']}× slower: "
                    "judge speed by unprofiled step times, and turn off record_shapes/with_stack when not needed.")

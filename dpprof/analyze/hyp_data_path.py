@@ -23,6 +23,7 @@ from typing import Any
 
 from dpprof.analyze.costs import dp_backend, dp_bytes, dp_excess, model_compute
 from dpprof.analyze.diag_figures import Context, GpuNvml, gpu_rows, link_gbps, mean, reference_row
+from dpprof.analyze.findings import HOST_BOUND_PCT
 from dpprof.analyze.model import Hypothesis
 from dpprof.vocabulary import DP_PHASES
 
@@ -41,9 +42,10 @@ RULE = (
     "kernels left out), "
     "plus the data loading and host time DP incurs per step (measured); excess = step − ideal. Supported when the "
     f"saving is ≥ {100 * SUPPORTED:.0f} % of the excess, not supported when ≤ {100 * NOT_SUPPORTED:.0f} % or when "
-    f"the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step (DP close to ideal), inconclusive in between or "
-    "with fewer than 2 GPUs with activity or outside multi-device DP. Host time and waiting for a slow GPU are "
-    "causes of their own, reported beside."
+    f"the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step's device side (the step less its host time and "
+    "data loading, so that a host-bound step does not hide the data path: DP close to ideal), inconclusive in "
+    "between or with fewer than 2 GPUs with activity or outside multi-device DP. Host time (host-bound DP) and "
+    "waiting for a slow GPU are causes of their own, reported beside, never counted as data path."
 )
 
 
@@ -115,8 +117,11 @@ def data_path(ctx: Context) -> Hypothesis:
             f"data-path copies {ref.peer_wait_dp_us / 1e3:.2f}, serial work {serial / 1e3:.2f}) = {100 * share:.0f} % "
             "of the excess")
     beside = _beside(ref.pct(host), wait, ref)
-    if ex.excess_pct < MATERIAL_EXCESS_PCT:
-        return out("not_supported", f"DP is close to ideal: {nums}{beside}")
+    material = ex.excess_pct_of_device_side
+    ev["excess_pct_of_device_side"] = _r(material)
+    if material < MATERIAL_EXCESS_PCT:
+        return out("not_supported", f"DP is close to ideal on the devices (the excess is {material:.0f} % of the "
+                   f"step's {ex.device_side_us / 1e3:.2f} ms device side): {nums}{beside}")
     if share >= SUPPORTED:
         return out("supported", f"{nums}: GPU0's data path explains most of the excess{beside}")
     if share <= NOT_SUPPORTED:
@@ -127,7 +132,9 @@ def data_path(ctx: Context) -> Hypothesis:
 
 def _beside(host_pct: float, wait_us: float, ref: Any) -> str:
     parts = []
-    if host_pct >= 1.0:
+    if host_pct >= HOST_BOUND_PCT:
+        parts.append(f"the step is host-bound, {host_pct:.0f} % host time: a cause of its own (finding host_bound)")
+    elif host_pct >= 1.0:
         parts.append(f"host time {host_pct:.0f} % of the step")
     if wait_us > 0 and ref.peer_wait_on_us:
         who = max(ref.peer_wait_on_us, key=lambda k: ref.peer_wait_on_us[k])

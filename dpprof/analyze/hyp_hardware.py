@@ -41,8 +41,8 @@ RULE = (
     "% of its busy samples, while another is not; uniform throttling slows a baseline too and is only reported), "
     f"a slow link (a peer pair under {P2P_RATIO:.0%} of the fastest explains (1 − slow/fast) of the transfer "
     f"crossing it). Supported when they explain ≥ {100 * SUPPORTED:.0f} % of the excess, not supported when ≤ "
-    f"{100 * NOT_SUPPORTED:.0f} % or the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step, inconclusive in "
-    "between or with fewer than 2 distinct GPUs. Autotuning kernels are left out of every compute comparison."
+    f"{100 * NOT_SUPPORTED:.0f} % or the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step's device side (the "
+    "step less host time and data loading), inconclusive in between or with fewer than 2 distinct GPUs. Autotuning kernels are left out of every compute comparison."
 )
 
 
@@ -75,7 +75,8 @@ def hardware(ctx: Context) -> Hypothesis:
     spread = max(replicas) - min(replicas) if len(replicas) >= 2 else 0.0
     ev.update(compute_spread_us=_r(spread),
               compute_spread_pct=_r(100 * spread / min(replicas)) if len(replicas) >= 2 and min(replicas) > 0 else None,
-              excess_us=_r(ex.excess_us), excess_pct=_r(ex.excess_pct), ideal_source=ex.source)
+              excess_us=_r(ex.excess_us), excess_pct=_r(ex.excess_pct),
+              excess_pct_of_device_side=_r(ex.excess_pct_of_device_side), ideal_source=ex.source)
     slow_us, slow_text = _slow_device(ctx, gpus, ref, dp)
     throttled, uniform = _throttling(ctx)
     ev["nvml"] = "absent" if not ctx.nvml else f"{len(ctx.nvml)} GPUs sampled"
@@ -96,8 +97,9 @@ def hardware(ctx: Context) -> Hypothesis:
     nums = (f"excess {ex.excess_us / 1e3:.2f} ms ({ex.excess_pct:.0f} % of the step); hardware explains "
             f"{explained / 1e3:.2f} ms = {100 * share:.0f} % of it" + (f" ({'; '.join(parts)})" if parts else ""))
     checked = "" if ctx.nvml else "; NVML absent: throttling not checked"
-    if ex.excess_pct < MATERIAL_EXCESS_PCT:
-        return out("not_supported", f"the step is close to its ideal: {nums}{checked}")
+    if ex.excess_pct_of_device_side < MATERIAL_EXCESS_PCT:
+        return out("not_supported", f"the step is close to its ideal on the devices (the excess is "
+                   f"{ex.excess_pct_of_device_side:.0f} % of its device side): {nums}{checked}")
     if share >= SUPPORTED:
         return out("supported", nums)
     if share <= NOT_SUPPORTED:
@@ -128,7 +130,9 @@ def _throttling(ctx: Context) -> tuple[dict[str, Any], bool]:
         if (drop is not None and drop >= CLOCK_DROP_PCT) or (reasons is not None and reasons >= REASON_SHARE):
             out[str(g.gpu)] = {"clock_drop_pct": _r(drop), "slowdown_reason_share": _r(reasons, 3),
                                "limit": "device maximum" if g.sm_clock_limit_mhz else "highest sample"}
-    return out, bool(out) and len(out) == len(ctx.nvml) and len(ctx.nvml) > 1
+    # Uniform: every GPU that worked (busy samples) is throttled; an idle GPU NVML also sampled does not count.
+    worked = [g for g in ctx.nvml if g.sm_clock_busy_median_mhz is not None or str(g.gpu) in out]
+    return out, bool(out) and len(out) == len(worked) and len(worked) > 1
 
 
 def _throttle_text(throttled: Mapping[str, Any], uniform: bool) -> str:

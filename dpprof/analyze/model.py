@@ -100,6 +100,9 @@ class StepBreakdown:
     peer_wait_dp_us: float = 0.0
     #: DP only, on the output device's row: busy outside DP phases while no other GPU is (loss, optimizer...).
     gpu0_serial_us: float | None = None
+    #: The part of ``host`` inside DP's own host windows (``DataParallel.forward``: replicate, the replica
+    #: threads, gather; and every DP phase): host time DP adds, which a DDP process would not spend.
+    host_in_dp_us: float = 0.0
     #: GPU busy time of the work launched inside ``Optimizer.step`` (it does not shrink with more GPUs).
     optimizer_us: float = 0.0
     #: GPU time and count of kernels launched by an autotuning loop (cuDNN benchmark, dpprof.analyze.autotune).

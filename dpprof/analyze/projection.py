@@ -7,11 +7,16 @@ ALWAYS a projection (``"label": "projection"``), never a measurement. The model 
   device (single: its compute; DP: the fastest replica × its GPUs; DDP/FSDP: the ranks' mean × ranks), autotuning
   kernels and the optimizer left out; ``optimizer`` = the optimizer's GPU work (it does not shrink with N: every
   DDP rank and DP's GPU0 step all parameters); ``loading_1``, ``copies_1`` = data loading and copies of the whole
-  batch; ``host_1`` = one process's host time per step (from a DP profile: its host time shared by its replicas).
-* **DP(N)** = parallel_1/N + optimizer + loading_1 + copies_1 + host_1 × N (one fresh thread per replica launches
-  the same kernels, serialised by the GIL) + GPU0's data path per backend (NCCL ring/tree ≈ one copy of the
-  parameters each way through GPU0's link; copy fallback (N−1) copies; scatter/gather of the batch). A
-  multi-GPU DP profile calibrates the data path: its measured transfer, scaled by the model's ratio.
+  batch; ``host_1`` = one process's host time per step. From a DP profile, its host time inside DP's own windows
+  (``DataParallel.forward``: replicate, the replica threads, gather; and the reduce; ``host_in_dp_us``) is DP's
+  and is split over its replicas (``dp_host_per_replica``; replicas from the manifest's ``device_ids``, which may
+  repeat a device, else the distinct GPUs); ``host_1`` is the rest.
+* **DP(N)** = parallel_1/N + optimizer + loading_1 + copies_1 + host_1 + dp_host_per_replica × N (one fresh thread
+  per replica launches the same kernels, serialised by the GIL; without a DP profile host_1 × N) + GPU0's data
+  path per backend (NCCL ring/tree ≈ one copy of the parameters each way through GPU0's link; copy fallback
+  (N−1) copies; scatter/gather of the batch). A profile on one GPU cannot show the backend: DP over N distinct
+  GPUs is projected with NCCL, as torch/csrc/cuda/comm.cpp takes it when available (labelled). A multi-GPU DP
+  profile calibrates the data path: its measured transfer, scaled by the model's ratio.
 * **DDP(N)** = parallel_1/N + optimizer + loading_1/N + copies_1/N + host_1 + exposed allreduce: ring allreduce per
   bucket (α + 2(N−1)/N × bytes × β; buckets from the manifest's DDP reducer, else DDP's defaults from the
   parameter bytes), the last bucket not overlapped, the others hidden behind backward (⅔ of compute) as far as it
@@ -87,15 +92,17 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     if cpu and cores is None:
         return _unavailable(out, "a CPU profile needs the node's core count (manifest hardware.cpus) to model the "
                             "threads per process")
-    p = _profile(analysis, ref, cpu)
+    p = _profile(analysis, ref, cpu, m)
+    rep_src = p.pop("replicas_source", None)
     # The profiler slows what it records (most on the host and on CPU ranks): the profile's per-step terms are
     # deflated by the run's measured ratio of profiled to unprofiled step time, when the manifest has it.
     ratio = m.profiler.overhead_ratio
     ratio = ratio if ratio is not None and ratio > 1.0 else 1.0
-    for k in ("parallel_1_us", "optimizer_us", "loading_1_us", "copies_1_us", "host_1_us", "dp_transfer_us"):
+    for k in ("parallel_1_us", "optimizer_us", "loading_1_us", "copies_1_us", "host_1_us", "dp_transfer_us",
+              "dp_host_per_replica_us"):
         if k in p:
             p[k] /= ratio
-    comm = _comm_model(m, link_GBps, cpu)
+    comm = _comm_model(m, link_GBps, _ddp_backend(analysis, m, cpu))
     if comm is None:
         return _unavailable(out, "no link bandwidth: none measured in the manifest, no allreduce probe, and none "
                             "declared (--link-gbps)")
@@ -107,6 +114,11 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     io = float(p.pop("io_bytes", 0.0)) or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
     threads = m.config.threads or m.config.torch_threads or 1
     backend, backend_why = dp_backend(analysis)
+    if distinct_gpus(analysis, None) < 2:
+        # DP projected onto N distinct GPUs: torch's broadcast_coalesced/reduce_add_coalesced take NCCL when it is
+        # available for the tensors (torch/csrc/cuda/comm.cpp), which a one-GPU profile cannot show.
+        backend, backend_why = "nccl", ("assumed: DP over distinct GPUs uses NCCL (torch/csrc/cuda/comm.cpp); "
+                                        f"the profile had one GPU ({backend_why})")
     dp_cal = p.pop("dp_transfer_us", None)
     n_prof = int(p.pop("n_prof"))
 
@@ -135,9 +147,13 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     for strategy, comm_fn in strategies:
         for n in range(1, top + 1):
             if strategy == "dp":
-                fixed = p["loading_1_us"] + p["copies_1_us"] + p["host_1_us"] * n
+                dp_host = p.get("dp_host_per_replica_us", p["host_1_us"]) * n  # one fresh thread per replica
+                fixed = p["loading_1_us"] + p["copies_1_us"] + (p["host_1_us"] if "dp_host_per_replica_us" in p
+                                                                 else 0.0) + dp_host
             else:
                 fixed = (p["loading_1_us"] + p["copies_1_us"]) / n + p["host_1_us"]
+            if n == 1:
+                fixed = one - compute(1)
             c = comm_fn(n) if n > 1 else 0.0
             step = compute(n) + fixed + c if n > 1 else one
             rows_out.append(_row(strategy, n, step, one, c, compute(n), fixed, batch, measured))
@@ -145,6 +161,7 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     out["inputs"] = {**{k: round(v, 1) for k, v in p.items()}, "profile_strategy": analysis.strategy,
                      "profile_devices": n_prof, "cpu_profile": cpu, "param_bytes": int(params),
                      "buffers_bytes": int(buffers), "batch_size": batch, "dp_backend": backend,
+                     **({"replicas_source": rep_src} if rep_src else {}),
                      "dp_backend_source": backend_why, "dp_transfer_source": "calibrated from the measured "
                      f"{n_prof}-GPU DP transfer" if dp_cal is not None and n_prof > 1 else "bytes × β",
                      "buckets_bytes": [int(b) for b in buckets],
@@ -176,20 +193,38 @@ def _row(strategy: str, n: int, step: float, one: float, comm: float, compute: f
     return row
 
 
-def _profile(analysis: Analysis, ref: Row, cpu: bool) -> dict[str, float]:
+def replicas(analysis: Analysis, manifest: Manifest) -> tuple[int, str]:
+    """(replicas of a multi-device DP run, where the count came from): the manifest's ``device_ids`` (which may
+    repeat a device, e.g. ``[0, 0]``), else the distinct GPUs with activity in the trace."""
+    ids = manifest.config.device_ids
+    if ids and len(ids) > 1:
+        return len(ids), f"manifest config.device_ids {list(ids)}"
+    return max(1, distinct_gpus(analysis, None)), "distinct GPUs with activity in the trace"
+
+
+def _profile(analysis: Analysis, ref: Row, cpu: bool, manifest: Manifest) -> dict[str, Any]:
     """The profile's per-step terms (module docstring)."""
     rs = (rows(analysis) if cpu else gpu_rows(analysis)) or [ref]
     n_prof = max(1, len({r.rank for r in rs}) if cpu else distinct_gpus(analysis, None))
     opt = ref.optimizer_us
-    out: dict[str, float] = {"n_prof": float(n_prof), "optimizer_us": opt}
-    if analysis.strategy == "dp" and analysis.dp_mode == "multi_device" and n_prof > 1:
+    out: dict[str, Any] = {"n_prof": float(n_prof), "optimizer_us": opt}
+    if analysis.strategy == "dp" and analysis.dp_mode == "multi_device" and not cpu:
+        n_rep, src = replicas(analysis, manifest)
         own = max(0.0, model_compute(ref) - (ref.gpu0_serial_us or 0.0))
         replica = min([own, *(model_compute(r) for r in rs if r.device != ref.device)])
-        out["parallel_1_us"] = replica * n_prof
+        # a repeated device runs its replicas one after the other: its compute is theirs together
+        out["parallel_1_us"] = replica * n_prof if n_prof > 1 else max(0.0, model_compute(ref) - opt)
         out["loading_1_us"] = ref.categories_us["data_loading"]
         out["copies_1_us"] = ref.categories_us["memcpy"]
-        out["host_1_us"] = ref.categories_us["host"] / n_prof  # DP's host time shared by its replicas
-        out["dp_transfer_us"] = ref.dp_phases_us
+        # DP's own host time (DataParallel.forward: replicate, one thread per replica; its reduce) is shared by
+        # its replicas and does not carry into DDP; the rest of the process's host time does.
+        in_dp = min(ref.host_in_dp_us, ref.categories_us["host"])
+        out["host_1_us"] = ref.categories_us["host"] - in_dp
+        out["dp_host_per_replica_us"] = in_dp / n_rep
+        out["replicas_profiled"] = float(n_rep)
+        out["replicas_source"] = src
+        if n_prof > 1:
+            out["dp_transfer_us"] = ref.dp_phases_us
         out["io_bytes"] = sum(r.ptop_bytes for r in rs)
     elif analysis.strategy in ("ddp", "fsdp", "distributed") and len({r.rank for r in rs}) > 1:
         out["parallel_1_us"] = mean([model_compute(r) - r.optimizer_us for r in rs]) * n_prof
@@ -204,24 +239,38 @@ def _profile(analysis: Analysis, ref: Row, cpu: bool) -> dict[str, float]:
     return out
 
 
-def _comm_model(manifest: Manifest, link: float | None, cpu: bool) -> dict[str, Any] | None:
+def _ddp_backend(analysis: Analysis, manifest: Manifest, cpu: bool) -> tuple[str, str]:
+    """(backend DDP is projected over, why): the profiled run's own process-group backend when it had one (the
+    manifest's ``config.backend``, else the traces' ``distributedInfo``), else gloo on the CPU and NCCL on GPUs."""
+    if analysis.strategy in ("ddp", "fsdp", "distributed"):
+        if manifest.config.backend in ("gloo", "nccl"):
+            return manifest.config.backend, "the run's backend (manifest config.backend)"
+        seen = {r.backend for r in analysis.ranks if r.backend in ("gloo", "nccl")}
+        if len(seen) == 1:
+            b = seen.pop()
+            return b, "the run's backend (the traces' distributedInfo)"
+    return ("gloo", "a CPU profile: gloo") if cpu else ("nccl", "GPUs: NCCL")
+
+
+def _comm_model(manifest: Manifest, link: float | None, chosen: tuple[str, str]) -> dict[str, Any] | None:
     """α (µs) and per-link β (µs/byte) for DDP's allreduce, with where each came from."""
-    backend = "gloo" if cpu else "nccl"
+    backend, why = chosen
     probe = manifest.comm_probe
     if probe is not None and probe.backend == backend and probe.alpha_us is not None and \
             probe.beta_us_per_byte is not None and probe.world_size is not None and probe.beta_us_per_byte > 0:
-        return {"comm_backend": backend, "alpha_us": probe.alpha_us,
+        return {"comm_backend": backend, "comm_backend_source": why, "alpha_us": probe.alpha_us,
                 "beta_us_per_byte": link_beta_from_fit(probe.beta_us_per_byte, probe.world_size),
                 "comm_source": f"measured: the run's {backend} allreduce probe (manifest comm_probe)"}
-    if cpu:
-        return {"comm_backend": backend, "alpha_us": DEFAULT_ALPHA_US[backend],
+    if backend == "gloo":
+        return {"comm_backend": backend, "comm_backend_source": why, "alpha_us": DEFAULT_ALPHA_US[backend],
                 "beta_us_per_byte": 1.0 / (DEFAULT_GLOO_GBPS * 1e3),
                 "comm_source": f"default: α {DEFAULT_ALPHA_US[backend]:.0f} µs, gloo over the host at "
                                f"{DEFAULT_GLOO_GBPS} GB/s (no allreduce probe in the manifest)"}
     bw, src = (float(link), "declared (--link-gbps)") if link else link_gbps(manifest)
     if not bw:
         return None
-    return {"comm_backend": backend, "alpha_us": DEFAULT_ALPHA_US[backend], "beta_us_per_byte": 1.0 / (bw * 1e3),
+    return {"comm_backend": backend, "comm_backend_source": why, "alpha_us": DEFAULT_ALPHA_US[backend],
+            "beta_us_per_byte": 1.0 / (bw * 1e3),
             "link_GBps": round(bw, 3), "comm_source": f"NCCL over the peer link: {src}; α default "
             f"{DEFAULT_ALPHA_US[backend]:.0f} µs (no allreduce probe)"}
 
@@ -240,7 +289,9 @@ def _assumptions(cpu: bool, comm: Mapping[str, Any]) -> list[str]:
         out.append("CPU: N processes get cores ÷ N threads each (the collector's rule); compute scales linearly "
                    "with threads; DP has no GPU to split over and is not projected")
     else:
-        out.append("DP: one fresh thread per replica launches the same kernels, serialised by the GIL (host time × N); "
+        out.append("DP: one fresh thread per replica launches the same kernels, serialised by the GIL: DP's own host "
+                   "time (inside DataParallel.forward and its reduce) per replica × N, the rest of the process's host "
+                   "time once; DDP keeps only that rest (its processes have no replicate, replica threads or reduce); "
                    "replicate's per-module Python copies are not modelled beyond that; GPU0's data path per backend: "
                    f"NCCL ring/tree ≈ one copy each way with {DEFAULT_NCCL_HOP_ALPHA_US:.0f} µs per hop, copy "
                    "fallback (N−1) copies; scatter/gather (N−1)/N of the batch's inputs and outputs")

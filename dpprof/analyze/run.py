@@ -78,6 +78,17 @@ class Run:
                    step_source=source, notes=tuple(notes))
 
 
+def _check_baseline(base: Analysis, paths: Sequence[str | os.PathLike[str]]) -> None:
+    """A baseline is one process on one device: its compute ÷ N is DP's ideal (dpprof.analyze.costs)."""
+    ranks = {r.rank for r in base.ranks}
+    gpus = {d.device for d in base.devices if d.device >= 0 and d.busy_time_us > 0}
+    what = f"{len(ranks)} ranks" if len(ranks) > 1 else f"{len(gpus)} GPUs" if len(gpus) > 1 else \
+        "DataParallel over several devices" if base.dp_mode == "multi_device" else ""
+    if what:
+        raise DpprofError(f"--baseline {' '.join(map(str, paths))}: {what}; a baseline is a single-process, "
+                          "single-GPU run of the same configuration (dpprof profile --strategy single)")
+
+
 def load_run(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str | os.PathLike[str]] = (),
              jobs: int | None = None, link_gbps: float | None = None, param_bytes: int | None = None,
              sweep: Any = None, max_inflate: int | None = None, segments: bool = False) -> Run:
@@ -112,6 +123,7 @@ def load_run(paths: Sequence[str | os.PathLike[str]], *, baseline: Sequence[str 
         base_manifest, _ = read_manifest(resolve_inputs([Path(p) for p in baseline]).run_dir)
         base_analysis = analyze([str(p) for p in baseline], jobs=jobs, max_inflate=max_inflate,
                                 manifest=base_manifest)
+        _check_baseline(base_analysis, baseline)
     result = sweep if isinstance(sweep, SweepResult) or sweep is None else read_sweep(Path(sweep))
     if analysis.diagnosis is None:
         analysis = analysis.with_diagnosis(diagnose(analysis, manifest=manifest, nvml=nvml, baseline=base_analysis,

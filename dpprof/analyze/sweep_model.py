@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpprof.analyze.model import from_plain, to_plain
+import msgspec
+
+from dpprof.analyze.model import to_plain
 from dpprof.vocabulary import PROCESS_PER_RANK
 
 SWEEP_SCHEMA = "dpprof.sweep/1"
@@ -108,8 +110,11 @@ class SweepResult:
     def from_json(cls, data: Mapping[str, Any]) -> SweepResult:
         if not isinstance(data, Mapping) or data.get("schema") != SWEEP_SCHEMA:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"not a dpprof sweep (schema {got!r}, expected {SWEEP_SCHEMA!r})")
-        return from_plain(cls, data)
+            raise ValueError(f"schema {got!r}, expected {SWEEP_SCHEMA!r}")
+        try:  # typed: a field of the wrong type is a one-line error naming it, not a failure later in a report
+            return msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 SWEEP_FILE = "sweep.json"

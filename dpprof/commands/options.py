@@ -13,8 +13,9 @@ from dpprof.trace.inflate import add_read_options  # noqa: F401 (re-exported bes
 def add_diagnosis_options(p: Any) -> None:
     """The options of `analyze` and `report` that feed the diagnosis (argparse parser or group)."""
     p.add_argument("--baseline", nargs="+", default=(), metavar="RUN_DIR|TRACE",
-                   help="a single-GPU run of the same configuration: DP's ideal step = its step / N "
-                   "(otherwise the ideal is estimated and labelled so)")
+                   help="a single-GPU run of the same configuration: DP's ideal step = its compute / N plus the "
+                   "data loading and host time measured in the DP run (otherwise the ideal is estimated and "
+                   "labelled so)")
     p.add_argument("--link-gbps", type=_positive_float, default=None, metavar="GBPS",
                    help="declared GPU link bandwidth (GB/s) for the what-if projection, where the run measured none")
     p.add_argument("--sweep", type=Path, default=None, metavar="SWEEP_DIR",

@@ -38,6 +38,14 @@ def test_baseline_run_gives_a_measured_ideal(h200: dict[str, Path], tmp_path: Pa
     assert ev_based["ideal_us"] != ev_plain["ideal_us"]
 
 
+def test_a_baseline_must_be_one_process_on_one_gpu(h200: dict[str, Path], tmp_path: Path, capsys) -> None:
+    traces, _expected = write_dp_run(tmp_path / "dp", 4, "gpu0_bound")
+    for bad, what in (([h200["ddp2_gloo_rank0"], h200["ddp2_gloo_rank1"]], "2 ranks"), ([traces], "4 GPUs")):
+        assert main(["analyze", str(h200["dp_dup00"]), "--baseline", *map(str, bad), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert what in err and "single-GPU run" in err and "Traceback" not in err
+
+
 def test_declared_bandwidth_and_size_give_a_projection(h200: dict[str, Path], tmp_path: Path) -> None:
     bare, declared = tmp_path / "bare.json", tmp_path / "declared.json"
     trace = str(h200["single_vgg16cifar"])
@@ -49,10 +57,11 @@ def test_declared_bandwidth_and_size_give_a_projection(h200: dict[str, Path], tm
     assert proj["label"] == "projection"
     rows = {(r["strategy"], r["gpus"]): r for r in proj["rows"]}
     assert set(rows) == {(s, n) for s in ("dp", "ddp") for n in range(1, 9)}
-    # DP's GPU0 term grows with N-1: parameters broadcast + gradients reduced over 50 GB/s per extra GPU
-    # (no batch size without a manifest, so no activation term)
+    # DP over distinct GPUs with NCCL: one copy of the parameters each way through GPU0 at 50 GB/s, whatever N,
+    # plus 5 µs per hop per collective (no batch size without a manifest, so no activation term)
+    assert rows[("dp", 2)]["comm_ms"] == pytest.approx(2 * 58913064 / 50e9 * 1e3 + 2 * 0.005, rel=2e-3)
     per_gpu = rows[("dp", 3)]["comm_ms"] - rows[("dp", 2)]["comm_ms"]
-    assert per_gpu == pytest.approx(2 * 58913064 / 50e9 * 1e3, rel=2e-3)
+    assert per_gpu == pytest.approx(2 * 0.005, abs=1e-3)
 
 
 def test_bad_declared_bandwidth_is_a_user_error(h200: dict[str, Path], capsys) -> None:

@@ -72,12 +72,15 @@ def test_single_gpu_profile_projects_dp_and_ddp_by_the_documented_model():
     proj = project(a, MANIFEST, max_gpus=4)
     assert proj["label"] == "projection" and proj["available"] and proj["assumptions"]
     i = proj["inputs"]
+    assert i["dp_backend"] == "nccl" and i["dp_backend_source"].startswith("assumed")
     assert (i["parallel_1_us"], i["optimizer_us"], i["host_1_us"]) == (7500, 500, 300)
     one = 9000.0
     assert row(proj, "dp", 1)["step_ms"] == pytest.approx(one / 1e3) == row(proj, "ddp", 1)["step_ms"]
     n = 4
     io = 128 * (3 * 32 * 32 * 4 + 40)
-    dp_path = 3 * P * BETA * 2 + io * 3 / 4 * BETA  # a single-GPU trace shows no NCCL: the copy fallback
+    # a single-GPU trace cannot show DP's backend: DP over distinct GPUs is projected with NCCL (torch's
+    # comm.cpp takes it when available): one copy of the parameters each way through GPU0, 5 µs per hop
+    dp_path = 2 * (5.0 * 3 + P * BETA) + io * 3 / 4 * BETA
     dp = 7500 / n + 500 + 600 + 100 + 300 * n + dp_path
     assert row(proj, "dp", n)["step_ms"] == pytest.approx(dp / 1e3, abs=1e-4)
     buckets = default_buckets(P)
@@ -92,15 +95,37 @@ def test_single_gpu_profile_projects_dp_and_ddp_by_the_documented_model():
 
 
 def test_dp_fixed_costs_do_not_carry_into_ddp():
-    """From a host-bound 4-GPU DP profile, DDP keeps one replica's share of the host time, not all of it."""
+    """From a host-bound 4-GPU DP profile (40 ms of host, 36 ms of it inside DataParallel.forward), DDP keeps only
+    the process's own 4 ms; DP pays a thread's 9 ms per replica."""
     dp = dp4({"compute": 10000, "host": 40000, "dp_broadcast": 2000}, {"compute": 10000, "idle": 42000},
-             gpu0_serial=0.0)
+             gpu0_serial=0.0, extra={(0, 0): {"host_in_dp_us": 36000.0}})
     p = project(dp, MANIFEST)
-    assert p["inputs"]["host_1_us"] == pytest.approx(10000)
-    assert "calibrated" in p["inputs"]["dp_transfer_source"]
+    i = p["inputs"]
+    assert i["host_1_us"] == pytest.approx(4000) and i["dp_host_per_replica_us"] == pytest.approx(9000)
+    assert i["replicas_profiled"] == 4 and "calibrated" in i["dp_transfer_source"]
+    assert row(p, "ddp", 4)["fixed_ms"] == pytest.approx(4.0)
+    assert row(p, "dp", 4)["fixed_ms"] == pytest.approx(4.0 + 4 * 9.0)
     assert row(p, "ddp", 4)["step_ms"] < 0.5 * row(p, "dp", 4)["step_ms"]
     # the measured 4-GPU transfer is reproduced at N = 4
     assert row(p, "dp", 4)["comm_ms"] == pytest.approx(2.0)
+
+
+def test_the_h200_dp_trace_does_not_project_ddp_as_slow_as_dp(h200):
+    """dp_dup00 (device_ids [0, 0], host-bound in its replica threads): DP's own host time stays with DP."""
+    from dpprof.analyze.pipeline import analyze
+    a = analyze([h200["dp_dup00"]], jobs=1)
+    m = manifest_of({"config": {"batch_size": 128, "device_ids": [0, 0]},
+                     "model_info": {"param_bytes": 58_913_064}})
+    p = project(a, m, link_GBps=100.0)
+    i = p["inputs"]
+    assert i["replicas_profiled"] == 2 and "device_ids" in i["replicas_source"]
+    assert i["dp_backend"] == "nccl"  # projected onto distinct GPUs, though the profile used the copy path
+    assert i["host_1_us"] < 0.05 * i["dp_host_per_replica_us"]  # ~10 ms of the ~720 ms host is outside DP
+    assert row(p, "ddp", 2)["step_ms"] < 0.2 * row(p, "dp", 2)["step_ms"]
+    without = project(a, manifest_of({"config": {"batch_size": 128}, "model_info": {"param_bytes": 58_913_064}}),
+                      link_GBps=100.0)
+    assert without["inputs"]["replicas_profiled"] == 1  # the trace alone shows one GPU
+    assert row(without, "ddp", 2)["step_ms"] < 0.2 * row(without, "dp", 2)["step_ms"]
 
 
 def test_manifest_buckets_and_the_allreduce_probe():
@@ -145,3 +170,17 @@ def test_unavailable_projection_says_why(per, manifest, why):
     proj = project(analysis("single", per), manifest_of(manifest))
     assert proj["label"] == "projection" and not proj["available"] and proj["rows"] == []
     assert why in proj["reason"]
+
+
+def test_ddp_is_projected_over_the_backend_the_run_used(h200):
+    """The H200 gloo fixture ran DDP over gloo on GPUs: its allreduce is projected over the host, not the peer link."""
+    from dpprof.analyze.pipeline import analyze
+    a = analyze([h200["ddp2_gloo_rank0"], h200["ddp2_gloo_rank1"]], jobs=1)
+    m = manifest_of({"config": {"batch_size": 64}, "model_info": {"param_bytes": 58_913_064}})
+    p = project(a, m, link_GBps=100.0)
+    assert p["inputs"]["comm_backend"] == "gloo" and "distributedInfo" in p["inputs"]["comm_backend_source"]
+    assert "gloo over the host" in p["inputs"]["comm_source"]
+    nccl = project(a, manifest_of({"config": {"batch_size": 64, "backend": "nccl"},
+                                   "model_info": {"param_bytes": 58_913_064}}), link_GBps=100.0)
+    assert nccl["inputs"]["comm_backend"] == "nccl" and "config.backend" in nccl["inputs"]["comm_backend_source"]
+    assert row(nccl, "ddp", 2)["comm_ms"] < row(p, "ddp", 2)["comm_ms"]  # 100 GB/s link vs 2 GB/s host
