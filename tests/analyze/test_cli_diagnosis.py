@@ -103,3 +103,22 @@ def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["analyze", str(traces), "--sweep", str(tmp_path / "nosweep"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sweep.json" in err[0]
+
+
+@pytest.mark.parametrize("field,value,named", [("scaling_efficiency", "x", "scaling_efficiency"),
+                                               ("gpus", "two", "gpus")])
+def test_a_sweep_field_of_the_wrong_type_is_named_in_one_line(tmp_path: Path, capsys, field, value,
+                                                              named) -> None:
+    traces, _ = write_dp_run(tmp_path / "dp", 2, "balanced")
+    sweep_dir = _gpu_sweep(tmp_path / "sweep")
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    data["points"][0][field] = value
+    (sweep_dir / "sweep.json").write_text(json.dumps(data))
+    assert main(["analyze", str(traces), "--sweep", str(sweep_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "Traceback" not in err[0]
+    data["points"][0][field] = data["points"][1][field]
+    data["machine"] = [1, 2]
+    (sweep_dir / "sweep.json").write_text(json.dumps(data))
+    assert main(["analyze", str(traces), "--sweep", str(sweep_dir), "--quiet"]) == 2
+    assert "machine" in capsys.readouterr().err

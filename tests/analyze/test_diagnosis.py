@@ -374,6 +374,24 @@ def test_synthetic_ddp_verdicts(tmp_path, variant, hardware):
     assert verdicts(d)["hardware"] == hardware and verdicts(d)["data_path"] == "inconclusive"
 
 
+def test_synthetic_fsdp_gets_fsdp_verdicts_and_no_ddp_advice(tmp_path):
+    """FSDP2 over NCCL (tests/synth/fsdp.py): no DP data path to test, balanced ranks, its exposed collectives
+    (all-gather and reduce-scatter) as constructed, FSDP's own advice and none of DDP's."""
+    synth = pytest.importorskip("tests.synth.fsdp")
+    traces, expected = synth.write_fsdp_run(tmp_path, 4)
+    d = diagnose(_analyze([traces.parent]))
+    got = verdicts(d)
+    assert got["data_path"] == "inconclusive" and "not DataParallel" in d.hypotheses[0].reason
+    assert got["hardware"] == "not_supported", d.hypotheses[1].reason  # no slow rank was injected
+    rows = [r for (rank, _dev, _step), r in expected["rows"].items()]
+    ex = next(f for f in d.findings if f.id == "exposed_comm")
+    assert ex.evidence["exposed_comm_us"] == pytest.approx(sum(r["collective_exposed_us"] for r in rows) / len(rows),
+                                                           abs=1.0)
+    assert any("FSDP" in x and "prefetch" in x for x in d.advice)
+    assert not any("bucket_cap_mb" in x or "DistributedDataParallel" in x or "DDP bucket" in x for x in d.advice)
+    assert "ddp_buckets" not in {f.id for f in d.findings}
+
+
 # ---- DDP buckets -----------------------------------------------------------------------------------------
 def _ddp2(allreduce: float = 2000.0) -> Analysis:
     return analysis("ddp", {(0, 0): {"compute": 8000, "comm": allreduce},
