@@ -18,8 +18,8 @@ ALWAYS a projection (``"label": "projection"``), never a measurement. The model 
   GPUs is projected with NCCL, as torch/csrc/cuda/comm.cpp takes it when available (labelled). A multi-GPU DP
   profile calibrates the data path: its measured transfer, scaled by the model's ratio.
 * **DDP(N)** = parallel_1/N + optimizer + loading_1/N + copies_1/N + host_1 + exposed allreduce: ring allreduce per
-  bucket (α + 2(N−1)/N × bytes × β; buckets from the manifest's DDP reducer, else DDP's defaults from the
-  parameter bytes), the last bucket not overlapped, the others hidden behind backward (⅔ of compute) as far as it
+  bucket (α + 2(N−1)/N × bytes × β; buckets from the manifest's DDP reducer, else as many equal buckets as
+  allreduces per step a DDP trace shows, else DDP's defaults from the parameter bytes), the last bucket not overlapped, the others hidden behind backward (⅔ of compute) as far as it
   lasts. DP's fixed costs (its replica threads' host time, GPU0's serial work) do not carry into DDP.
 * **Bandwidth per backend**: NCCL over the measured peer link (manifest, or ``--link-gbps``); gloo over the host.
   α and β come from the run's allreduce probe (manifest ``comm_probe``) when it has one, else from labelled
@@ -41,6 +41,7 @@ from dpprof.analyze.diag_figures import (
     INPUT_BYTES_PER_IMAGE,
     OUTPUT_BYTES_PER_IMAGE,
     Row,
+    allreduce_per_step,
     distinct_gpus,
     gpu_rows,
     link_gbps,
@@ -109,8 +110,7 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     buffers = float(m.model_info.buffers_bytes or 0)
     batch = m.config.batch_size
     sizes = m.ddp.bucket_sizes_bytes if m.ddp is not None else None
-    from_manifest = bool(sizes)
-    buckets = [float(x) for x in sizes] if sizes else default_buckets(params)
+    buckets, buckets_source = _buckets(analysis, sizes, params)
     io = float(p.pop("io_bytes", 0.0)) or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
     threads = m.config.threads or m.config.torch_threads or 1
     backend, backend_why = dp_backend(analysis)
@@ -165,8 +165,7 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
                      "dp_backend_source": backend_why, "dp_transfer_source": "calibrated from the measured "
                      f"{n_prof}-GPU DP transfer" if dp_cal is not None and n_prof > 1 else "bytes × β",
                      "buckets_bytes": [int(b) for b in buckets],
-                     "buckets_source": "manifest ddp section (DDP's reducer)" if from_manifest
-                     else "DDP defaults (1 MiB first, then 25 MiB) from the parameter bytes",
+                     "buckets_source": buckets_source,
                      "profiler_deflation": round(ratio, 3),
                      **comm, **({"cores": cores, "threads_profiled": threads} if cpu else {})}
     out["assumptions"] = _assumptions(cpu, comm)
@@ -200,6 +199,19 @@ def replicas(analysis: Analysis, manifest: Manifest) -> tuple[int, str]:
     if ids and len(ids) > 1:
         return len(ids), f"manifest config.device_ids {list(ids)}"
     return max(1, distinct_gpus(analysis, None)), "distinct GPUs with activity in the trace"
+
+
+def _buckets(analysis: Analysis, sizes: Any, params: float) -> tuple[list[float], str]:
+    """DDP's gradient buckets (bytes) and where they came from: the manifest (DDP's reducer), else the number of
+    allreduces per step a DDP trace shows (sizes taken equal), else DDP's defaults from the parameter bytes."""
+    if sizes:
+        return [float(x) for x in sizes], "manifest ddp section (DDP's reducer)"
+    per_step = allreduce_per_step(analysis) if analysis.strategy == "ddp" else None
+    k = int(round(per_step["allreduce_per_step"])) if per_step else 0
+    if k >= 1:
+        return [params / k] * k, (f"trace: {per_step['allreduce_per_step']} allreduces per step (DDP's buckets; "
+                                  "sizes taken equal, the parameter bytes split over them)")
+    return default_buckets(params), "DDP defaults (1 MiB first, then 25 MiB) from the parameter bytes"
 
 
 def _profile(analysis: Analysis, ref: Row, cpu: bool, manifest: Manifest) -> dict[str, Any]:

@@ -184,3 +184,12 @@ def test_ddp_is_projected_over_the_backend_the_run_used(h200):
                                    "model_info": {"param_bytes": 58_913_064}}), link_GBps=100.0)
     assert nccl["inputs"]["comm_backend"] == "nccl" and "config.backend" in nccl["inputs"]["comm_backend_source"]
     assert row(nccl, "ddp", 2)["comm_ms"] < row(p, "ddp", 2)["comm_ms"]  # 100 GB/s link vs 2 GB/s host
+
+
+def test_buckets_counted_from_a_ddp_trace_without_a_manifest(h200):
+    from dpprof.analyze.pipeline import analyze
+    a = analyze([h200["ddp2_gloo_rank0"], h200["ddp2_gloo_rank1"]], jobs=1)
+    p = project(a, manifest_of({"model_info": {"param_bytes": 60_000_000}}), link_GBps=100.0)
+    b = p["inputs"]["buckets_bytes"]
+    assert p["inputs"]["buckets_source"].startswith("trace:") and len(b) >= 1
+    assert sum(b) == pytest.approx(60_000_000, abs=len(b)) and max(b) - min(b) <= 1
