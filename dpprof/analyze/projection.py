@@ -208,7 +208,7 @@ def _buckets(analysis: Analysis, sizes: Any, params: float) -> tuple[list[float]
         return [float(x) for x in sizes], "manifest ddp section (DDP's reducer)"
     per_step = allreduce_per_step(analysis) if analysis.strategy == "ddp" else None
     k = int(round(per_step["allreduce_per_step"])) if per_step else 0
-    if k >= 1:
+    if per_step is not None and k >= 1:
         return [params / k] * k, (f"trace: {per_step['allreduce_per_step']} allreduces per step (DDP's buckets; "
                                   "sizes taken equal, the parameter bytes split over them)")
     return default_buckets(params), "DDP defaults (1 MiB first, then 25 MiB) from the parameter bytes"
