@@ -18,15 +18,18 @@ LEAVES = ("dpprof.vocabulary", "dpprof.manifest", "dpprof.rundir", "dpprof.schem
           "dpprof.errors")
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """The dpprof modules ``path`` imports (``from a.b import c`` counts as ``a.b.c`` when that is a module)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def imports_of(path: Path, modules: set[str], package: Path = PACKAGE) -> set[str]:
+    """The modules of ``package`` that ``path`` imports, as written: ``import a.b.c`` and ``from a.b import c``
+    (``c`` a module) count as ``a.b.c`` only. Python runs ``a`` and ``a.b``'s ``__init__`` on the way (the
+    implicit parent-package imports), which no source line asks for; ``from a.b import name`` with ``name``
+    defined in ``a/b/__init__.py`` is a real use of that ``__init__`` and counts as ``a.b``."""
+    name = module_name(path, package)
+    parent = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -34,15 +37,15 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in out if m.split(".")[0] == "dpprof"}
+                parts = parent.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    return {m for m in out if m.split(".")[0] == package.name}
 
 
-def graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {m: {i for i in imports_of(p) if i in files and i != m} for m, p in files.items()}
+def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    files = {module_name(p, package): p for p in package.rglob("*.py")}
+    return {m: {i for i in imports_of(p, set(files), package) if i in files and i != m} for m, p in files.items()}
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -105,22 +108,67 @@ def test_lower_stages_do_not_import_upper_ones() -> None:
 
 def test_leaves_import_only_leaves() -> None:
     g = graph()
-    assert sorted(f"{m} imports {i}" for m in LEAVES for i in g[m] if i not in LEAVES and i != "dpprof") == []
+    assert sorted(f"{m} imports {i}" for m in LEAVES for i in g[m] if i not in LEAVES) == []
+
+
+#: Known cycle edges, each to be removed with its cause (the test fails when one no longer exists): these
+#: collector modules read ``__version__`` from ``dpprof/__init__.py``, whose lazy ``__getattr__`` imports
+#: ``dpprof.collect.api`` (the Python API), which imports them. The fix is a leaf holding the version
+#: (e.g. ``dpprof/version.py``) that they and ``__init__`` import.
+KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
+    (f"dpprof.collect.{m}", "dpprof") for m in ("hwinfo", "manifest", "run_manifest", "script_session", "session"))
 
 
 def test_no_import_cycles() -> None:
-    # a package's __init__ re-exporting from its own modules is not a cycle of dependencies
-    g = {m: {i for i in deps if not (m.startswith(i + ".") and i in g_init)} for m, deps in graph().items()
-         for g_init in [_packages()]}
-    assert cycles(g) == []
-
-
-def _packages() -> set[str]:
-    return {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    g = graph()
+    assert sorted(e for e in KNOWN_CYCLE_EDGES if e[1] not in g[e[0]]) == []  # no stale allowance
+    assert cycles({m: {i for i in deps if (m, i) not in KNOWN_CYCLE_EDGES} for m, deps in g.items()}) == []
 
 
 def test_the_checks_see_what_they_check() -> None:
     g = {"dpprof.analyze.a": {"dpprof.report.b"}, "dpprof.report.b": {"dpprof.analyze.a"}, "dpprof.x": set()}
     assert layering_violations(g) == ["dpprof.analyze.a imports dpprof.report.b"]
     assert cycles(g) == [["dpprof.analyze.a", "dpprof.report.b"]]
-    assert "dpprof.analyze.model" in graph()["dpprof.analyze.pipeline"]
+    real = graph()
+    assert "dpprof.analyze.model" in real["dpprof.analyze.pipeline"]
+    assert "dpprof.collect.api" in real["dpprof"]  # the lazy one in dpprof.__getattr__
+
+
+def test_a_cycle_through_a_package_init_is_seen(tmp_path: Path) -> None:
+    """A package whose ``__init__`` lazily imports a submodule that uses a name of that ``__init__``: a cycle.
+    The implicit parent-package imports (``from pkg.sub import api``, ``import pkg.sub.api``) are not edges."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("HELPER = 1\n\n\ndef __getattr__(name):\n    from pkg.sub.api import session\n"
+                                     "    return session\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "api.py").write_text("from pkg import HELPER\n\nsession = HELPER\n")
+    (pkg / "sub" / "other.py").write_text("import pkg.sub.api\nfrom pkg.sub import api\nfrom . import api as a2\n")
+    g = graph(pkg)
+    assert g["pkg"] == {"pkg.sub.api"} and g["pkg.sub.api"] == {"pkg"} and g["pkg.sub.other"] == {"pkg.sub.api"}
+    assert cycles(g) == [["pkg", "pkg.sub.api"]]
+
+
+def test_strategy_labels_are_the_vocabulary() -> None:
+    """``analyze/strategy.py`` labels only what ``vocabulary`` defines (ANALYSIS_STRATEGIES, DP_MODES), every one
+    of them; what ``profile`` runs is a subset of what the analysis can label."""
+    from dpprof import vocabulary as V
+
+    tree = ast.parse((PACKAGE / "analyze" / "strategy.py").read_text(encoding="utf-8"))
+    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    strategies: set[str] = set()
+    modes: set[str | None] = set()
+    for ret in (n for n in ast.walk(funcs["detect"]) if isinstance(n, ast.Return)):
+        assert isinstance(ret.value, ast.Tuple), ast.unparse(ret)
+        label, mode = ret.value.elts[:2]
+        assert isinstance(label, ast.Constant) and isinstance(mode, ast.Constant), ast.unparse(ret)
+        strategies.add(label.value)
+        modes.add(mode.value)
+    combined = {n.value.value for n in ast.walk(funcs["combine"])
+                if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant)}
+    assert combined == {"unknown"}
+    assert strategies == set(V.ANALYSIS_STRATEGIES)
+    assert modes - {None} == set(V.DP_MODES) and {V.dp_mode_of(n) for n in (0, 1, 2)} == set(V.DP_MODES)
+    assert set(V.PROFILE_STRATEGIES) <= set(V.ANALYSIS_STRATEGIES)
+    assert set(V.COLLECTIVE_STRATEGIES) <= set(V.ANALYSIS_STRATEGIES) and set(V.STRATEGY_NAMES) == set(
+        V.ANALYSIS_STRATEGIES)

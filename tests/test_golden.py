@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.golden import CASES, GOLDEN, produce
+from tests.golden import GOLDEN, NAMES, produce
 
 REWRITE = "if the change is intended: .venv/bin/python -m tests.golden --write, and commit the diff with it"
 
@@ -36,17 +36,19 @@ def _differences(want: Any, got: Any, where: str = "$") -> list[str]:
     return [] if want == got and type(want) is type(got) else [f"{where}: {want!r} -> {got!r}"]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_outputs_match_golden(name: str, tmp_path: Path) -> None:
     got = produce(name, tmp_path)
-    want_json = json.loads((GOLDEN / name / "analysis.json").read_text(encoding="utf-8"))
-    diffs = _differences(want_json, json.loads(got["analysis.json"]))
-    assert not diffs, f"{name}/analysis.json changed ({len(diffs)} values), first: {diffs[:8]}; {REWRITE}"
-    want_html = (GOLDEN / name / "report.html").read_text(encoding="utf-8")
-    if got["report.html"] != want_html:
-        diff = list(difflib.unified_diff(want_html.splitlines(), got["report.html"].splitlines(), "golden", "now",
-                                         n=0, lineterm=""))
-        pytest.fail(f"{name}/report.html changed:\n" + "\n".join(diff[:30]) + f"\n{REWRITE}")
+    assert sorted(got) == sorted(p.name for p in (GOLDEN / name).iterdir()), f"{name}: files differ; {REWRITE}"
+    for file, text in got.items():
+        want = (GOLDEN / name / file).read_text(encoding="utf-8")
+        if file.endswith(".json"):
+            diffs = _differences(json.loads(want), json.loads(text))
+            assert not diffs, f"{name}/{file} changed ({len(diffs)} values), first: {diffs[:8]}; {REWRITE}"
+        elif text != want:
+            diff = list(difflib.unified_diff(want.splitlines(), text.splitlines(), "golden", "now", n=0,
+                                             lineterm=""))
+            pytest.fail(f"{name}/{file} changed:\n" + "\n".join(diff[:30]) + f"\n{REWRITE}")
 
 
 def test_the_comparison_sees_a_change() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-#: The optional dependencies of each extra (``pip install 'dpprof[collect]'``), as import names.
-EXTRAS: dict[str, tuple[str, ...]] = {"collect": ("torch", "torchvision"), "interop": ("hta", "torch_tb_profiler")}
+#: What dpprof's own commands import from each extra (``pip install 'dpprof[collect]'``): import name -> pip
+#: package. The extras in pyproject.toml may hold more: ``[interop]`` also has torch-tb-profiler, which only the
+#: tests use, so a missing one must not refuse ``analyze --crosscheck hta`` (it imports HTA alone).
+EXTRAS: dict[str, dict[str, str]] = {
+    "collect": {"torch": "torch", "torchvision": "torchvision"},
+    "interop": {"hta": "holistictraceanalysis"},
+}
 
 
-def require_extra(extra: str, command: str) -> None:
-    """Raise DpprofError (one line, exit 2) naming what to install when a module of ``extra`` is missing."""
+def require_extra(extra: str, command: str, modules: Sequence[str] | None = None) -> None:
+    """Raise DpprofError (one line, exit 2) naming the pip packages and the extra to install when one of the
+    modules ``command`` imports (``modules``, import names; default: all of ``EXTRAS[extra]``) is missing."""
     import importlib.util
 
-    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    wanted = EXTRAS[extra] if modules is None else {m: EXTRAS[extra].get(m, m) for m in modules}
+    missing = [pip for name, pip in wanted.items() if importlib.util.find_spec(name) is None]
     if missing:
-        raise DpprofError(f"{command} needs {' and '.join(missing)}, which are not installed: "
+        verb = "is" if len(missing) == 1 else "are"
+        raise DpprofError(f"{command} needs {' and '.join(missing)}, which {verb} not installed: "
                           f"pip install 'dpprof[{extra}]' (or `make venv` in a clone)")

@@ -25,6 +25,10 @@ hta/utils/utils.py ``is_compute_kernel``):
   kernel durations: compared with that span computed from the file, and with dpprof's
   ``kernel_time_us`` (a sum) to show they are different figures.
 
+- Several GPUs in one trace (DataParallel): HTA merges them into one timeline per trace (its
+  ``idle_time_per_rank`` takes every row with a stream), dpprof attributes each GPU apart; the cross-check then
+  puts the union over the rank's GPUs beside HTA (``dpprof.interop.hta.union_over_gpus``), not the sum.
+
 HTA failed on none of the fixtures, nor on the synthetic 4-rank NCCL run (``ncclDevKernel_*`` names match
 its ``^nccl.*Kernel`` communication rule). Its straggler analysis knows only ``ncclKernel*`` names (HTA issue
 #360), which these tests do not use.
@@ -120,7 +124,36 @@ def test_crosscheck_command_prints_both_figures(tmp_path: Path, capsys: pytest.C
     text = capsys.readouterr().out
     assert rc == 0 and "HTA cross-check" in text
     row = next(line.split() for line in text.splitlines() if line.strip().startswith("0 "))
-    hta_ms, ours_ms = float(row[1]), float(row[2])
+    assert row[1] == "1"  # GPUs
+    hta_ms, ours_ms = float(row[2]), float(row[3])
     assert ours_ms > 1.0 and ours_ms == pytest.approx(hta_ms, rel=0.01)
+    hta_busy_ms, busy_ms = float(row[5]), float(row[6])
+    assert busy_ms == pytest.approx(hta_busy_ms, rel=0.001)
     rows = crosscheck(pipeline.analyze([DATA / "cpu" / "fsdp2_gloo_rank0.pt.trace.json.gz"]))
     assert [r.hta_compute_us for r in rows] == [None] and "CPU-only" in rows[0].note
+
+
+def test_crosscheck_compares_a_multi_gpu_dp_rank_on_the_union(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """One DataParallel process over 4 GPUs (tests/synth, replicas running side by side): HTA's figures are
+    unions over the 4 GPUs, so dpprof's beside them must be too (the sum of its per-GPU figures, ~4× HTA's, was
+    printed as +298 %); the per-GPU figures are still listed, said not to be comparable."""
+    from dpprof.cli import main
+    from tests.synth import write_dp_run
+
+    folder, meta = write_dp_run(tmp_path, 4, "balanced")
+    (row,) = crosscheck(pipeline.analyze([folder.parent]))
+    assert row.gpus == (0, 1, 2, 3) and len(row.per_gpu_compute_us) == 4
+    assert row.hta_compute_us is not None and row.hta_busy_us is not None
+    assert row.dpprof_compute_us == pytest.approx(row.hta_compute_us, rel=0.001)
+    assert row.dpprof_busy_us == pytest.approx(row.hta_busy_us, rel=0.001)
+    # each replica computes its share at the same time: the union is about one GPU's compute, the sum ~4×
+    injected = {d: sum(v["compute_us"] for k, v in meta["rows"].items() if k[1] == d) for d in range(4)}
+    assert max(injected.values()) <= row.dpprof_compute_us < 1.1 * max(injected.values())
+    assert sum(row.per_gpu_compute_us) > 3.5 * row.hta_compute_us
+    rc = main(["analyze", str(folder.parent), "--no-json", "--crosscheck", "hta"])
+    text = capsys.readouterr().out
+    out = text.splitlines()
+    cells = out[next(i for i, line in enumerate(out) if "HTA compute" in line) + 1].split()
+    assert rc == 0 and cells[1] == "4" and abs(float(cells[4].rstrip("%"))) < 0.1
+    assert "union over the rank's GPUs" in text and "rank 0, per GPU" in text and "not comparable" in text
