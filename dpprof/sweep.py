@@ -11,7 +11,10 @@ Each configuration runs in a subprocess (``python -m dpprof.cli profile ...``) s
 cannot take the sweep down, and DDP gets its own torchrun launcher. What this machine cannot run is listed
 and skipped: DP over N GPUs needs N CUDA devices (without CUDA only DP's no-GPU path runs, at gpus = 1),
 DDP runs N gloo processes on CPU (``--nproc N``) or N GPUs with CUDA. Re-running the same sweep keeps the
-points already ``done`` whose run directory is still there.
+points already ``done`` whose run directory is still there (a ``dpprof.sweep/1`` file's are measured again from
+their runs: the analysis they were measured with had other categories) and runs the others again; a directory
+an earlier attempt left (a failed or interrupted run) is moved aside to ``runs/<point>.failed-N`` first, with its
+log, since ``dpprof profile`` never writes into an existing run directory.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from dpprof.analyze.sweep_model import SWEEP_SCHEMA, SweepPoint, SweepResult, total_loader_workers
+from dpprof.analyze.sweep_model import SWEEP_SCHEMA_V1, SweepPoint, SweepResult, total_loader_workers
+from dpprof.errors import DpprofError
+from dpprof.fileio import output_target
 from dpprof.manifest import EMPTY, read_manifest
 from dpprof.rundir import is_run_dir, read_json, write_json
 from dpprof.vocabulary import PROCESS_PER_RANK
@@ -190,26 +196,67 @@ def with_speedups(points: Sequence[SweepPoint]) -> tuple[SweepPoint, ...]:
 
 
 def load_previous(sweep_dir: Path) -> dict[tuple[str, int, int, int], SweepPoint]:
-    """Points already ``done`` in an earlier sweep.json whose run directory still exists."""
+    """Points already ``done`` in an earlier sweep.json whose run directory still exists (from a ``/1`` file,
+    measured again from that directory: its categories were those of the analysis' schema /1)."""
     data = read_json(sweep_dir / SWEEP_JSON)
-    if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
+    if not isinstance(data, dict):
         return {}
     try:
         prev = SweepResult.from_json(data)
     except (ValueError, KeyError, TypeError):
         return {}
-    return {p.key: p for p in prev.points
+    old = data.get("schema") == SWEEP_SCHEMA_V1
+    return {p.key: measure(p, sweep_dir / p.run_dir) if old else p for p in prev.points
             if p.status == "done" and p.run_dir and is_run_dir(sweep_dir / p.run_dir)}
+
+
+def move_aside(run_dir: Path, log: Path) -> Path | None:
+    """Move a run directory an earlier attempt left (and its log) to ``<name>.failed-N`` (``.failed-N.log``), N the
+    first free number, so that the retry's ``dpprof profile`` can create it again; None when there is none."""
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        return None
+    n = 1
+    while any(p.exists() or p.is_symlink() for p in (run_dir.with_name(f"{run_dir.name}.failed-{n}"),
+                                                       log.with_name(f"{run_dir.name}.failed-{n}.log"))):
+        n += 1
+    aside = run_dir.with_name(f"{run_dir.name}.failed-{n}")
+    try:
+        os.rename(run_dir, aside)  # a link is moved as a link, never followed
+        if log.exists() or log.is_symlink():
+            os.rename(log, log.with_name(f"{run_dir.name}.failed-{n}.log"))
+    except OSError as exc:
+        raise DpprofError(f"{run_dir}: cannot move an earlier attempt aside to {aside.name}: "
+                          f"{exc.strerror or exc}") from None
+    return aside
 
 
 Runner = Callable[[Sequence[str], Path, float | None], tuple[int, str]]
 
 
+def open_log(log: Path) -> IO[str]:
+    """``log`` opened for writing as it is produced (a user may follow it): never through a symbolic link, never a
+    FIFO, a device or a socket (DpprofError, one line). ``dpprof.fileio.output_target`` checks it first; the
+    descriptor is opened without following a link and checked again, so a file swapped in between is refused."""
+    output_target(log)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(log, flags, 0o666)
+    except OSError as exc:
+        raise DpprofError(f"{log}: cannot write the log: {exc.strerror or exc} (a link, a FIFO or a device is "
+                          "refused)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DpprofError(f"{log}: not a regular file: the log is not written there")
+    os.set_blocking(fd, True)
+    return open(fd, "w", encoding="utf-8")
+
+
 def run_subprocess(argv: Sequence[str], log: Path, timeout_s: float | None) -> tuple[int, str]:
-    """Run one configuration, its output into ``log``; (exit code, last non-empty output line)."""
+    """Run one configuration, its output into ``log`` (:func:`open_log`); (exit code, last non-empty output line)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w", encoding="utf-8") as fh:
+    with open_log(log) as fh:
         try:
             rc = subprocess.run(list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, timeout=timeout_s, check=False).returncode
@@ -242,14 +289,19 @@ def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None 
             if on_point:
                 on_point(i, len(planned), points[i])
             continue
-        run_dir = runs / item.point.name
-        rc, last = runner(item.argv, runs / f"{item.point.name}.log", timeout_s)
+        run_dir, log = runs / item.point.name, runs / f"{item.point.name}.log"
+        output_target(log, within=sweep_dir)  # runs/ and the log inside the sweep, through no link
+        aside = move_aside(run_dir, log)
+        rc, last = runner(item.argv, log, timeout_s)
         if rc == 0 and is_run_dir(run_dir):
             points[i] = measure(item.point, run_dir)
         else:
             why = f"exit code {rc}" if rc else "no run directory was written"
             points[i] = dataclasses.replace(item.point, status="failed",
                                             reason=f"{why}: {last}" if last else why)
+        if aside is not None:
+            note = f"an earlier attempt is in {RUNS_DIR}/{aside.name}"
+            points[i] = dataclasses.replace(points[i], reason="; ".join(x for x in (points[i].reason, note) if x))
         save()
         if on_point:
             on_point(i, len(planned), points[i])

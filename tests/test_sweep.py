@@ -182,3 +182,109 @@ def test_total_workers_in_sweep_json_and_derived_for_older_files():
         del p["total_workers"]  # a sweep.json written before the field existed
     back = SweepResult.from_json(old)
     assert [p.total_workers for p in back.points] == [8, 2] and back == SweepResult.from_json(data)
+
+
+def _profile_like_runner(calls, fail_times):
+    """Like `dpprof profile`: refuses an existing run directory; creates it before failing (as a crash mid-run
+    does) the first ``fail_times[name]`` times; writes its output into the log."""
+    def run(argv, log, timeout):
+        name = argv[argv.index("--run-name") + 1]
+        run_dir = Path(argv[argv.index("--out") + 1]) / name
+        calls.append(name)
+        if run_dir.exists():
+            log.write_text(f"dpprof profile: error: {run_dir} already exists\n")
+            return 2, f"dpprof profile: error: {run_dir} already exists"
+        run_dir.mkdir(parents=True)
+        attempt = sum(c == name for c in calls)
+        (run_dir / "attempt").write_text(str(attempt))
+        log.write_text(f"attempt {attempt}\n")
+        if attempt <= fail_times.get(name, 0):
+            return 1, "RuntimeError: out of memory"
+        (run_dir / "traces").mkdir()
+        write_json(run_dir / "manifest.json", {"schema": "dpprof.manifest/1", "summary": {}})
+        return 0, ""
+    return run
+
+
+def test_resume_retries_a_failed_point_whose_directory_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "reference_categories", lambda run_dir: {"compute": 1.0})
+    grid = sweep.Grid(strategies=("ddp",), gpus=(1,), batch_sizes=(32,), workers=(0,), model="tiny", steps=4)
+    calls: list[str] = []
+    runner = _profile_like_runner(calls, {"ddp-g1-b32-w0": 2})
+    runs = tmp_path / "runs"
+    for _attempt in (1, 2):
+        r = sweep.run_sweep(grid, tmp_path, machine=CPU, runner=runner)
+        point = r.point("ddp", 1, 32, 0)
+        assert point.status == "failed" and "out of memory" in point.reason, point.reason
+        assert "already exists" not in point.reason
+    assert (runs / "ddp-g1-b32-w0.failed-1" / "attempt").read_text() == "1"
+    assert (runs / "ddp-g1-b32-w0.failed-1.log").read_text() == "attempt 1\n"
+    r = sweep.run_sweep(grid, tmp_path, machine=CPU, runner=runner)
+    point = r.point("ddp", 1, 32, 0)
+    assert point.status == "done" and "an earlier attempt is in runs/ddp-g1-b32-w0.failed-2" in point.reason
+    assert (runs / "ddp-g1-b32-w0" / "attempt").read_text() == "3"
+    assert (runs / "ddp-g1-b32-w0.failed-2" / "attempt").read_text() == "2"
+    assert (runs / "ddp-g1-b32-w0.log").read_text() == "attempt 3\n"
+    assert calls == ["ddp-g1-b32-w0"] * 3
+
+
+def test_a_v1_sweep_json_is_read_with_its_keys_mapped(tmp_path):
+    from dpprof.analyze.sweep_model import SWEEP_SCHEMA, read_sweep
+
+    point = {"strategy": "ddp", "gpus": 2, "batch_size": 32, "workers": 0, "status": "done", "run_dir": None,
+             "categories_us": {"compute": 7.0, "allreduce": 3.0, "allreduce_overlapped_us": 2.0, "idle": 1.0}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"schema": "dpprof.sweep/1", "points": [point]}))
+    r = read_sweep(tmp_path)
+    assert SWEEP_SCHEMA == "dpprof.sweep/2" and r.schema == SWEEP_SCHEMA
+    assert dict(r.points[0].categories_us) == {"compute": 7.0, "comm": 3.0, "comm_overlapped_us": 2.0, "idle": 1.0}
+    assert r.to_json()["schema"] == "dpprof.sweep/2"
+    with pytest.raises(ValueError, match="expected 'dpprof.sweep/2'"):
+        SweepResult.from_json({"schema": "dpprof.sweep/0", "points": []})
+
+
+def test_resume_from_a_v1_file_measures_its_done_points_again(tmp_path, monkeypatch):
+    grid = sweep.Grid(strategies=("ddp",), gpus=(1,), batch_sizes=(32,), workers=(0,), model="tiny", steps=4)
+    run = tmp_path / "runs" / "ddp-g1-b32-w0"
+    (run / "traces").mkdir(parents=True)
+    write_json(run / "manifest.json", {"schema": "dpprof.manifest/1", "summary": {"images_per_s_median": 50.0}})
+    old = {"strategy": "ddp", "gpus": 1, "batch_size": 32, "workers": 0, "status": "done",
+           "run_dir": "runs/ddp-g1-b32-w0", "categories_us": {"compute": 7.0, "allreduce": 3.0}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"schema": "dpprof.sweep/1", "points": [old]}))
+    monkeypatch.setattr(sweep, "reference_categories", lambda run_dir: {"compute": 7.0, "comm": 1.0, "peer_wait": 2.0})
+    calls: list[str] = []
+    r = sweep.run_sweep(grid, tmp_path, machine=CPU, runner=_profile_like_runner(calls, {}))
+    assert calls == []  # kept, not run again
+    p = r.point("ddp", 1, 32, 0)
+    assert p.status == "done" and dict(p.categories_us) == {"compute": 7.0, "comm": 1.0, "peer_wait": 2.0}
+    assert json.loads((tmp_path / "sweep.json").read_text())["schema"] == "dpprof.sweep/2"
+
+
+def test_the_log_is_never_written_through_a_link_or_into_a_fifo(tmp_path):
+    import os
+
+    from dpprof.errors import DpprofError
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep")
+    log = tmp_path / "runs" / "x.log"
+    log.parent.mkdir()
+    log.symlink_to(elsewhere)
+    argv = [sys.executable, "-c", "print('hello')"]
+    with pytest.raises(DpprofError, match="x.log"):
+        sweep.run_subprocess(argv, log, 30)
+    assert elsewhere.read_text() == "keep"
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(DpprofError, match="FIFO"):  # refused at once, not blocked on
+        sweep.run_subprocess(argv, log, 30)
+    log.unlink()
+    assert sweep.run_subprocess(argv, log, 30) == (0, "hello")
+    # runs/ itself a link out of the sweep: refused before anything runs
+    grid = sweep.Grid(strategies=("ddp",), gpus=(1,), batch_sizes=(32,), workers=(0,), model="tiny", steps=4)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "runs").symlink_to(tmp_path / "runs")
+    calls: list[str] = []
+    with pytest.raises(DpprofError, match="symbolic link"):
+        sweep.run_sweep(grid, other, machine=CPU, runner=_profile_like_runner(calls, {}))
+    assert calls == []

@@ -10,7 +10,10 @@ speedup ÷ gpus (1.0 = linear). Both are None when that reference point is missi
 the whole run (:func:`total_loader_workers`): DDP's N processes each start their own, so DDP at
 ``workers`` = 2 over 4 processes loads with 8 workers against DP's 2.
 
-The JSON contract (``schema: dpprof.sweep/1``) may be extended, never renamed.
+The JSON contract (``schema: dpprof.sweep/2``) may be extended, never renamed. ``/2`` names
+``categories_us`` as the analysis' schema ``dpprof.analysis/2`` does (``allreduce`` became ``comm``, plus
+``peer_wait``); a ``/1`` file is read with its old keys mapped (:data:`RENAMED_FROM_V1`), its figures as they were
+measured then (a ``/1`` ``comm`` still holds the waiting that ``/2`` counts as ``peer_wait``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import msgspec
 from dpprof.analyze.model import to_plain
 from dpprof.vocabulary import PROCESS_PER_RANK
 
-SWEEP_SCHEMA = "dpprof.sweep/1"
+SWEEP_SCHEMA = "dpprof.sweep/2"
+SWEEP_SCHEMA_V1 = "dpprof.sweep/1"
+#: Keys of a ``/1`` point's ``categories_us`` renamed in ``/2`` (docs/analysis-schema.md, "What changed from /1").
+RENAMED_FROM_V1: dict[str, str] = {"allreduce": "comm", "allreduce_overlapped_us": "comm_overlapped_us"}
 POINT_STATUSES: tuple[str, ...] = ("done", "skipped", "failed")
 
 #: One epoch of a point: (train_acc, test_acc, time_s); accuracies 0..1 or None when not measured.
@@ -108,13 +114,29 @@ class SweepResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SweepResult:
+        """A sweep from its JSON (``/2``, or ``/1`` read through :func:`upgrade_v1`); ValueError otherwise."""
+        if isinstance(data, Mapping) and data.get("schema") == SWEEP_SCHEMA_V1:
+            data = upgrade_v1(data)
         if not isinstance(data, Mapping) or data.get("schema") != SWEEP_SCHEMA:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"schema {got!r}, expected {SWEEP_SCHEMA!r}")
+            raise ValueError(f"schema {got!r}, expected {SWEEP_SCHEMA!r} (or {SWEEP_SCHEMA_V1!r})")
         try:  # typed: a field of the wrong type is a one-line error naming it, not a failure later in a report
             return msgspec.convert(data, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise ValueError(str(exc)) from None
+
+
+def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``dpprof.sweep/1`` document as ``/2``: each point's ``categories_us`` keys renamed (:data:`RENAMED_FROM_V1`);
+    what is not a mapping is left for the typed conversion to name."""
+    out = {**data, "schema": SWEEP_SCHEMA}
+    points = data.get("points")
+    if isinstance(points, list):
+        out["points"] = [{**p, "categories_us": {RENAMED_FROM_V1.get(str(k), k): v
+                                                 for k, v in p["categories_us"].items()}}
+                         if isinstance(p, Mapping) and isinstance(p.get("categories_us"), Mapping) else p
+                         for p in points]
+    return out
 
 
 SWEEP_FILE = "sweep.json"

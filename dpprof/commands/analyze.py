@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from dpprof.analyze.run import load_run
     from dpprof.errors import DpprofError
     from dpprof.fileio import is_stdout, output_target
-    from dpprof.report.console import render
+    from dpprof.report.console import render, warning_lines
     from dpprof.rundir import ANALYSIS, write_json
     from dpprof.term import echo
 
@@ -67,12 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
         merged = merge_run(run_.run_dir, args.max_inflate)
     console_file = sys.stderr if to_stdout else None  # --json -: the JSON owns stdout, the table goes to stderr
-    if args.quiet:
-        for w in analysis.warnings:
-            who = f"rank {w.rank}: " if w.rank is not None else ""
-            echo(f"warning [{w.code}] {who}{w.message}", err=True)
+    if args.quiet:  # warnings, and the notes met reading the run's other files (steps, NVML), still print
+        for line in warning_lines(analysis, run_.notes):
+            echo(line, err=True)
     else:
-        render(analysis, file=console_file)
+        render(analysis, file=console_file, notes=run_.notes)
     if out is not None and not args.no_json and not to_stdout:
         echo(f"analysis written to {out}", err=to_stdout)
     for path in merged:

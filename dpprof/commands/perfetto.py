@@ -1,7 +1,12 @@
-"""``dpprof perfetto RUN_DIR|TRACE... [--ranks L] [--steps L] [--no-host-ops] [--no-kernels] [--open]``.
+"""``dpprof perfetto RUN_DIR|TRACE... [--ranks L] [--steps L] [--no-host-ops] [--no-kernels] [--open] [--out FILE|-]``.
 
 Thin: parse, call ``dpprof.perfetto.merge.merge``, print what was written, and with ``--open`` serve it to
 ui.perfetto.dev (``dpprof.perfetto.serve``). The port is taken before merging, so a busy port is said at once.
+Everything printed goes through ``dpprof.term`` (names and warnings come from the run's files).
+
+``--out -`` writes the merged trace to standard output as plain JSON (not gzipped: pipe it through ``gzip`` when
+wanted; Perfetto and trace_processor read either), and the summary to stderr. It is refused when standard output
+is a terminal (megabytes of JSON are of no use there) and with ``--open`` (there is no file to serve).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ HELP = "write one Perfetto timeline of every rank (clocks aligned, NVML counters
 
 
 def prepare_parser(p: argparse.ArgumentParser) -> None:
+    from dpprof.commands.options import add_read_options
+
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|TRACE", help="a run directory, a folder of traces, "
                    "or trace files (*.json, *.json.gz), one per rank")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="the trace to write, *.json.gz or "
-                   "*.json (default: RUN/perfetto/all_ranks.json.gz, named after the selection)")
+                   "*.json (default: RUN/perfetto/all_ranks.json.gz, named after the selection); - for standard output (plain "
+                   "JSON, the summary then goes to stderr)")
     p.add_argument("--ranks", metavar="LIST", help="only these ranks, e.g. 0,3,7 or 0-3 (all are analysed)")
     p.add_argument("--steps", metavar="LIST", help="only these profiled steps, e.g. 3-5")
     p.add_argument("--no-host-ops", action="store_true", help="leave out CPU ops, runtime calls and Python "
@@ -33,16 +41,24 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-serving", action="store_true", help="with --open: serve until Ctrl-C, not only once")
     p.add_argument("--no-browser", action="store_true", help="with --open: print the link, do not open a browser")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="analysis worker processes")
+    add_read_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from dpprof.errors import DpprofError
+    from dpprof.fileio import is_stdout
     from dpprof.perfetto.layout import PERFETTO_DIR, Selection, parse_numbers
 
     if not args.open and (args.port is not None or args.keep_serving or args.no_browser):
         raise DpprofError("--port, --keep-serving and --no-browser go with --open")
     if args.jobs is not None and args.jobs < 1:
         raise DpprofError("--jobs must be at least 1")
+    to_stdout = args.out is not None and is_stdout(args.out)
+    if to_stdout and args.open:
+        raise DpprofError("--out - writes the trace to standard output: there is no file for --open to serve")
+    if to_stdout and sys.stdout.isatty():
+        raise DpprofError("--out -: standard output is a terminal; pipe it (e.g. | gzip > all_ranks.json.gz) or "
+                          "give a file")
     selection = Selection(ranks=parse_numbers(args.ranks, "ranks") if args.ranks is not None else None,
                           steps=parse_numbers(args.steps, "steps") if args.steps is not None else None,
                           host_ops=not args.no_host_ops, kernels=not args.no_kernels)
@@ -60,42 +76,57 @@ def run(args: argparse.Namespace) -> int:
         port = DEFAULT_PORT if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise DpprofError(f"--port {port}: not a TCP port")
-        server = TraceServer(port, log=lambda line: print(line, flush=True))
+        server = TraceServer(port, log=_say)
     try:
         from dpprof.perfetto.merge import merge
 
         if again:
             output = given
         else:
-            result = merge(args.inputs, out=args.out, selection=selection, jobs=args.jobs)
-            report(result)
+            result = merge(args.inputs, out=args.out, selection=selection, jobs=args.jobs,
+                           max_inflate=args.max_inflate)
+            report(result, err=to_stdout)
             output = result.output
         if server is not None:
             from dpprof.perfetto.serve import open_in_ui
 
             open_in_ui(server, output, open_browser=not args.no_browser, keep_serving=args.keep_serving,
-                       say=lambda line: print(line, flush=True))
+                       say=_say)
     finally:
         if server is not None:
             server.server_close()
     return 0
 
 
-def report(result: MergeResult) -> None:
-    """What was written: where, how big, which events, each rank's clock; a warning when it is too big."""
+def _say(line: str) -> None:
+    """A line of the server's (the request line holds what a client sent): cleaned, and shown at once."""
+    from dpprof.term import echo
+
+    echo(line)
+    sys.stdout.flush()
+
+
+def report(result: MergeResult, err: bool = False) -> None:
+    """What was written: where, how big, which events, each rank's clock; a warning when it is too big. ``err``:
+    the summary goes to stderr (the trace owns stdout). Every line is cleaned (``dpprof.term``): paths, notes and
+    NVML warnings come from the run's files."""
+    from dpprof.fileio import is_stdout
     from dpprof.perfetto.layout import WARN_JSON_BYTES
+    from dpprof.term import echo
 
     c = result.counts
     kinds = ", ".join(f"{label} {c.get(key, 0):,}" for key, label in (
         ("host", "host"), ("gpu", "GPU"), ("flow", "flows"), ("attribution", "attribution"), ("nvml", "NVML"),
         ("other", "other"), ("metadata", "names")))
-    print(f"wrote {result.output}: {len(result.ranks)} rank(s), {result.gpus} GPU(s); {sum(c.values()):,} events "
-          f"({kinds}); {result.file_bytes / 1e6:,.1f} MB, {result.json_bytes / 1e6:,.1f} MB of JSON")
+    where = "standard output" if is_stdout(result.output) else result.output
+    size = "" if is_stdout(result.output) else f"{result.file_bytes / 1e6:,.1f} MB, "
+    echo(f"wrote {where}: {len(result.ranks)} rank(s), {result.gpus} GPU(s); {sum(c.values()):,} events "
+         f"({kinds}); {size}{result.json_bytes / 1e6:,.1f} MB of JSON", err=err)
     for line in result.clocks:
-        print(f"  clock: {line}")
+        echo(f"  clock: {line}", err=err)
     for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+        echo(f"note: {note}", err=True)
     if result.too_big:
-        print(f"warning: {result.json_bytes / 1e6:,.0f} MB of JSON: Perfetto's in-browser JSON importer gets slow and "
-              f"may run out of memory past a few hundred MB (this warning starts at {WARN_JSON_BYTES / 1e6:,.0f} "
-              "MB); keep it smaller with --ranks, --steps, --no-host-ops or --no-kernels", file=sys.stderr)
+        echo(f"warning: {result.json_bytes / 1e6:,.0f} MB of JSON: Perfetto's in-browser JSON importer gets slow and "
+             f"may run out of memory past a few hundred MB (this warning starts at {WARN_JSON_BYTES / 1e6:,.0f} "
+             "MB); keep it smaller with --ranks, --steps, --no-host-ops or --no-kernels", err=True)

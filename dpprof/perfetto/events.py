@@ -78,8 +78,10 @@ def decode_pairs(buf: bytes | memoryview) -> tuple[list[Scanned], list[msgspec.R
         return None
 
 
-def chunks(path: Path, whole: bool, decode: Callable[[bytes | memoryview], list[Any]]) -> Iterator[list[Any]]:
-    """The file's ``traceEvents`` a chunk at a time, each decoded by ``decode``.
+def chunks(path: Path, whole: bool, decode: Callable[[bytes | memoryview], list[Any]],
+           max_inflate: int | None = None) -> Iterator[list[Any]]:
+    """The file's ``traceEvents`` a chunk at a time, each decoded by ``decode``; a gzip file inflates at most to
+    ``dpprof.trace.inflate.inflate_limit`` (``max_inflate``: ``--max-inflate``), as the analysis reads it.
 
     ``whole=False``: streamed; raises ``Unsplittable`` when the file cannot be (nothing yielded is wrong, but
     the caller must start again with ``whole=True``). ``whole=True``: read at once (a ``TraceError`` when it is
@@ -87,7 +89,7 @@ def chunks(path: Path, whole: bool, decode: Callable[[bytes | memoryview], list[
     """
     if not whole:
         try:
-            for last, buf in D.split_stream(path):
+            for last, buf in D.split_stream(path, max_inflate):
                 if last:
                     doc = decode_generic(buf)
                     events = doc.get("traceEvents") if isinstance(doc, dict) else None
@@ -100,7 +102,7 @@ def chunks(path: Path, whole: bool, decode: Callable[[bytes | memoryview], list[
             raise Unsplittable from None
         return
     try:
-        data = decode_generic(D.read_bytes(path))
+        data = decode_generic(D.read_bytes(path, max_inflate))
     except msgspec.DecodeError:
         raise TraceError(f"{path}: not valid JSON (truncated or corrupt file)") from None
     events = data if isinstance(data, list) else data.get("traceEvents") if isinstance(data, dict) else None

@@ -29,7 +29,7 @@ from dpprof.analyze.model import Analysis, RankInfo
 from dpprof.analyze.run import Run, load_run
 from dpprof.analyze.segments import Segments
 from dpprof.errors import DpprofError
-from dpprof.fileio import atomic_open
+from dpprof.fileio import atomic_open, is_stdout, output_target
 from dpprof.perfetto import layout, tracks
 from dpprof.perfetto.layout import Selection
 from dpprof.perfetto.rewrite import RankPlan, rewrite, to_ns
@@ -85,9 +85,9 @@ class _Sink:
 
 
 @contextlib.contextmanager
-def _open(out: Path) -> Iterator[IO[bytes]]:
-    with atomic_open(out, "wb", compress=False) as raw:
-        if not out.name.endswith(".gz"):
+def _open(out: Path, within: Path | None) -> Iterator[IO[bytes]]:
+    with atomic_open(out, "wb", compress=False, within=within) as raw:
+        if is_stdout(out) or not out.name.endswith(".gz"):  # standard output: the JSON as it is
             yield raw
             return
         try:
@@ -134,16 +134,29 @@ class _Context:
     nvml: NvmlData
     node_of: Callable[[int | None], str | None] | None
     notes: list[str]
+    max_inflate: int | None = None
 
 
-def merge(paths: Sequence[str | Path], *, out: Path | None = None,
-          selection: Selection | None = None, jobs: int | None = None) -> MergeResult:
-    """Write the merged trace of a run directory or trace files (module docstring); DpprofError on bad input."""
+def merge(paths: Sequence[str | Path], *, out: Path | None = None, selection: Selection | None = None,
+          jobs: int | None = None, max_inflate: int | None = None) -> MergeResult:
+    """Write the merged trace of a run directory or trace files (module docstring); DpprofError on bad input.
+
+    ``out``: the file to write (``-``: the JSON, uncompressed, to standard output); default
+    ``RUN/perfetto/<selection>.json.gz``, written inside the run without following a link out of it (a
+    ``perfetto/`` that links elsewhere is refused). ``max_inflate``: most bytes a gzip trace may inflate to.
+    """
     selection = selection or Selection()
     inputs = resolve_inputs(paths)
-    target = Path(out) if out is not None else layout.default_output(inputs.run_dir, inputs.traces, selection)
-    layout.check_output(target, inputs.run_dir, inputs.traces)
-    run = load_run(paths, jobs=jobs, segments=True)
+    within: Path | None = None
+    if out is None:
+        target = layout.default_output(inputs.run_dir, inputs.traces, selection)
+        within = target.parent.parent  # the run directory (or the traces' folder): perfetto/ is made inside it
+    else:
+        target = Path(out)
+    if not is_stdout(target):
+        layout.check_output(target, inputs.run_dir, inputs.traces)
+        output_target(target, within)  # a link out of the run, a device, a FIFO or an input: refused before the work
+    run = load_run(paths, jobs=jobs, segments=True, max_inflate=max_inflate)
     analysis, segments = run.analysis, run.segments or {}
     chosen = _select(analysis, selection)
     _check_steps(analysis, selection)
@@ -155,11 +168,12 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
                    base_ref=next(r.base_time_ns or 0 for r in analysis.ranks if r.rank == ref),
                    origin_ns=_origin(analysis, ref),
                    stride=10 ** len(str(max(len(analysis.ranks) - 1, 0))), nvml=nvml, node_of=node_of,
-                   notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [])
+                   notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [],
+                   max_inflate=max_inflate)
     ctx.notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
     info: list[dict[str, Any]] = []
     clocks = [] if ref in {r.rank for r in chosen} else [f"rank {ref} (not written): the reference clock"]
-    with _open(target) as fh:
+    with _open(target, within) as fh:
         sink = _Sink(fh)
         sink.write(b'{"traceEvents": [\n')
         for index, rinfo in enumerate(chosen):
@@ -169,7 +183,8 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
         sink.write(msgspec.json.encode(_metadata(ctx, info)) + b"}\n")
     return MergeResult(output=target, ranks=tuple(r.rank for r in chosen),
                        gpus=sum(len(x["gpu_pids"]) for x in info), json_bytes=sink.json_bytes,
-                       file_bytes=target.stat().st_size, counts=dict(sink.counts), clocks=tuple(clocks),
+                       file_bytes=sink.json_bytes if is_stdout(target) else target.stat().st_size,
+                       counts=dict(sink.counts), clocks=tuple(clocks),
                        notes=tuple(ctx.notes))
 
 
@@ -184,8 +199,8 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     plan = RankPlan(rank=r, index=index, path=Path(rinfo.path), shift_ns=move,
                     ns_trace=any(w.code == "ns_timestamps" and w.rank == r for w in ctx.analysis.warnings),
                     id_slot=[x.rank for x in ctx.analysis.ranks].index(r), id_stride=ctx.stride,
-                    flt=Filter(sel.host_ops, sel.kernels, windows))
-    sc = scan(plan.path, plan.flt)
+                    flt=Filter(sel.host_ops, sel.kernels, windows), max_inflate=ctx.max_inflate)
+    sc = scan(plan.path, plan.flt, plan.max_inflate)
     if sc.unknown_devices:
         shown = ", ".join(map(str, sc.unknown_devices[:3])) + (" ..." if len(sc.unknown_devices) > 3 else "")
         ctx.notes.append(f"rank {r}: GPU activities on device id(s) {shown} left out (no device has such an id; "

@@ -39,6 +39,7 @@ class RankPlan:
     id_slot: int  # position among every analysed rank: its ids
     id_stride: int  # a power of ten above the number of analysed ranks
     flt: Filter = Filter()
+    max_inflate: int | None = None  # --max-inflate: most bytes a gzip trace may inflate to
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def rewrite(plan: RankPlan, sc: Scan, emit: Callable[[list[bytes]], None]) -> Re
     out = Rewritten(threads=thread_map(plan.index, sc))
     decode = _selecting(plan, sc, out) if plan.flt.active else decode_generic
     try:
-        for events in chunks(plan.path, sc.whole, decode):
+        for events in chunks(plan.path, sc.whole, decode, max_inflate=plan.max_inflate):
             emit(_chunk(events, plan, sc, out))
     except Unsplittable:  # the first pass read it streamed: the file changed in between
         raise TraceError(f"{plan.path}: changed while it was being merged") from None

@@ -114,12 +114,13 @@ class Scan:
         return sorted({int(p) for (p, _), g in self.threads.items() if g})
 
 
-def scan(path: Path, flt: Filter) -> Scan:
-    """Read ``path`` once (streamed, else whole) and return its threads, span and the flows ``flt`` cuts."""
+def scan(path: Path, flt: Filter, max_inflate: int | None = None) -> Scan:
+    """Read ``path`` once (streamed, else whole) and return its threads, span and the flows ``flt`` cuts
+    (``max_inflate``: ``--max-inflate``)."""
     try:
-        return _scan(path, flt, whole=False)
+        return _scan(path, flt, whole=False, max_inflate=max_inflate)
     except Unsplittable:
-        return _scan(path, flt, whole=True)
+        return _scan(path, flt, whole=True, max_inflate=max_inflate)
 
 
 def thread_key(pid: Any, tid: Any) -> tuple[Any, Any]:
@@ -144,7 +145,7 @@ def _finite(values: list[Any]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
+def _scan(path: Path, flt: Filter, whole: bool, max_inflate: int | None) -> Scan:
     out = Scan(whole=whole, threads={})
     threads = out.threads
     first, last = float("inf"), float("-inf")
@@ -152,7 +153,7 @@ def _scan(path: Path, flt: Filter, whole: bool) -> Scan:
     alias: dict[tuple[Any, Any], tuple[Any, Any]] = {}  # (pid, tid) as written -> thread_key
     counters: set[tuple[Any, Any]] = set()  # threads with counter events
     cut: set[tuple[Any, Any, Any]] = set()
-    for events in chunks(path, whole, decode_scanned):
+    for events in chunks(path, whole, decode_scanned, max_inflate=max_inflate):
         out.events += len(events)
         real = [e for e in events if e.ph != "M"]
         try:

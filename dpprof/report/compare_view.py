@@ -18,7 +18,7 @@ from dpprof.manifest import EMPTY
 from dpprof.report import fmt, run_context
 from dpprof.report.plots import category_bars, device_label, mean_step_categories
 from dpprof.report.svg import FIG_W, SERIES_COLORS, Plot, absent, figure, to_svg
-from dpprof.vocabulary import DP_MODES, strategy_title
+from dpprof.vocabulary import DP_MODES, DP_PHASES, strategy_title
 
 
 def _step_ms(run: Run) -> tuple[float | None, str]:
@@ -74,6 +74,27 @@ def _ratio_sentence(a_ms: float | None, b_ms: float | None, labels: tuple[str, s
     fast, slow = (labels[0], labels[1]) if a_ms < b_ms else (labels[1], labels[0])
     return f"{fast}'s median step is {max(a_ms, b_ms) / min(a_ms, b_ms):.2f}× shorter than {slow}'s " \
            f"({min(a_ms, b_ms):.2f} ms vs {max(a_ms, b_ms):.2f} ms)."
+
+
+def _mean_of(run: Run, ref: Any, field: str) -> dict[str, float]:
+    """Mean over the reference row's profiled steps of a per-step mapping (``comm_by_kind_us``, ``dp_host_us``)."""
+    if ref is None:
+        return {}
+    steps = [s for s in run.analysis.steps if (s.rank, s.device) == (ref.rank, ref.device)]
+    keys = sorted({k for s in steps for k in getattr(s, field)})
+    return {k: sum(getattr(s, field).get(k, 0.0) for s in steps) / len(steps) for k in keys}
+
+
+def detail_rows(a: Run, b: Run, refs: list[Any]) -> list[list[str]]:
+    """Rows beside the categories: exposed communication by collective kind (parts of ``comm``) and the host
+    time of each DP phase (``dp_host_us``, not a category), mean per step on each run's reference row, ms."""
+    rows = []
+    for field, label in (("comm_by_kind_us", "comm: {}"), ("dp_host_us", "host in {}")):
+        va, vb = _mean_of(a, refs[0], field), _mean_of(b, refs[1], field)
+        keys = [k for k in DP_PHASES if k in va or k in vb] if field == "dp_host_us" else sorted(set(va) | set(vb))
+        rows += [[label.format(k), fmt.ms(va.get(k)), fmt.ms(vb.get(k)),
+                  fmt.ms(vb.get(k, 0.0) - va.get(k, 0.0))] for k in keys]
+    return rows
 
 
 def compare_context(a: Run, b: Run, out: Path | None = None) -> dict[str, Any]:
@@ -135,6 +156,7 @@ def compare_context(a: Run, b: Run, out: Path | None = None) -> dict[str, Any]:
         "runs": runs,
         "headline": _ratio_sentence(meds[0], meds[1], labels),
         "categories": cat_rows,
+        "details": detail_rows(a, b, refs),
         "reference": "; ".join(where),
         "verdicts": verdicts,
         "plots": {p.key: p for p in charts},

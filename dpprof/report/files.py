@@ -66,15 +66,18 @@ def write_compare(a: str | Path, b: str | Path, out: Path | None = None, max_inf
 def report_after_run(run_dir: Path, prog: str, stream: IO[str] | None = None) -> int:
     """Write the HTML report of a run that has just ended (``profile --report``, ``run --report``); 0, or 1 when
     it failed (the run itself stays on disk). ``prog`` names the command in messages; the report's path goes to
-    ``stream`` (default stdout)."""
+    ``stream`` (default stdout). Every line is cleaned (``dpprof.term.clean``): the run's name and the error come
+    from files and the command line, and may hold control characters."""
+    from dpprof.term import clean
+
     try:
         path = report_run(run_dir)
     except DpprofError as exc:
-        print(f"{prog}: report failed: {exc} (the run itself is on disk: {run_dir})", file=sys.stderr)
+        print(clean(f"{prog}: report failed: {exc} (the run itself is on disk: {run_dir})"), file=sys.stderr)
         return 1
     except Exception as exc:  # the run is safe on disk; a report bug must not hide that
-        print(f"{prog}: report failed: {type(exc).__name__}: {exc} (the run itself is on disk: "
-              f"{run_dir}; set DPPROF_DEBUG=1 and run `dpprof report {run_dir}` for details)", file=sys.stderr)
+        print(clean(f"{prog}: report failed: {type(exc).__name__}: {exc} (the run itself is on disk: "
+                    f"{run_dir}; set DPPROF_DEBUG=1 and run `dpprof report {run_dir}` for details)"), file=sys.stderr)
         return 1
-    print(f"report: {path}", file=stream if stream is not None else sys.stdout)
+    print(clean(f"report: {path}"), file=stream if stream is not None else sys.stdout)
     return 0

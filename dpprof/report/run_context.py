@@ -127,31 +127,39 @@ def diagnosis_view(diag: Diagnosis | None) -> dict[str, Any] | None:
 
 
 def step_table(analysis: Analysis) -> dict[str, Any]:
-    """Per profiled step and device: duration, exclusive categories (ms), DP phase GPU work (µs)."""
+    """Per profiled step and device: duration, exclusive categories (ms), then what lies beside them: the ``comm``
+    category by collective kind (ms), DP phase GPU work and DP phase host time (µs), each only when some row has
+    it."""
     steps = sorted(analysis.steps, key=lambda s: (s.rank, s.device, s.step))
     multi = len({s.rank for s in steps}) > 1
     always = {"compute", "idle"} | (set(DP_PHASES) if analysis.strategy == "dp" else set())
     cats = [c for c in CATEGORIES if c in always or any(s.categories_us.get(c, 0.0) > 0 for s in steps)]
+    kinds = sorted({k for s in steps for k, v in s.comm_by_kind_us.items() if v > 0})
     phase_cols = [p for p in DP_PHASES if any(p in s.dp_phase_gpu_us for s in steps)] \
         if analysis.strategy == "dp" else []
+    host_cols = [p for p in DP_PHASES if any(p in s.dp_host_us for s in steps)]
     has_gpu0 = any(s.gpu0_only_us is not None for s in steps)
     has_overlap = any(s.comm_overlapped_us > 0 for s in steps)
     rows = []
     for s in steps[:MAX_STEP_ROWS]:
         cells = [fmt.ms(s.duration_us)] + [fmt.ms(s.categories_us.get(c, 0.0)) for c in cats]
         cells.append(fmt.ms(s.busy_us) if s.device >= 0 else "–")  # a host row has no GPU
+        cells += [fmt.ms(s.comm_by_kind_us.get(k, 0.0)) for k in kinds]
         cells += [fmt.num(s.dp_phase_gpu_us.get(p), 4) if p in s.dp_phase_gpu_us else "–" for p in phase_cols]
+        cells += [fmt.num(s.dp_host_us.get(p), 4) if p in s.dp_host_us else "–" for p in host_cols]
         if has_gpu0:
             cells.append(fmt.ms(s.gpu0_only_us))
         if has_overlap:
             cells.append(fmt.ms(s.comm_overlapped_us))
         rows.append({"label": f"{device_label(s.rank, s.device, multi)} · step {s.step}", "cells": cells})
     columns = ["step"] + list(cats) + ["GPU busy"]
+    columns += [f"comm: {k}" for k in kinds]
     columns += [f"GPU in {p} (µs)" for p in phase_cols]
+    columns += [f"host in {p} (µs)" for p in host_cols]
     columns += ["GPU0-only"] if has_gpu0 else []
     columns += ["comm. overlapped"] if has_overlap else []
     more = len(steps) - MAX_STEP_ROWS
-    return {"columns": columns, "rows": rows, "categories": cats,
+    return {"columns": columns, "rows": rows, "categories": cats, "comm_kinds": kinds, "dp_host": host_cols,
             "note": f"{more} more rows not shown" if more > 0 else ""}
 
 

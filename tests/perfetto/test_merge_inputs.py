@@ -170,10 +170,10 @@ def test_streamed_one_rank_at_a_time(gloo: Path, tmp_path: Path, monkeypatch: py
     order: list[str] = []
 
     def recording(real: Any) -> Any:
-        def wrapper(path: Path, whole: bool, decode_fn: Any) -> Any:
+        def wrapper(path: Path, whole: bool, decode_fn: Any, **kw: Any) -> Any:
             order.append(Path(path).name)
             assert not whole
-            return real(path, whole, decode_fn)
+            return real(path, whole, decode_fn, **kw)
         return wrapper
 
     def no_whole_read(path: Path) -> bytes:

@@ -89,6 +89,18 @@ def test_nvml_warnings_and_markup_on_a_terminal(tmp_path: Path) -> None:
     assert rc == 0 and b"[/red][bold]nccl[/][link=file:///etc/passwd]x" in out, out
 
 
+def test_perfetto_prints_the_runs_strings_escaped(tmp_path: Path) -> None:
+    """perfetto repeats the NVML file's warnings (an ``ESC ] 0 ; pwned BEL`` among them) and the paths it wrote."""
+    run = tmp_path / "run"
+    shutil.copytree(case_dir("sidecars_wrong_types", tmp_path), run)
+    rc, out = on_pty("perfetto", str(run))
+    assert rc == 0, out
+    assert_no_raw_controls(out)
+    assert rb"\x1b]0;pwned\x07" in out and b"wrote " in out
+    rc, out = on_pty("perfetto", str(run), "--out", "-")  # megabytes of JSON onto a terminal: refused
+    assert rc == 2 and b"standard output is a terminal" in out, out
+
+
 def test_clean() -> None:
     assert clean("a\x1b[2Jb") == "a\\x1b[2Jb"
     assert clean("line\nfake\r") == "line\\nfake\\r"

@@ -94,3 +94,25 @@ def test_compare_dp_vs_ddp(h200: dict[str, Path], tmp_path: Path, monkeypatch: p
     assert html.count('class="verdict ') == 6  # both runs' three hypotheses
     assert html.count("<svg ") == 2
     assert "<td>dp_broadcast</td>" in html
+
+
+def test_report_after_run_prints_names_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's name reaches the terminal from the command line and the run directory: control characters shown
+    escaped, on the failure line and on the success line."""
+    run = tmp_path / "r\x1b]0;pwned\x07\nforged"
+    assert files.report_after_run(run, "dpprof profile") == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and err.count("\n") == 1
+    assert "r\\x1b]0;pwned\\x07\\nforged" in err
+
+    def crash(_run: Path) -> Path:
+        raise RuntimeError("bug \x1b[2J")
+
+    monkeypatch.setattr(files, "report_run", crash)
+    assert files.report_after_run(run, "dpprof run") == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "RuntimeError: bug \\x1b[2J" in err
+    monkeypatch.setattr(files, "report_run", lambda _run: tmp_path / "reports" / "x\x1b[2J.html")
+    assert files.report_after_run(run, "dpprof run") == 0
+    assert capsys.readouterr().out.endswith("x\\x1b[2J.html\n")

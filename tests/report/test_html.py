@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
+from dpprof.analyze.model import Analysis
 from dpprof.analyze.run import Run
 from dpprof.report.html import render_run
 from tests.report.synthetic import dp_two_gpu
@@ -79,3 +81,44 @@ def test_ddp_report_draws_the_overlap_chart(ddp_gloo_run: Run, tmp_path: Path) -
     fig = html.split('id="fig-ddp-overlap"', 1)[1].split("</figure>", 1)[0]
     assert "<svg " in fig, fig[:300]
     assert "rank 1" in html
+
+
+def _with_comm_and_dp_host(a: Analysis) -> Analysis:
+    """The synthetic DP analysis with schema /2's per-step fields filled: comm by kind and DP host time."""
+    steps = tuple(replace(s, comm_by_kind_us={"all_reduce": 250.0, "broadcast": 125.0} if s.device == 0 else {},
+                          dp_host_us={"dp_scatter": 410.0, "dp_gather": 77.5}) for s in a.steps)
+    return replace(a, steps=steps)
+
+
+def test_step_table_shows_comm_by_kind_and_dp_host_time(tmp_path: Path) -> None:
+    html = render_run(Run.of(_with_comm_and_dp_host(dp_two_gpu()), traces=[TRACE]), out=tmp_path / "r.html")
+    head = re.search(r"<th>device · step</th>(.*?)</tr>", html, re.S)
+    assert head
+    cols = re.findall(r'<th class="num">([^<]*)</th>', head.group(1))
+    row = re.search(r"<td>GPU0 · step 3</td>(.*?)</tr>", html, re.S)
+    assert row
+    cells = dict(zip(cols, re.findall(r'class="num">([^<]*)<', row.group(1)), strict=True))
+    assert cells["comm: all_reduce"] == "0.25" and cells["comm: broadcast"] == "0.12"
+    assert cells["host in dp_scatter (µs)"] == "410.0" and cells["host in dp_gather (µs)"] == "77.50"
+    assert "host in dp_broadcast (µs)" not in cols  # only the phases some row has
+    gpu1 = re.search(r"<td>GPU1 · step 3</td>(.*?)</tr>", html, re.S)
+    assert gpu1 and dict(zip(cols, re.findall(r'class="num">([^<]*)<', gpu1.group(1)), strict=True))[
+        "comm: all_reduce"] == "0.00"
+    plain = render_run(Run.of(dp_two_gpu(), traces=[TRACE]), out=tmp_path / "r.html")
+    assert "comm: all_reduce" not in plain and "host in dp_" not in plain  # none when no row has them
+
+
+def test_compare_page_has_a_row_for_each_comm_kind_and_dp_host_phase(tmp_path: Path) -> None:
+    from dpprof.report.html import render_compare
+
+    a = Run.of(dp_two_gpu(), traces=[TRACE], name="a")
+    b = Run.of(_with_comm_and_dp_host(dp_two_gpu()), traces=[TRACE], name="b")
+    html = render_compare(a, b, out=tmp_path / "c.html")
+    rows = {m[0]: m[1:] for m in re.findall(
+        r'<tr><td>([^<]*)</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td>',
+        html)}
+    assert rows["comm: all_reduce"] == ("–", "0.25", "0.25")  # A has none; Δ = B − A
+    assert rows["comm: broadcast"] == ("–", "0.12", "0.12")
+    assert rows["host in dp_scatter"] == ("–", "0.41", "0.41") and "host in dp_gather" in rows
+    assert "host in dp_reduce" not in rows
+    assert "<script" not in html.lower()
