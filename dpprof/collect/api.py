@@ -34,12 +34,19 @@ class Session:
     def __init__(self, inner: Any, forward_steps: bool = True) -> None:
         self._inner = inner
         self._forward = forward_steps
+        self._ignored = False
         self.run_dir: Path = inner.run_dir
 
     def step(self) -> None:
-        """The current training step has ended (call it after ``optimizer.step()``)."""
+        """The current training step has ended (call it after ``optimizer.step()``). Counted only when
+        the session's steps are manual (``step_on="manual"``): with another step source, that source
+        ends the steps and a call here is ignored (said once), so no step is counted twice."""
         if self._forward:
             self._inner.step()
+        elif not self._ignored:
+            self._ignored = True
+            self._inner.say(f"s.step() ignored: steps end on {self._inner.step_on.describe()} "
+                            "(only step_on=\"manual\", or dpprof run --step-on manual, counts s.step())")
 
     @property
     def steps(self) -> int:
@@ -61,11 +68,17 @@ def session(out: str | os.PathLike[str] = "traces", *, run_name: str | None = No
     ``failed`` (``incomplete`` for Ctrl-C) and goes on; the files are complete on disk either way.
     """
     from dpprof.collect.config import validate_profiler
-    from dpprof.collect.outputs import fresh_run_dir, make_run_dir
-    from dpprof.collect.run_config import ScriptRunConfig, default_run_name, shared_run_name, under_torchrun
+    from dpprof.collect.outputs import fresh_run_dir
+    from dpprof.collect.run_config import (
+        ScriptRunConfig,
+        default_run_name,
+        shared_run_name,
+        torchrun_record,
+        under_torchrun,
+    )
     from dpprof.collect.script_runner import Outcome, last_line
     from dpprof.collect.script_session import ACTIVE, RunSession
-    from dpprof.collect.stepping import parse_step_on
+    from dpprof.collect.stepping import find_function, parse_step_on
 
     if ACTIVE:  # inside dpprof run, or a session already open: that one records
         outer = ACTIVE[-1]
@@ -79,22 +92,23 @@ def session(out: str | os.PathLike[str] = "traces", *, run_name: str | None = No
                           profile_active=profile_active, profile_all_threads=all_threads,
                           record_shapes=record_shapes, with_stack=with_stack, nvml_period_ms=nvml_period_ms)
     validate_profiler(cfg)
-    parse_step_on(step_on)
+    steps = parse_step_on(step_on)
+    function = find_function(steps, main) if steps.kind == "function" else None  # before any directory
     torchrun = under_torchrun()
     name = run_name or (shared_run_name(target, False) if torchrun else
                         default_run_name(target, False, cfg.created_unix_ns))
-    run_dir = fresh_run_dir(Path(out), name, shared=torchrun, explicit=bool(run_name))
+    # absolute (the script may chdir); the ranks of one torchrun launch create-or-join one directory
+    run_dir = fresh_run_dir(Path(out), name, explicit=bool(run_name), join=torchrun_record() if torchrun else None)
     cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name
-    make_run_dir(run_dir)
-    inner = RunSession(cfg)
+    inner = RunSession(cfg, None, steps, function)
     try:
-        inner.start(main)
+        inner.start()
     except BaseException as exc:
         inner.finish(Outcome("failed", 1, last_line(exc)))
         raise
     outcome = Outcome("complete", 0)
     try:
-        yield Session(inner)
+        yield Session(inner, forward_steps=steps.kind == "manual")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         outcome = Outcome("complete" if code == 0 else "failed", code, None if code == 0 else f"exit code {code}")

@@ -1,10 +1,17 @@
 """What an unchanged script trains, seen from the modules it calls in its first step.
 
 A global forward pre-hook (``torch.nn.modules.module.register_module_forward_pre_hook``: it sees every
-module call, positional inputs only) watches from the session's start to the end of the first step,
-then is removed, so later steps keep PyTorch's hook-free fast path. It notes the first data-parallel
-wrapper called (DP, DDP, FSDP1, or an FSDP2 root: :mod:`dpprof.collect.fsdp_info`), the first module
-with parameters called, and dim 0 of the first tensor each was given: the batch size.
+module call before its forward, positional inputs only) watches from the session's start to the end of
+the first step, then is removed, so later steps keep PyTorch's hook-free fast path. It notes the first
+data-parallel wrapper called (DP, DDP, FSDP1, or an FSDP2 root: :mod:`dpprof.collect.fsdp_info`), the
+first module with parameters called, and dim 0 of the first tensor each was given: the batch size.
+
+A model called with keyword arguments only (``model(**batch)``, ``m(x=...)``) gives a global pre-hook no
+tensor: ``Module._call_impl`` (torch/nn/modules/module.py) passes kwargs only to pre-hooks registered on
+the module itself with ``with_kwargs=True``, never to global ones. Global *forward* hooks do take
+``with_kwargs=True`` (``register_module_forward_hook``, torch >= 2.1): one reads the keyword inputs of
+those first calls whose positional inputs held no tensor, when the call returns. On an older torch the
+batch size of such a model stays unknown, and the run says so.
 """
 
 from __future__ import annotations
@@ -18,16 +25,19 @@ from typing import Any
 from dpprof.collect.fsdp_info import STRATEGY_OF, inner_module, model_name, param_count, wrapper_kind
 from dpprof.vocabulary import dp_mode_of
 
+NOT_CALLED = "no module was called in this process before the first step ended"
+
 
 @dataclass
 class Inference:
-    """What dpprof inferred, each figure with how (``*_from``); None where it could not tell."""
+    """What dpprof inferred, each figure with how (``*_from``); None where it could not tell. ``strategy``
+    is None when no module was called at all: nothing was seen to call it single."""
 
-    strategy: str = "single"
+    strategy: str | None = "single"
     strategy_from: str = "no DataParallel, DistributedDataParallel or FSDP module was called in the first step"
     wrapper_kind: str | None = None
     per_rank_batch: int | None = None
-    batch_from: str = "no module was called with a tensor in the first step"
+    batch_from: str = NOT_CALLED
     device: str | None = None
     device_index: int | None = None
     dp_mode: str | None = None
@@ -48,12 +58,13 @@ class Inference:
         return self.per_rank_batch * (self.world_size if self.strategy in ("ddp", "fsdp") else 1)
 
 
-def first_batch(args: Any) -> int | None:
-    """dim 0 of the first tensor among a call's positional inputs (looking one level into lists,
-    tuples and dicts), or None."""
+def first_batch(args: Any, kwargs: dict[str, Any] | None = None) -> int | None:
+    """dim 0 of the first tensor among a call's positional inputs, then its keyword inputs (looking one
+    level into lists, tuples and dicts), or None."""
     import torch
 
     items = list(args) if isinstance(args, (tuple, list)) else [args]
+    items += list((kwargs or {}).values())
     for item in items:
         inner = list(item.values()) if isinstance(item, dict) else \
             list(item) if isinstance(item, (tuple, list)) else [item]
@@ -79,13 +90,19 @@ class ModelWatch:
     module call (the clock of step 0 starts there)."""
 
     def __init__(self, on_first_call: Callable[[Any], None] | None = None) -> None:
-        from torch.nn.modules.module import register_module_forward_pre_hook
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
         self.on_first_call = on_first_call
         self.wrapper: tuple[str, Any, int | None] | None = None
         self.model: tuple[Any, int | None] | None = None
         self.called = False
-        self._handle: Any = register_module_forward_pre_hook(self._hook)
+        self.sees_kwargs = True
+        self._pending: set[int] = set()  # id() of noted modules whose first call gave no positional tensor
+        self._handles: list[Any] = [register_module_forward_pre_hook(self._hook)]
+        try:
+            self._handles.append(register_module_forward_hook(self._after_call, with_kwargs=True))
+        except TypeError:  # torch < 2.1: no keyword inputs for global hooks
+            self.sees_kwargs = False
 
     def _hook(self, module: Any, args: Any) -> None:
         if not self.called:
@@ -95,20 +112,39 @@ class ModelWatch:
         if self.wrapper is None:
             kind = wrapper_kind(module)
             if kind is not None:
-                self.wrapper = (kind, module, first_batch(args))
+                self.wrapper = (kind, module, self._batch(module, args))
         if self.model is None and _has_params(module):
-            self.model = (module, first_batch(args))
+            self.model = (module, self._batch(module, args))
+
+    def _batch(self, module: Any, args: Any) -> int | None:
+        batch = first_batch(args)
+        if batch is None:
+            self._pending.add(id(module))
+        return batch
+
+    def _after_call(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        """The end of a call: the keyword inputs of a noted module's first call, when its positional ones had
+        no tensor (the first return of that module is the end of its first call)."""
+        if id(module) not in self._pending:
+            return
+        self._pending.discard(id(module))
+        batch = first_batch((), kwargs)
+        if self.wrapper is not None and self.wrapper[1] is module and self.wrapper[2] is None:
+            self.wrapper = (self.wrapper[0], module, batch)
+        if self.model is not None and self.model[0] is module and self.model[1] is None:
+            self.model = (module, batch)
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        while self._handles:
+            self._handles.pop().remove()
 
     def infer(self, batch_size: int | None = None) -> Inference:
         """The inference from what was seen; ``batch_size`` (the global batch given on the command line)
         replaces the batch size seen."""
         inf = Inference()
         _distributed(inf)
+        if not self.called:
+            inf.strategy, inf.strategy_from = None, NOT_CALLED
         model: Any = None
         if self.wrapper is not None:
             kind, wrapper, batch = self.wrapper
@@ -117,7 +153,8 @@ class ModelWatch:
             inf.strategy_from = f"{type(wrapper).__name__} module called in the first step"
             model = inner_module(wrapper)
             inf.per_rank_batch = batch
-            inf.batch_from = f"dim 0 of the first tensor given to {type(wrapper).__name__}"
+            inf.batch_from = f"dim 0 of the first tensor given to {type(wrapper).__name__}" if batch is not None \
+                else self._no_tensor(wrapper)
             if kind == "dp":
                 inf.device_ids = _device_ids(wrapper) or []
                 inf.dp_mode = dp_mode_of(len(inf.device_ids or ()))
@@ -129,7 +166,8 @@ class ModelWatch:
         elif self.model is not None:
             model, batch = self.model
             inf.per_rank_batch = batch
-            inf.batch_from = f"dim 0 of the first tensor given to the first module called ({type(model).__name__})"
+            inf.batch_from = f"dim 0 of the first tensor given to the first module called ({type(model).__name__})" \
+                if batch is not None else self._no_tensor(model)
             inf.model_info = {"name": type(model).__name__, "params": sum(int(p.numel()) for p in model.parameters()),
                               "param_bytes": sum(int(p.numel()) * p.element_size() for p in model.parameters()),
                               "buffers_bytes": _buffer_bytes(model),
@@ -144,6 +182,12 @@ class ModelWatch:
             per_rank = batch_size // inf.world_size if inf.strategy in ("ddp", "fsdp") else batch_size
             inf.per_rank_batch, inf.batch_from = per_rank, "given on the command line (--batch-size, global)"
         return inf
+
+    def _no_tensor(self, module: Any) -> str:
+        inputs = "positional or keyword" if self.sees_kwargs else "positional (this torch hides keyword inputs " \
+            "from global hooks)"
+        return (f"the first call of {type(module).__name__} had no tensor with a batch dimension among its "
+                f"{inputs} inputs, one level into lists, tuples and dicts")
 
 
 def _buffer_bytes(model: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,19 @@ def shared_run_name(target: str, module: bool, env: dict[str, str] | None = None
         raise DpprofError("several nodes under torchrun without --rdzv-id: give dpprof --run-name NAME (the "
                           "same on every node) so that all ranks write one run directory")
     return f"run-{stem}-{utc_stamp(int(_agent_start_s() * 1e9))}"
+
+
+def torchrun_record(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What identifies one launch of the user's torchrun: its run id (``TORCHELASTIC_RUN_ID``: a fresh uuid
+    per ``--standalone`` or single-node launch, the ``--rdzv-id`` otherwise: torch/distributed/run.py,
+    ``run``). A static rendezvous has the id ``none``; on one node its workers share torchrun's agent (their
+    parent), whose identity then tells two launches apart."""
+    e = os.environ if env is None else env
+    run_id = e.get("TORCHELASTIC_RUN_ID", "none") or "none"
+    record: dict[str, Any] = {"torchrun_run_id": run_id}
+    if run_id == "none" and e.get("GROUP_WORLD_SIZE", "1") in ("", "1"):
+        record["torchrun_agent"] = f"{socket.gethostname()}:{os.getppid()}:{_agent_start_s():.3f}"
+    return record
 
 
 def _agent_start_s() -> float:

@@ -10,7 +10,9 @@ The nodes of a multi-node run share one folder on a shared file system, so a nod
 did not create, but only that of its own run: the first node creates the folder already holding
 ``.dpprof-run.json`` (made under a temporary name, then renamed into place, so no node ever sees the folder
 without it), which records the rendezvous (id, endpoint, nodes). A node joins a folder whose record is
-the same rendezvous and whose run is not finished; anything else is refused.
+the same rendezvous and whose run is not finished; anything else is refused. The ranks of a script
+started by the user's own torchrun (``dpprof run`` or ``dpprof.session`` under torchrun) do the same with
+torchrun's run id as the record (:func:`dpprof.collect.run_config.torchrun_record`).
 
 Run names go into a folder name, the manifest, every trace's metadata and the report's file name and
 page: only letters, digits, ``.``, ``_`` and ``-`` are accepted.
@@ -88,7 +90,8 @@ def _create_or_join(path: Path, rendezvous: dict[str, Any]) -> Path:
     record = read_json(path / JOIN_FILE)
     if record != json.loads(json.dumps(rendezvous)):
         raise DpprofError(f"{path} already exists and is not a run of this rendezvous ({_describe(rendezvous)}): "
-                          "a node joins only the run of its own rendezvous id")
+                          "a node or rank joins only the run directory of its own rendezvous or torchrun run id "
+                          "(choose another --run-name)")
     manifest, _ = read_manifest(path)
     status = manifest.status if manifest is not None else None
     if status not in (None, "running"):

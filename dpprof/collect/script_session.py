@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dpprof import __version__
+from dpprof.collect.children import ChildProcesses
 from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.dp_marks import marking_all
 from dpprof.collect.fsdp_info import fsdp_section
@@ -41,7 +42,14 @@ from dpprof.collect.run_manifest import apply_inference, close_run_manifest, sta
 from dpprof.collect.script_runner import Outcome, Script
 from dpprof.collect.script_window import ScriptWindow
 from dpprof.collect.session import finalize, open_nvml
-from dpprof.collect.stepping import BackwardSteps, OptimizerSteps, StepOn, function_steps, parse_step_on
+from dpprof.collect.stepping import (
+    BackwardSteps,
+    FunctionTarget,
+    OptimizerSteps,
+    StepOn,
+    function_steps,
+    parse_step_on,
+)
 from dpprof.collect.train import LoopResult
 from dpprof.rundir import TRACES_DIR
 from dpprof.vocabulary import DP_MODES
@@ -75,10 +83,14 @@ class RunSession:
     """Start with :meth:`start`, end with :meth:`finish`; steps end through the step source, or
     :meth:`step` with ``step_on="manual"``."""
 
-    def __init__(self, cfg: ScriptRunConfig, script: Script | None = None) -> None:
+    def __init__(self, cfg: ScriptRunConfig, script: Script | None = None, step_on: StepOn | None = None,
+                 function: FunctionTarget | None = None) -> None:
         self.cfg = cfg
         self.script = script
-        self.step_on: StepOn = parse_step_on(cfg.step_on)
+        #: ``step_on``: as resolved (a bare function name found nested); ``function``: where
+        #: ``function:MODULE:NAME`` (or the API's NAME in __main__) lives, looked up before the run began
+        self.step_on: StepOn = step_on or parse_step_on(cfg.step_on)
+        self._function = function
         self.ctx = identity_from_env()
         self.run_dir = Path(cfg.run_dir)
         self.warnings: list[str] = []
@@ -92,6 +104,7 @@ class RunSession:
         self.recorder: StepRecorder | None = None
         self.watch: ModelWatch | None = None
         self._bucket_watch: BucketWatch | None = None
+        self._children: ChildProcesses | None = None
         self._nvml_file: str | None = None
         self._t0 = time.perf_counter()
 
@@ -103,10 +116,9 @@ class RunSession:
             self.warnings.append(message)
 
     # --- start --------------------------------------------------------------------------------------
-    def start(self, main: Any | None = None) -> None:
-        """Everything before the script's first line. ``main``: the ``__main__`` module the script
-        runs in (where ``function:NAME`` steps are looked up by the Python API). Each piece is undone
-        by :meth:`finish`, in reverse order, however far this got."""
+    def start(self) -> None:
+        """Everything before the script's first line. Each piece is undone by :meth:`finish`, in
+        reverse order, however far this got."""
         from dpprof.collect.launch import KINETO_QUIET
 
         ACTIVE.append(self)
@@ -131,7 +143,8 @@ class RunSession:
         self._stack.callback(self.watch.stop)
         self._stack.enter_context(marking_all())
         self._stack.callback(self._patches.restore)
-        self._install_step_source(main)
+        self._children = ChildProcesses(self._patches)
+        self._install_step_source()
         self.window.begin()
         self.recorder.start()
 
@@ -154,16 +167,16 @@ class RunSession:
         self.warnings.extend(window.warnings)
         return window
 
-    def _install_step_source(self, main: Any | None) -> None:
+    def _install_step_source(self) -> None:
         s = self.step_on
         if s.kind == "optimizer":
             self._optimizers = OptimizerSteps(s.index, self.boundary, self._patches)
             self._stack.callback(self._optimizers.close)
         elif s.kind == "backward":
             BackwardSteps(s.every, self.boundary, self._patches)
-        elif s.kind == "function" and (s.module is not None or self.script is None):
-            # (the script's own definitions are decorated in its syntax tree instead: run_command)
-            function_steps(s, self.boundary, self._patches, main)
+        elif s.kind == "function" and self._function is not None:
+            # (the script's own definitions are decorated in its syntax tree instead: commands/run.py)
+            function_steps(self._function, self.boundary, self._patches)
 
     # --- during the run -----------------------------------------------------------------------------
     def step(self) -> None:
@@ -192,8 +205,8 @@ class RunSession:
         if inf.dp_mode in DP_MODES and DP_MODES[inf.dp_mode].note:
             self.say(f"DataParallel mode {inf.dp_mode}: {DP_MODES[inf.dp_mode].note}")
         if inf.per_rank_batch is None:
-            self.say("batch size unknown (no module was called with a tensor in the first step): images_per_s "
-                     "is null; give --batch-size (batch_size= in dpprof.session)")
+            self.say(f"batch size unknown ({inf.batch_from}): images_per_s is null; give --batch-size "
+                     "(batch_size= in dpprof.session)")
         window = self.window.window
         if window is not None:  # before the active part begins, when the metadata goes in
             window.extra_metadata.update({
@@ -265,7 +278,11 @@ class RunSession:
             m.data["ddp"] = self._bucket_watch.section
         if outcome.status == "failed":
             self.warnings.append(f"the script failed: {outcome.error}")
-        if not records:
+        spawned = self._children is not None and self._children.started > 0
+        if spawned and self.watch is not None and not self.watch.called:
+            assert self._children is not None
+            self.warnings.append(self._children.advice())
+        elif not records:
             self.warnings.append(f"no steps recorded: nothing ended a step ({self.step_on.describe()}); "
                                  "choose another --step-on")
         if self.recorder is not None and self.recorder.failed:

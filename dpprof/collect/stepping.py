@@ -82,8 +82,15 @@ def parse_step_on(text: str) -> StepOn:
                 return StepOn("backward", every=every)
         elif kind == "function" and arg:
             module, _, qual = arg.rpartition(":")
-            names = qual.split(".") + (module.split(".") if module else [])
+            parts = qual.split(".")
+            # main.<locals>.train_step: Python's __qualname__ of a function defined inside main()
+            inner = [n for n in parts[1:-1] if n != "<locals>"]
+            names = [parts[0], *inner, parts[-1]] + (module.split(".") if module else [])
             if all(n.isidentifier() for n in names):
+                if module and "<locals>" in parts:
+                    raise DpprofError(f"--step-on {text!r}: a function defined inside another function exists "
+                                      "only while that one runs; it can be named only in the script itself "
+                                      "(function:outer.<locals>.inner, or function:inner)")
                 return StepOn("function", target=arg)
         elif kind == "manual" and not arg:
             return StepOn("manual")
@@ -206,9 +213,13 @@ class BackwardSteps:
         pass
 
 
-def step_decorator(boundary: Boundary) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wraps a function so that each normal return ends a step."""
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+def step_decorator(boundary: Boundary) -> Callable[[Any], Any]:
+    """Wraps a function so that each normal return ends a step. A ``staticmethod`` or ``classmethod``
+    object (the decorator listed above it, or a class attribute) is re-wrapped around the wrapped
+    function: a classmethod object itself is not callable."""
+    def decorate(fn: Any) -> Any:
+        if isinstance(fn, (staticmethod, classmethod)):
+            return type(fn)(decorate(fn.__func__))
         if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
             raise DpprofError(f"--step-on function: {getattr(fn, '__qualname__', fn)} is a coroutine or "
                               "generator function; name the plain function that runs one step")
@@ -222,65 +233,90 @@ def step_decorator(boundary: Boundary) -> Callable[[Callable[..., Any]], Callabl
     return decorate
 
 
-class DecorateDefinitions(ast.NodeTransformer):
+class DecorateDefinitions:
     """Puts ``@__dpprof_step__`` first (outermost) on every definition of ``qualname`` in a script's
-    syntax tree; line numbers stay those of the script."""
+    syntax tree (``transform``); line numbers stay those of the script.
+
+    ``qualname`` is Python's ``__qualname__``: ``train_step``, ``Trainer.step``, ``main.<locals>.step``.
+    A bare name that no top-level function has matches a single nested definition of that name (a method,
+    or a function defined inside another); several are an error that lists them. ``resolved``: the
+    qualname decorated; ``found``: how many definitions carry it.
+    """
 
     def __init__(self, qualname: str) -> None:
         self.qualname = qualname
+        self.resolved = qualname
         self.found = 0
-        self._scope: list[str] = []
 
-    def _visit_def(self, node: Any, locals_scope: bool) -> Any:
-        name = ".".join([*self._scope, node.name])
-        if not isinstance(node, ast.ClassDef) and name == self.qualname:
-            deco = ast.copy_location(ast.Name(id=DECORATOR, ctx=ast.Load()), node)
-            node.decorator_list.insert(0, deco)
-            self.found += 1
-        self._scope += [node.name, "<locals>"] if locals_scope else [node.name]
-        self.generic_visit(node)
-        del self._scope[-(2 if locals_scope else 1):]
-        return node
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
-        return self._visit_def(node, True)
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> Any:
-        return self._visit_def(node, True)
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> Any:
-        return self._visit_def(node, False)
+    def transform(self, tree: ast.Module) -> ast.Module:
+        defs = list(_definitions(tree.body, []))
+        chosen = [node for name, node in defs if name == self.qualname]
+        if not chosen and "." not in self.qualname:
+            nested = sorted({name for name, _ in defs if name.rsplit(".", 1)[-1] == self.qualname})
+            if len(nested) > 1:
+                raise DpprofError(f"--step-on function:{self.qualname}: the script defines several functions of "
+                                  f"that name ({', '.join(nested)}): name one of them")
+            if nested:
+                self.resolved = nested[0]
+                chosen = [node for name, node in defs if name == self.resolved]
+        for node in chosen:
+            node.decorator_list.insert(0, ast.copy_location(ast.Name(id=DECORATOR, ctx=ast.Load()), node))
+        self.found = len(chosen)
+        return tree
 
 
-def wrap_attribute(root: Any, qualname: str, boundary: Boundary, patches: Patches, where: str) -> None:
-    """Wrap ``root.<qualname>`` (a function, or a method of a class) in place, for the session."""
-    *owners, name = qualname.split(".")
+def _definitions(body: list[Any], scope: list[str]) -> Any:
+    """``(qualname, node)`` of every function definition, at any depth, as Python names them (a function's
+    own scope adds ``<locals>``; statements nested in if/for/with/try blocks are searched too)."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield ".".join([*scope, node.name]), node
+            yield from _definitions(node.body, [*scope, node.name, "<locals>"])
+        elif isinstance(node, ast.ClassDef):
+            yield from _definitions(node.body, [*scope, node.name])
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                value = getattr(node, field, None)
+                if isinstance(value, list):
+                    yield from _definitions([n for n in value if isinstance(n, ast.AST)], scope)
+
+
+@dataclass(frozen=True)
+class FunctionTarget:
+    """Where ``function:NAME`` lives: ``owner.<name>`` is ``raw`` (a function, staticmethod or classmethod)."""
+
+    owner: Any
+    name: str
+    raw: Any
+
+
+def find_function(step_on: StepOn, main: Any | None) -> FunctionTarget:
+    """``function:MODULE:NAME`` (MODULE imported now) or, for the Python API, NAME in ``main`` (the
+    ``__main__`` module); a DpprofError naming the module and what is missing. Called before the run
+    directory gets any file, so a wrong name leaves nothing behind."""
+    if step_on.module is not None:
+        try:
+            root: Any = importlib.import_module(step_on.module)
+        except Exception as exc:  # ImportError, or the module failing as it is imported
+            raise DpprofError(f"--step-on function:{step_on.target}: cannot import {step_on.module}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        where = f"module {step_on.module}"
+    else:
+        root, where = main, "__main__"
+    *owners, name = step_on.qualname.split(".")
     owner = root
     for part in owners:
         owner = getattr(owner, part, None)
         if owner is None:
-            raise DpprofError(f"--step-on function:{qualname}: {where} has no {part!r}")
+            raise DpprofError(f"--step-on function:{step_on.target}: {where} has no {part!r}")
     raw = vars(owner).get(name) if isinstance(owner, type) else getattr(owner, name, None)
     if raw is None:
-        raise DpprofError(f"--step-on function:{qualname}: {where} has no {qualname!r}")
-    decorate = step_decorator(boundary)
-    if isinstance(raw, (staticmethod, classmethod)):
-        patches.replace(owner, name, type(raw)(decorate(raw.__func__)))
-    elif callable(raw):
-        patches.wrap(owner, name, lambda fn: decorate(fn))
-    else:
-        raise DpprofError(f"--step-on function:{qualname}: {where}'s {qualname} is not a function")
+        raise DpprofError(f"--step-on function:{step_on.target}: {where} has no {step_on.qualname!r}")
+    if not isinstance(raw, (staticmethod, classmethod)) and not callable(raw):
+        raise DpprofError(f"--step-on function:{step_on.target}: {where}'s {step_on.qualname} is not a function")
+    return FunctionTarget(owner, name, raw)
 
 
-def function_steps(step_on: StepOn, boundary: Boundary, patches: Patches, main: Any | None) -> None:
-    """``function:NAME`` outside the script's own code: an importable module's function (imported now),
-    or, for the Python API, one already defined in ``main`` (the ``__main__`` module)."""
-    if step_on.module is not None:
-        try:
-            module = importlib.import_module(step_on.module)
-        except ImportError as exc:
-            raise DpprofError(f"--step-on function:{step_on.target}: cannot import {step_on.module}: {exc}") \
-                from None
-        wrap_attribute(module, step_on.qualname, boundary, patches, step_on.module)
-    elif main is not None:
-        wrap_attribute(main, step_on.qualname, boundary, patches, "__main__")
+def function_steps(target: FunctionTarget, boundary: Boundary, patches: Patches) -> None:
+    """Wrap ``target`` in place for the session: each return of it ends a step."""
+    patches.replace(target.owner, target.name, step_decorator(boundary)(target.raw))

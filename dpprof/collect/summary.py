@@ -35,8 +35,9 @@ def _script_lines(m: Manifest) -> list[str]:
     def tag(key: str) -> str:
         return " (inferred)" if key in inferred else ""
 
+    strategy = cfg.strategy or "not seen (no module was called in this process)"
     return [f"script:     {script.path}  ({end})",
-            f"training:   {cfg.strategy}{tag('strategy')}, world size {cfg.world_size}, "
+            f"training:   {strategy}{tag('strategy')}, world size {cfg.world_size}, "
             f"global batch {_fmt(cfg.batch_size, 'd')}{tag('batch_size')}, device {cfg.device}, "
             f"steps on {m.stepping.means if m.stepping is not None else None}"]
 

@@ -80,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from dpprof.commands.options import require_extra
 
     require_extra("collect", "dpprof run")
-    from dpprof.collect.run_config import ScriptRunConfig, default_run_name, shared_run_name, under_torchrun
+    from dpprof.collect.run_config import (
+        ScriptRunConfig,
+        default_run_name,
+        shared_run_name,
+        torchrun_record,
+        under_torchrun,
+    )
 
     if args.config:  # one rank of a dpprof run --nproc launch: the launcher reports
         return run_here(ScriptRunConfig.from_json(args.config), summary=False, report=False)
@@ -94,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     torchrun = under_torchrun()
     name = args.run_name or (shared_run_name(cfg.target, cfg.module) if torchrun else
                              default_run_name(cfg.target, cfg.module, cfg.created_unix_ns))
-    run_dir = fresh_run_dir(Path(args.out), name, shared=torchrun, explicit=bool(args.run_name))
+    # the ranks of one torchrun launch create-or-join one directory; another launch's is refused
+    run_dir = fresh_run_dir(Path(args.out), name, explicit=bool(args.run_name),
+                            join=torchrun_record() if torchrun else None)
     cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
@@ -104,41 +112,61 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _release_if_empty(run_dir: Path) -> None:
-    """A run that recorded nothing (the script was not found, a bad --step-on) leaves no run directory behind."""
+    """A run that recorded nothing (the script was not found, a bad --step-on) leaves no run directory behind
+    (under torchrun it holds the launch's record alone: every rank checks the same thing and fails alike)."""
+    from dpprof.collect.run_dir import JOIN_FILE
+
     try:
+        if [p.name for p in run_dir.iterdir()] == [JOIN_FILE]:
+            (run_dir / JOIN_FILE).unlink()
         run_dir.rmdir()  # only an empty directory goes
     except OSError:
         pass
 
 
 def run_here(cfg: Any, summary: bool, report: bool) -> int:
-    """Run the script in this process under a :class:`RunSession`; the script's exit code."""
+    """Run the script in this process under a :class:`RunSession`; the script's exit code. Everything
+    that can refuse the run (the script, its syntax, ``--step-on``'s function) is checked before the run
+    directory gets a file, so a refusal leaves an empty directory that :func:`run` removes."""
     from dpprof.collect.outputs import make_run_dir
     from dpprof.collect.script_runner import Outcome, as_main, compile_script, locate, run_code
     from dpprof.collect.script_session import RunSession
-    from dpprof.collect.stepping import DECORATOR, DecorateDefinitions, parse_step_on, step_decorator
+    from dpprof.collect.stepping import (
+        DECORATOR,
+        DecorateDefinitions,
+        StepOn,
+        find_function,
+        parse_step_on,
+        step_decorator,
+    )
 
     script = locate(cfg.target, cfg.module, cfg.args)
     step_on = parse_step_on(cfg.step_on)
     decorate = DecorateDefinitions(step_on.qualname) if step_on.kind == "function" and not step_on.module else None
     try:
-        code = compile_script(script, decorate.visit if decorate else None)
-    except SyntaxError as exc:  # what python itself prints and returns, before anything is recorded
-        sys.excepthook(type(exc), exc, None)
+        code = compile_script(script, decorate.transform if decorate else None)
+    except SyntaxError as exc:
+        # What python itself prints for a script that does not compile: the error alone, no frame (its
+        # traceback here would be dpprof's and ast.parse's), and exit code 1 (pythonrun.c, _PyRun_SimpleFileObject)
+        sys.excepthook(type(exc), exc.with_traceback(None), None)
         return 1
     if decorate is not None and not decorate.found:
         raise DpprofError(f"--step-on function:{step_on.target}: {script.target} defines no function or method "
                           f"{step_on.qualname} (name one in another module as function:MODULE:NAME)")
+    if decorate is not None and decorate.resolved != step_on.qualname:
+        step_on = StepOn("function", target=decorate.resolved)
     run_dir = Path(cfg.run_dir)
-    make_run_dir(run_dir)
-    session = RunSession(cfg, script)
-    if summary and not cfg.quiet:
-        print(f"dpprof run: {script.target} -> {run_dir}", file=sys.stderr, flush=True)
     with as_main(script) as main:
+        # imported with the script's sys.path[0], as the script would import it
+        function = find_function(step_on, main) if step_on.module else None
+        make_run_dir(run_dir)
+        session = RunSession(cfg, script, step_on, function)
+        if summary and not cfg.quiet:
+            print(f"dpprof run: {script.target} -> {run_dir}", file=sys.stderr, flush=True)
         if decorate is not None:  # the name the script's decorated definitions call
             main.__dict__[DECORATOR] = step_decorator(session.boundary)
         try:
-            session.start(main)
+            session.start()
         except BaseException as exc:  # the script never started: the run directory says why
             session.finish(Outcome("failed", 2, f"dpprof could not start: {exc}"))
             raise
@@ -174,17 +202,19 @@ def launch(args: argparse.Namespace, cfg: Any) -> int:
     from dpprof.collect.launch import launch_torchrun, torchrun_command
     from dpprof.collect.manifest import mark_unfinished
     from dpprof.collect.options import topology
-    from dpprof.collect.outputs import fresh_run_dir, make_run_dir
+    from dpprof.collect.outputs import fresh_run_dir
     from dpprof.collect.run_config import default_run_name, run_name_for_id
+    from dpprof.collect.run_dir import rendezvous_record
 
-    topo = topology(args, args.nproc or 1)
+    topo = topology(args, 1 if args.nproc is None else args.nproc)  # --nproc 0 is refused there
     cfg.nproc, cfg.nnodes = topo.nproc_per_node, topo.nnodes
     several = topo.nnodes > 1
     name = args.run_name or (run_name_for_id(cfg.target, cfg.module, args.rdzv_id) if several else
                              default_run_name(cfg.target, cfg.module, cfg.created_unix_ns))
-    run_dir = fresh_run_dir(Path(args.out), name, shared=several, explicit=bool(args.run_name))
+    # the nodes of one rendezvous create-or-join one directory, as dpprof profile's do
+    rdzv = rendezvous_record(args.rdzv_id, args.rdzv_endpoint, topo.nnodes) if several else None
+    run_dir = fresh_run_dir(Path(args.out), name, explicit=bool(args.run_name), join=rdzv)
     cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name
-    make_run_dir(run_dir)
     if not cfg.quiet:
         print(f"dpprof run: {cfg.target} on {topo.nproc_per_node} process(es) per node x {topo.nnodes} node(s) "
               f"through torchrun -> {run_dir}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,8 @@ def test_readme_api_example_runs_and_records(tmp_path):
     proc = python(["train.py"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(tmp_path / "traces")
-    assert proc.stdout.strip() == f"profiled into {run.relative_to(tmp_path)}"
+    printed = proc.stdout.strip().removeprefix("profiled into ")
+    assert Path(printed).is_absolute() and Path(printed).resolve() == run.resolve()  # absolute: see outputs.py
     m = load(run / "manifest.json")
     assert m["status"] == "complete" and m["script"]["api"] is True
     assert m["script"]["path"] == str(tmp_path / "train.py") and m["stepping"]["step_on"] == "manual"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -83,3 +84,65 @@ def test_nodes_join_only_the_run_of_their_rendezvous(tmp_path: Path) -> None:
     (tmp_path / "plain" / "manifest.json").write_text("{}")  # a single-node run of the same name
     with pytest.raises(DpprofError, match="not a run of this rendezvous"):
         create_run_dir(tmp_path, "plain", explicit=True, rendezvous=rdzv)
+
+
+TORCHRUN_A = {"TORCHELASTIC_RUN_ID": "launch-a", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+              "GROUP_WORLD_SIZE": "1"}
+
+
+def _under_torchrun(monkeypatch: pytest.MonkeyPatch, run_id: str = "launch-a", rank: str = "0") -> None:
+    for key, value in {**TORCHRUN_A, "TORCHELASTIC_RUN_ID": run_id, "RANK": rank}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_ranks_of_one_torchrun_launch_join_and_another_launch_is_refused(tmp_path: Path) -> None:
+    from dpprof.collect.outputs import fresh_run_dir
+    from dpprof.collect.run_config import torchrun_record
+
+    a = torchrun_record(TORCHRUN_A)
+    paths, errors = _race(4, lambda: fresh_run_dir(tmp_path, "r", explicit=True, join=a))
+    assert not errors and set(paths) == {tmp_path / "r"}
+    assert json.loads((tmp_path / "r" / JOIN_FILE).read_text()) == {"torchrun_run_id": "launch-a"}
+    b = torchrun_record({**TORCHRUN_A, "TORCHELASTIC_RUN_ID": "launch-b"})
+    with pytest.raises(DpprofError, match="not a run of this rendezvous"):
+        fresh_run_dir(tmp_path, "r", explicit=True, join=b)
+    with pytest.raises(DpprofError, match="--run-name"):  # an explicit name is checked under torchrun too
+        fresh_run_dir(tmp_path, 'a"b/../../x', explicit=True, join=a)
+    # relative --out: the directory is absolute (a script's os.chdir must not move it)
+    assert fresh_run_dir(Path(os.path.relpath(tmp_path)), "s", explicit=True).is_absolute()
+
+
+def test_dpprof_run_under_torchrun_checks_the_name_and_refuses_another_launchs_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    script = str(Path(__file__).parents[1] / "data" / "scripts" / "manual_sgd.py")
+    _under_torchrun(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), "--run-name", 'a"b/../../x', script]) == 2
+    assert not out.exists() and not (tmp_path / "x").exists()
+    quick = ["--quiet", "--no-profile", "--step-on", "backward", script, "--steps", "2"]
+    assert main(["run", "--out", str(out), "--run-name", "r", *quick]) == 0
+    assert json.loads((out / "r" / JOIN_FILE).read_text())["torchrun_run_id"] == "launch-a"
+    _under_torchrun(monkeypatch, run_id="launch-b", rank="1")  # another launch, the same --run-name
+    assert main(["run", "--out", str(out), "--run-name", "r", *quick]) == 2
+    assert not (out / "r" / "steps.rank1.jsonl").exists()  # the refused launch wrote nothing there
+    assert json.loads((out / "r" / "manifest.json").read_text())["status"] == "complete"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--run-name" in err[0] and "not a run of this rendezvous" in err[1], err
+
+
+def test_the_api_under_torchrun_checks_the_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpprof
+
+    _under_torchrun(monkeypatch)
+    with pytest.raises(DpprofError, match="--run-name"), dpprof.session(out=tmp_path, run_name="../x"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multi_node_dpprof_run_checks_the_name_before_anything(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    script = str(Path(__file__).parents[1] / "data" / "scripts" / "manual_sgd.py")
+    assert main(["run", "--out", str(tmp_path), "--nnodes", "2", "--rdzv-id", "j", "--run-name", 'a"b', script]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--run-name" in err[0]
+    assert list(tmp_path.iterdir()) == []

@@ -26,7 +26,10 @@ def test_parse_step_on():
     s = parse_step_on("function:pkg.mod:Trainer.step")
     assert (s.module, s.qualname) == ("pkg.mod", "Trainer.step")
     assert parse_step_on("function:train_step").module is None
-    for bad in ("optimizer:-1", "backward:0", "backward:x", "function:", "function:a b", "manual:1", "epoch"):
+    # Python's own __qualname__ of a function defined inside main()
+    assert parse_step_on("function:main.<locals>.train_step").qualname == "main.<locals>.train_step"
+    for bad in ("optimizer:-1", "backward:0", "backward:x", "function:", "function:a b", "manual:1", "epoch",
+                "function:<locals>.f", "function:main.<locals>", "function:pkg:main.<locals>.f"):
         with pytest.raises(DpprofError, match="--step-on"):
             parse_step_on(bad)
 
@@ -44,11 +47,46 @@ def outer():
     for qualname, found in (("step", 1), ("T.step", 1), ("T.Inner.step", 1), ("outer.<locals>.step", 1),
                             ("T", 0), ("nothing", 0)):
         d = DecorateDefinitions(qualname)
-        tree = d.visit(ast.parse(source))
-        assert d.found == found, qualname
+        tree = d.transform(ast.parse(source))
+        assert d.found == found and d.resolved == qualname, qualname
         decorated = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.decorator_list]
         assert all(n.decorator_list[0].id == stepping.DECORATOR for n in decorated)
         assert len(decorated) == found
+
+
+def test_a_bare_name_finds_a_single_nested_definition_and_refuses_several():
+    source = """
+def main():
+    if True:
+        def train_step(): pass
+    def run(): pass
+class T:
+    def run(self): pass
+"""
+    d = DecorateDefinitions("train_step")
+    d.transform(ast.parse(source))
+    assert (d.found, d.resolved) == (1, "main.<locals>.train_step")
+    with pytest.raises(DpprofError, match=r"several functions of that name \(T.run, main.<locals>.run\)"):
+        DecorateDefinitions("run").transform(ast.parse(source))
+
+
+def test_step_decorator_rewraps_staticmethods_and_classmethods():
+    ends = []
+    decorate = stepping.step_decorator(lambda skipped: ends.append(skipped))
+
+    class T:
+        @decorate  # outermost, as DecorateDefinitions puts it
+        @staticmethod
+        def s(x):
+            return x + 1
+
+        @decorate
+        @classmethod
+        def c(cls, x):
+            return (cls.__name__, x)
+
+    assert T.s(1) == 2 and T().s(2) == 3 and T.c(5) == ("T", 5)
+    assert len(ends) == 3
 
 
 def test_shared_run_name_under_torchrun(monkeypatch):
@@ -107,6 +145,52 @@ def test_model_watch_sees_the_wrapper_and_its_batch_then_leaves():
     assert (inf.strategy, inf.per_rank_batch, inf.global_batch, inf.dp_mode) == ("dp", 6, 6, "no_gpu")
     assert inf.model_info["params"] == 15 and inf.model_info["name"] == "Sequential"
     assert watch.infer(batch_size=32).global_batch == 32
+
+
+def test_model_watch_reads_keyword_inputs_and_says_why_when_there_is_no_tensor():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x=None, mask=None):
+            return self.lin(torch.as_tensor(x))
+
+    watch = ModelWatch()
+    Net()(**{"x": torch.zeros(9, 4), "mask": None})  # model(**batch): no positional input at all
+    watch.stop()
+    inf = watch.infer()
+    assert (inf.strategy, inf.per_rank_batch) == ("single", 9) and "first tensor given to" in inf.batch_from
+    watch = ModelWatch()
+    nn.DataParallel(Net())(x=torch.zeros(3, 4))  # a wrapper called with keywords
+    watch.stop()
+    assert (watch.infer().strategy, watch.infer().per_rank_batch) == ("dp", 3)
+    watch = ModelWatch()
+    Net()(x=[[1.0] * 4])  # no tensor anywhere: the reason is what was seen, not "no module was called"
+    watch.stop()
+    inf = watch.infer()
+    assert inf.per_rank_batch is None and inf.batch_from.startswith("the first call of Net had no tensor")
+    watch = ModelWatch()
+    watch.stop()
+    inf = watch.infer()  # nothing called at all: no strategy is claimed
+    assert inf.strategy is None and inf.strategy_from.startswith("no module was called")
+
+
+def test_api_counts_each_step_once_when_a_step_source_is_given(tmp_path, capsys):
+    import dpprof
+    from dpprof.rundir import read_json
+
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dpprof.session(out=tmp_path, run_name="opt", step_on="optimizer", profile=False) as s:
+        for _ in range(10):
+            model(torch.randn(5, 4)).sum().backward()
+            opt.step()
+            s.step()  # as the README's manual example does: ignored here, said once
+    m = read_json(tmp_path / "opt" / "manifest.json")
+    assert m["summary"]["steps"] == 10 and s.steps == 10
+    err = capsys.readouterr().err
+    assert err.count("s.step() ignored") == 1 and "optimizer.step()" in err
 
 
 def test_api_session_records_failure_and_nests(tmp_path, monkeypatch):
