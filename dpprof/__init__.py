@@ -7,7 +7,7 @@ loaded on first use.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from dpprof.version import __version__
 __all__ = ["__version__", "mark_dataparallel", "session"]
 
 

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.errors import DpprofError, Terminated
 
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.

@@ -15,7 +15,7 @@ from itertools import combinations
 from types import ModuleType
 from typing import Any
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.collect.nvml_gpus import describe_error, import_nvml, list_gpus
 
 #: nvidia-smi's names for the closest common PCIe ancestor of two GPUs (nvmlGpuTopologyLevel_t).

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.errors import DpprofError
 from dpprof.rundir import MANIFEST, MANIFEST_SCHEMA, NODES_DIR, read_json, write_json
 

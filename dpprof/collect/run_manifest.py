@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.collect.manifest import ManifestWriter, collect_versions_and_hardware
 from dpprof.collect.model_watch import Inference
 from dpprof.collect.run_config import ScriptRunConfig, under_torchrun

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.collect.children import ChildProcesses
 from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.dp_marks import marking_all

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.collect.config import ProfilerSettings, RunConfig
 from dpprof.collect.data import build_loaders
 from dpprof.collect.identity import RankIdentity

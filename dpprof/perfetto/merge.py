@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import msgspec
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.analyze.model import Analysis, RankInfo
 from dpprof.analyze.run import Run, load_run
 from dpprof.analyze.segments import Segments

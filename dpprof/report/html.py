@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from dpprof import __version__
+from dpprof.version import __version__
 from dpprof.analyze.run import Run
 from dpprof.report import plots, run_context
 from dpprof.report.projection_view import projection_plot, projection_view
