@@ -63,6 +63,11 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
             "unmatched_collectives", f"{n} collective executions have no counterpart in the other participants' "
             "traces (a rank's trace missing, or a window that started at another step): their waiting cannot "
             "be told from their transfer and counts as transfer", rank=r, count=n))
+    for r, (n, names) in sorted(matched.ambiguous.items()):
+        warnings.append(AnalysisWarning(
+            "ambiguous_process_group", f"{n} collective executions name no process group (gloo records none) and "
+            f"this rank belongs to several ({names.replace('|', ', ')}): they were matched by order with the ranks "
+            "of the same groups, and are not used to align the clocks", rank=r, count=n))
     sizes = {s.world_size for s in sums if s.world_size is not None}
     if len(sizes) > 1:
         warnings.append(AnalysisWarning("mixed_world_sizes", f"traces disagree on the world size: {sorted(sizes)}; "
