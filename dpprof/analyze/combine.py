@@ -80,8 +80,6 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
     _completeness(sums, ranks, manifest, warnings)
     first = sums[0]
     order = sorted(range(len(infos)), key=lambda i: infos[i].rank)
-    n_steps = len({(x.rank, x.step) for x in steps}) / max(len(sums), 1)
-    step_us = float(np.mean([x.duration_us for x in steps])) if steps else 0.0
     analysis = Analysis(
         strategy=strat, ranks=tuple(infos[i] for i in order),
         devices=tuple(sorted(devices, key=lambda d: (d.rank, d.device))),
@@ -94,7 +92,7 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
         output_device_source=first.output_device_source if strat == "dp" else "",
         strategy_evidence="; ".join(sorted({s.strategy_evidence for s in sums if s.strategy_evidence})),
         clock_offsets=tuple(matched.offsets) if len(sums) > 1 else (),
-        straggler_summary=matching.summary(matched.stragglers, n_steps, step_us, len(matched.collectives),
+        straggler_summary=matching.summary(matched.stragglers, steps, matched.collectives,
                                            first.output_device if strat == "dp" else None),
     )
     return analysis, segs

@@ -22,8 +22,10 @@ for DP's in-process communicators (group ``local``), the GPUs of one trace.
    send's time counts as transfer (a small send can complete into the connection's buffers before its recv is
    posted; a large one's waiting for its recv is not told apart).
 3. **Stragglers.** Per participant: how often it arrived last, by how much, and the waiting it caused (the
-   others' waiting at the collectives it arrived last at). The summary names the participant that caused most
-   of the waiting when that is a clear majority and worth a share of the step: a slow rank (DDP, FSDP...),
+   others' waiting at the collectives it arrived last at). The summary weighs it by the waiting it exposed:
+   the others' ``peer_wait`` on it (their step rows' ``peer_wait_on_us``), not the whole waiting inside the
+   kernels, which compute on other streams may hide. It names the participant that caused most of the waiting
+   when that is a clear majority and its exposed waiting worth a share of the step: a slow rank (DDP, FSDP...),
    a slow GPU inside DP, DP's output device (late because of its serial data-path work), or none. Counting how
    often a participant is last would not do: DP's output device arrives last at every broadcast by a few µs (it
    flattens first) while a slow GPU is last only at the reduce, by milliseconds.
@@ -41,13 +43,13 @@ import numpy as np
 
 from dpprof.analyze.collectives import LOCAL_GROUP
 from dpprof.analyze.instances import Instance, instances
-from dpprof.analyze.model import ClockOffset, CollectiveSkew, Straggler
+from dpprof.analyze.model import ClockOffset, CollectiveSkew, StepBreakdown, Straggler
 
 #: Starts closer than this (µs) are a tie: nobody waited.
 TIE_US = 0.001
 #: A straggler caused at least this share of all the waiting at collectives ...
 STRAGGLER_SHARE = 0.6
-#: ... and makes the others wait at least this share of a step (%), on average per step.
+#: ... and makes the others wait, with nothing else to run, at least this share of their steps (%).
 STRAGGLER_WAIT_PCT = 2.0
 
 
@@ -248,11 +250,19 @@ def _participant_order(label: str) -> tuple[str, int]:
     return what, int(n) if n.isdigit() else -1
 
 
-def summary(strag: Sequence[Straggler], steps_per_rank: float, step_us: float, n_matched: int,
+def summary(strag: Sequence[Straggler], rows: Sequence[StepBreakdown], collectives: Sequence[CollectiveSkew],
             output_device: int | None = None) -> dict[str, Any]:
     """Who everyone waited for: a slow rank, a slow GPU inside DP, DP's output device (late because of its serial
-    data-path work, not a slow device), or none (thresholds above)."""
-    n_participants = len(strag)
+    data-path work, not a slow device), or none (thresholds above), from the stragglers and the step rows.
+
+    The participant that caused most of the waiting inside collectives is weighed by the waiting it *exposed*:
+    ``caused_wait_us_per_step`` is the others' ``peer_wait`` on it, µs per step and per row of the participants it
+    shares collectives with (ranks, or under DP the other GPUs of the trace), ``caused_wait_pct_of_step`` that as
+    % of their steps; the thresholds apply to these. ``in_collective_wait_us_per_step`` / ``_pct_of_step``: all
+    their waiting for it inside the collectives' kernels or spans, including what compute on other streams or
+    threads hid.
+    """
+    n_matched = len(collectives)
     if n_matched == 0:
         return {"verdict": "not_applicable", "participant": None,
                 "text": "no collective was matched across participants (one rank, or no communication)"}
@@ -261,21 +271,34 @@ def summary(strag: Sequence[Straggler], steps_per_rank: float, step_us: float, n
     if best is None or not best.times_last or total <= 0:
         return {"verdict": "none", "participant": None, "text": f"{n_matched} collectives, all started together"}
     share = best.caused_wait_us / total
-    # The waiting it caused per step and per other participant (they wait for it side by side).
-    per_step = best.caused_wait_us / max(steps_per_rank, 1.0) / max(n_participants - 1, 1)
-    pct = 100 * per_step / step_us if step_us > 0 else 0.0
-    ev = {"participant": best.participant, "times_last": best.times_last, "collectives": best.collectives,
+    who = best.participant
+    peers = {p for c in collectives if who in c.participants for p in c.participants} - {who}
+    others = [x for x in rows if (f"rank {x.rank}" in peers if who.startswith("rank")
+                                  else x.rank == best.rank and f"GPU {x.device}" in peers)]
+    exposed = sum(x.peer_wait_on_us.get(who, 0.0) for x in others)
+    per_step = exposed / len(others) if others else 0.0
+    others_us = sum(x.duration_us for x in others)
+    pct = 100 * exposed / others_us if others_us > 0 else 0.0
+    # All the waiting inside its collectives, per step and per other participant (they wait side by side).
+    n_ranks = len({x.rank for x in rows})
+    steps_per_rank = len({(x.rank, x.step) for x in rows}) / max(n_ranks, 1)
+    step_us = sum(x.duration_us for x in rows) / len(rows) if rows else 0.0
+    inside = best.caused_wait_us / max(steps_per_rank, 1.0) / max(len(peers), 1)
+    inside_pct = 100 * inside / step_us if step_us > 0 else 0.0
+    ev = {"participant": who, "times_last": best.times_last, "collectives": best.collectives,
           "share_of_waiting": round(share, 3), "caused_wait_us_per_step": round(per_step, 3),
-          "caused_wait_pct_of_step": round(pct, 2), "mean_lateness_us": round(best.mean_lateness_us, 3)}
-    words = (f"{best.participant} started last at {best.times_last} of {best.collectives} collectives "
+          "caused_wait_pct_of_step": round(pct, 2), "in_collective_wait_us_per_step": round(inside, 3),
+          "in_collective_wait_pct_of_step": round(inside_pct, 2), "mean_lateness_us": round(best.mean_lateness_us, 3)}
+    words = (f"{who} started last at {best.times_last} of {best.collectives} collectives "
              f"({best.mean_lateness_us:.1f} µs late on average), causing {100 * share:.0f} % of the waiting at "
-             f"collectives: each of the others waited {per_step:.1f} µs per step for it ({pct:.1f} % of the step)")
+             f"collectives: each of the others waited {per_step:.1f} µs per step for it with nothing else to run "
+             f"({pct:.1f} % of the step; {inside:.1f} µs per step inside the collectives, hidden by compute or not)")
     if share >= STRAGGLER_SHARE and pct >= STRAGGLER_WAIT_PCT:
-        if best.participant == f"GPU {output_device}":
+        if who == f"GPU {output_device}":
             return {"verdict": "output_device_late", **ev, "text": f"{words}: DP's output device reaches the "
                     "collectives last because it runs DP's serial work (flattening, scatter copies, loss, "
                     "optimizer) before them, a data-path cost rather than a slow device"}
-        verdict = "slow_gpu" if best.participant.startswith("GPU") else "slow_rank"
+        verdict = "slow_gpu" if who.startswith("GPU") else "slow_rank"
         return {"verdict": verdict, **ev, "text": words}
     return {"verdict": "none", **ev, "text": f"no straggler: {words} (a straggler causes ≥ "
-            f"{STRAGGLER_SHARE:.0%} of the waiting and costs ≥ {STRAGGLER_WAIT_PCT:.0f} % of a step)"}
+            f"{STRAGGLER_SHARE:.0%} of the waiting and exposes ≥ {STRAGGLER_WAIT_PCT:.0f} % of a step of waiting)"}

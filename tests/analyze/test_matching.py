@@ -53,9 +53,13 @@ def test_clock_offset_recovered_and_waiting_split_at_the_last_start() -> None:
     (s0, s1) = m.stragglers
     assert (s1.participant, s1.times_last, s1.collectives, s1.caused_wait_us) == ("rank 1", 2, 2, pytest.approx(350.0))
     assert s0.times_last == 0
-    sm = summary(m.stragglers, steps_per_rank=1, step_us=3000.0, n_matched=2)
+    # Rank 0's step: 3000 µs, of which the 350 µs of waiting were exposed (nothing else ran).
+    rows = [_row({"peer_wait": 350.0, "compute": 2650.0}, step=3, on={"rank 1": 350.0}),
+            _row({"compute": 3000.0}, step=3, rank=1)]
+    sm = summary(m.stragglers, rows, m.collectives)
     assert sm["verdict"] == "slow_rank" and sm["participant"] == "rank 1"
     assert sm["caused_wait_pct_of_step"] == pytest.approx(100 * 350 / 3000, abs=0.01)
+    assert sm["in_collective_wait_us_per_step"] == pytest.approx(350.0)
 
 
 def test_tie_means_nobody_waited_and_small_lateness_is_no_straggler() -> None:
@@ -65,7 +69,8 @@ def test_tie_means_nobody_waited_and_small_lateness_is_no_straggler() -> None:
     tie, late = m.collectives
     assert tie.last == "" and tie.last_rank == -1 and tie.wait_us == {"rank 0": 0.0, "rank 1": 0.0}
     assert late.last == "rank 1" and late.start_skew_us == pytest.approx(1.0)
-    sm = summary(m.stragglers, steps_per_rank=1, step_us=10_000.0, n_matched=2)
+    rows = [_row({"peer_wait": 1.0, "compute": 9999.0}, on={"rank 1": 1.0}), _row({"compute": 10_000.0}, rank=1)]
+    sm = summary(m.stragglers, rows, m.collectives)
     assert sm["verdict"] == "none"  # last once by 1 µs: 0.01 % of a step
 
 
@@ -78,8 +83,11 @@ def test_dp_local_collective_across_the_gpus_of_one_trace() -> None:
     assert c.group == "local" and c.last == "GPU 2" and c.last_device == 2 and c.last_rank == 0
     assert c.wait_us == pytest.approx({"GPU 0": 700.0, "GPU 1": 600.0, "GPU 2": 0.0})
     assert m.offsets[0].source == "reference"
-    sm = summary(m.stragglers, steps_per_rank=1, step_us=2000.0, n_matched=1)
+    rows = [_row({"peer_wait": w, "dp_reduce": 2000.0 - w}, step=5, device=d, on={"GPU 2": w} if w else None)
+            for d, w in ((0, 700.0), (1, 600.0), (2, 0.0))]
+    sm = summary(m.stragglers, rows, m.collectives)
     assert sm["verdict"] == "slow_gpu" and sm["participant"] == "GPU 2"
+    assert sm["caused_wait_us_per_step"] == pytest.approx(650.0)  # GPU 0 and GPU 1 wait side by side
 
 
 def test_ranks_aligned_through_a_subgroup_and_unmatched_executions_counted() -> None:
@@ -265,3 +273,18 @@ def test_send_recv_without_peers_pair_only_between_two_ranks() -> None:
     m = match({0: ranked([send]), 1: ranked([recv]), 2: ranked([recv])})
     assert m.collectives == [] and m.unmatched == {0: 1, 1: 1, 2: 1}  # which recv is the send's: unknown
 
+
+def test_summary_weighs_the_exposed_waiting_not_the_waiting_compute_hid() -> None:
+    """Rank 1 starts 400 µs late at each of two all_reduces, but rank 0's compute runs beside them: only 40 µs
+    per step is exposed (1 % of a 4000 µs step), below the 2 % threshold, while the in-kernel wait is 20 %."""
+    r0 = execs([(100.0, 1000.0, 0, "all_reduce", 1), (2100.0, 3000.0, 0, "all_reduce", 1)])
+    r1 = execs([(500.0, 1000.0, 1, "all_reduce", 1), (2500.0, 3000.0, 1, "all_reduce", 1)])
+    m = match({0: r0, 1: r1})
+    hidden = [_row({"peer_wait": 40.0, "compute": 3960.0}, on={"rank 1": 40.0}), _row({"compute": 4000.0}, rank=1)]
+    sm = summary(m.stragglers, hidden, m.collectives)
+    assert sm["verdict"] == "none" and sm["participant"] == "rank 1"
+    assert sm["caused_wait_us_per_step"] == pytest.approx(40.0) and sm["caused_wait_pct_of_step"] == pytest.approx(1.0)
+    assert sm["in_collective_wait_us_per_step"] == pytest.approx(800.0)
+    assert sm["in_collective_wait_pct_of_step"] == pytest.approx(20.0)
+    exposed = [_row({"peer_wait": 400.0, "compute": 3600.0}, on={"rank 1": 400.0}), _row({"compute": 4000.0}, rank=1)]
+    assert summary(m.stragglers, exposed, m.collectives)["verdict"] == "slow_rank"

@@ -1,5 +1,5 @@
 """Collectives matched per process group, point to point and by Comms Id, through real trace files (load, attribute,
-match).
+match); and the straggler summary weighed by the waiting the others could not hide.
 
 The traces are written event by event as torch 2.11 writes them (tests/synth/kineto.py); every expectation is
 what was placed in them.
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dpprof.analyze.pipeline import analyze
+from tests.synth.ddp import write_ddp_run
 from tests.synth.kineto import TS0_US, RankTrace
 
 T0 = TS0_US + 100.0
@@ -87,3 +88,26 @@ def test_comms_id_pairs_collectives_a_rank_ran_in_the_other_order(tmp_path: Path
                                                                        ("rank 1", pytest.approx(500.0))]
     assert a.clock_offsets[1].offset_us == pytest.approx(0.0) and a.clock_offsets[1].source == "collective ends"
 
+
+def test_ddp_straggler_cost_is_the_waiting_backward_did_not_hide(tmp_path: Path) -> None:
+    """The slow rank's lateness is mostly hidden by the others' remaining backward kernels: the summary's cost is
+    their exposed ``peer_wait`` on it (the construction's), not the whole waiting inside the allreduce kernels."""
+    traces, exp = write_ddp_run(tmp_path, 4, "straggler")
+    sm = analyze([traces.parent]).straggler_summary
+    others = [e for (rank, _dev, _step), e in exp["rows"].items() if rank != 3]
+    want = sum(e["peer_wait_on_us"].get("rank 3", 0.0) for e in others) / len(others)
+    assert (sm["verdict"], sm["participant"]) == ("slow_rank", "rank 3")
+    assert sm["caused_wait_us_per_step"] == pytest.approx(want, rel=0.01)
+    assert sm["in_collective_wait_us_per_step"] > 2 * sm["caused_wait_us_per_step"]
+
+
+def test_a_mildly_slow_rank_whose_lateness_compute_hides_is_no_straggler(tmp_path: Path) -> None:
+    traces, exp = write_ddp_run(tmp_path, 4, "mild_straggler")
+    a = analyze([traces.parent])
+    sm = a.straggler_summary
+    others = [e for (rank, _dev, _step), e in exp["rows"].items() if rank != 3]
+    exposed_pct = 100 * sum(e["peer_wait_on_us"].get("rank 3", 0.0) for e in others) / sum(
+        s.duration_us for s in a.steps if s.rank != 3)
+    assert exposed_pct < 2.0 <= sm["in_collective_wait_pct_of_step"]  # the raw figure would cross the threshold
+    assert sm["participant"] == "rank 3" and sm["verdict"] == "none"
+    assert sm["caused_wait_pct_of_step"] == pytest.approx(exposed_pct, abs=0.01)
