@@ -63,6 +63,11 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
             "unmatched_collectives", f"{n} collective executions have no counterpart in the other participants' "
             "traces (a rank's trace missing, or a window that started at another step): their waiting cannot "
             "be told from their transfer and counts as transfer", rank=r, count=n))
+    for r, (n, names) in sorted(matched.ambiguous.items()):
+        warnings.append(AnalysisWarning(
+            "ambiguous_process_group", f"{n} collective executions name no process group (gloo records none) and "
+            f"this rank belongs to several ({names.replace('|', ', ')}): they were matched by order with the ranks "
+            "of the same groups, and are not used to align the clocks", rank=r, count=n))
     sizes = {s.world_size for s in sums if s.world_size is not None}
     if len(sizes) > 1:
         warnings.append(AnalysisWarning("mixed_world_sizes", f"traces disagree on the world size: {sorted(sizes)}; "
@@ -75,8 +80,6 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
     _completeness(sums, ranks, manifest, warnings)
     first = sums[0]
     order = sorted(range(len(infos)), key=lambda i: infos[i].rank)
-    n_steps = len({(x.rank, x.step) for x in steps}) / max(len(sums), 1)
-    step_us = float(np.mean([x.duration_us for x in steps])) if steps else 0.0
     analysis = Analysis(
         strategy=strat, ranks=tuple(infos[i] for i in order),
         devices=tuple(sorted(devices, key=lambda d: (d.rank, d.device))),
@@ -89,7 +92,7 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
         output_device_source=first.output_device_source if strat == "dp" else "",
         strategy_evidence="; ".join(sorted({s.strategy_evidence for s in sums if s.strategy_evidence})),
         clock_offsets=tuple(matched.offsets) if len(sums) > 1 else (),
-        straggler_summary=matching.summary(matched.stragglers, n_steps, step_us, len(matched.collectives),
+        straggler_summary=matching.summary(matched.stragglers, steps, matched.collectives,
                                            first.output_device if strat == "dp" else None),
     )
     return analysis, segs

@@ -70,8 +70,9 @@ def _floats(values: list[float | None]) -> np.ndarray:
 
 #: Sparse per-row extras: collective metadata (GPU rows and ``record_param_comms`` ops that carry it) and the
 #: two ends of peer copies. Few rows have them, so they are kept as (row, value) tables, not full columns.
-COLL_FIELDS = ("collective", "in_nelems", "out_nelems", "dtype", "pg_name", "seq")
-_COLL_INT = ("in_nelems", "out_nelems", "seq")
+COLL_FIELDS = ("collective", "in_nelems", "out_nelems", "dtype", "pg_name", "seq", "comms_id", "src_rank",
+               "dst_rank")
+_COLL_INT = ("in_nelems", "out_nelems", "seq", "src_rank", "dst_rank")
 
 
 @dataclass
@@ -106,6 +107,7 @@ def _extras(args: list[Any], gpu_list: list[int], names: list[str], name_id: np.
     for f in _COLL_INT:
         coll[f] = [_as_int(v) for v in coll[f]]
     coll["pg_name"] = [None if v is None else str(v) for v in coll["pg_name"]]
+    coll["comms_id"] = [None if v is None else str(v) for v in coll["comms_id"]]
     peer = [i for i in gpu_list if args[i].to_device is not None or args[i].from_device is not None]
     def dev(v: Any) -> int:
         x = _as_int(v)

@@ -46,13 +46,20 @@ class _ArgsWide(_Args, gc=False):
     field is a slot to fill in every event's args, so the other chunks keep the narrow ``_Args``."""
 
     # Collective metadata: libkineto copies it from ``record_param_comms`` onto the NCCL kernel
-    # (``ChromeTraceLogger::handleActivity`` in libkineto/src/output_json.cpp); ``Seq`` only in newer versions.
+    # (``ChromeTraceLogger::appendCollectiveArgs`` in libkineto/src/output_json.cpp); ``Seq`` and ``Comms Id``
+    # only in newer versions and only when c10d set a sequence number (torch/csrc/profiler/util.cpp
+    # ``saveNcclMeta``: ``Comms Id`` is a hash of the group name, that number and the group's ranks, the same on
+    # every participant); ``Src Rank``/``Dst Rank`` (the global rank of a recv's sender / a send's receiver,
+    # ``groupRanks[rank]`` there) on point-to-point ops.
     collective: str | None = msgspec.field(default=None, name="Collective name")
     in_nelems: int | float | None = msgspec.field(default=None, name="In msg nelems")
     out_nelems: int | float | None = msgspec.field(default=None, name="Out msg nelems")
     dtype: str | None = None
     pg_name: str | int | None = msgspec.field(default=None, name="Process Group Name")
     seq: int | None = msgspec.field(default=None, name="Seq")
+    comms_id: int | str | None = msgspec.field(default=None, name="Comms Id")  # a size_t: may pass int64
+    src_rank: int | str | None = msgspec.field(default=None, name="Src Rank")
+    dst_rank: int | str | None = msgspec.field(default=None, name="Dst Rank")
     # Peer copies (CUPTI memcpy2 records) name both ends instead of ``device``: the copy runs on
     # ``fromDevice``'s stream for torch's cross-device copies (aten/src/ATen/native/cuda/Copy.cu).
     from_device: int | None = msgspec.field(default=None, name="fromDevice")
@@ -106,7 +113,9 @@ _AnyEventFull: TypeAlias = Union[(EventWide, *_FULL.values())]  # type: ignore[v
 class _PG(msgspec.Struct):
     pg_name: str | None = None
     pg_size: int | None = None
-    ranks: list[int] | None = None
+    # torch writes a list (torch/profiler/profiler.py ``_get_distributed_info``), libkineto's on-demand writer a
+    # string ("[0, 1]", ``addOnDemandDistMetadata`` in libkineto/src/output_json.cpp): read either.
+    ranks: list[int] | str | None = None
 
 
 class _Dist(msgspec.Struct):

@@ -65,11 +65,15 @@ class RankTrace:
 
     def __init__(self, *, rank: int, pid: int, devices: tuple[int, ...], world_size: int | None,
                  backend: str | None, pg_ranks: tuple[int, ...] = (), nccl_version: str | None = None,
-                 first_ext: int = 1000, first_corr: int = 100000, clock_shift_us: float = 0.0) -> None:
+                 first_ext: int = 1000, first_corr: int = 100000, clock_shift_us: float = 0.0,
+                 subgroups: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> None:
         #: This rank's clock error: every timestamp is written ``clock_shift_us`` late (another host's clock).
         self.clock_shift_us = clock_shift_us
         self.rank, self.pid, self.devices = rank, pid, devices
         self.world_size, self.backend, self.pg_ranks, self.nccl_version = world_size, backend, pg_ranks, nccl_version
+        #: Further process groups the rank belongs to, (name, global ranks): torch lists every group of the rank in
+        #: distributedInfo.pg_config (torch/profiler/profiler.py ``_get_distributed_info``).
+        self.subgroups = subgroups
         self.ops: list[Op] = []
         self.gpu: list[GpuSpan] = []
         self.runtime_rows: list[tuple[int, float, float]] = []  # (tid, start, end)
@@ -210,11 +214,11 @@ class RankTrace:
         lines += [",\n".join(props), "    ],", '      "trace_id": "5E1F0000000000000000000000000000",',
                   '      "record_shapes": 1,']
         if self.world_size is not None:
+            groups = [("0", "default_pg", self.pg_ranks)] + [(n, "sub", r) for n, r in self.subgroups]
             info: dict[str, Any] = {"backend": self.backend, "rank": self.rank, "world_size": self.world_size,
-                                    "pg_count": 1, "pg_config": [{
-                                        "pg_name": "0", "pg_desc": "default_pg",
-                                        "backend_config": f"cuda:{self.backend}",
-                                        "pg_size": len(self.pg_ranks), "ranks": list(self.pg_ranks)}]}
+                                    "pg_count": len(groups), "pg_config": [{
+                                        "pg_name": name, "pg_desc": desc, "backend_config": f"cuda:{self.backend}",
+                                        "pg_size": len(ranks), "ranks": list(ranks)} for name, desc, ranks in groups]}
             if self.nccl_version:
                 info["nccl_version"] = self.nccl_version
             lines.append(f'      "distributedInfo": {json.dumps(info)},')
