@@ -8,6 +8,7 @@ loaded on first use.
 from typing import Any
 
 from dpprof.version import __version__
+
 __all__ = ["__version__", "mark_dataparallel", "session"]
 
 

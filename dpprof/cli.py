@@ -16,8 +16,8 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dpprof.version import __version__
 from dpprof.errors import DpprofError, Terminated
+from dpprof.version import __version__
 
 # name -> module holding HELP / prepare_parser / run. Modules must import heavy libraries lazily.
 COMMANDS: dict[str, str] = {

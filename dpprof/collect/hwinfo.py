@@ -15,8 +15,8 @@ from itertools import combinations
 from types import ModuleType
 from typing import Any
 
-from dpprof.version import __version__
 from dpprof.collect.nvml_gpus import describe_error, import_nvml, list_gpus
+from dpprof.version import __version__
 
 #: nvidia-smi's names for the closest common PCIe ancestor of two GPUs (nvmlGpuTopologyLevel_t).
 PCIE_PATH = {0: "SAME_BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}

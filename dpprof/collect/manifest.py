@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from dpprof.version import __version__
 from dpprof.errors import DpprofError
 from dpprof.rundir import MANIFEST, MANIFEST_SCHEMA, NODES_DIR, read_json, write_json
+from dpprof.version import __version__
 
 STATUSES = ("running", "complete", "incomplete", "failed")
 

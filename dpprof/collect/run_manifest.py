@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dpprof.version import __version__
 from dpprof.collect.manifest import ManifestWriter, collect_versions_and_hardware
 from dpprof.collect.model_watch import Inference
 from dpprof.collect.run_config import ScriptRunConfig, under_torchrun
 from dpprof.collect.script_runner import Script
+from dpprof.version import __version__
 
 #: config keys filled from the inference (listed in ``config.inferred`` when dpprof inferred them)
 INFERRED_KEYS = ("strategy", "model", "batch_size", "per_rank_batch_size", "gpus", "device_ids", "world_size",

@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dpprof.version import __version__
 from dpprof.collect.children import ChildProcesses
 from dpprof.collect.ddp_info import BucketWatch
 from dpprof.collect.dp_marks import marking_all
@@ -52,6 +51,7 @@ from dpprof.collect.stepping import (
 )
 from dpprof.collect.train import LoopResult
 from dpprof.rundir import TRACES_DIR
+from dpprof.version import __version__
 from dpprof.vocabulary import DP_MODES
 
 #: The sessions recording now, innermost last (``dpprof.session()`` inside one opens nothing).

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from dpprof.version import __version__
 from dpprof.collect.config import ProfilerSettings, RunConfig
 from dpprof.collect.data import build_loaders
 from dpprof.collect.identity import RankIdentity
@@ -20,6 +19,7 @@ from dpprof.collect.profiler import TraceWindow
 from dpprof.collect.strategies import Placement, wrap_ddp, wrap_dp, wrap_fsdp, wrap_single
 from dpprof.collect.train import LoopResult
 from dpprof.rundir import TRACES_DIR
+from dpprof.version import __version__
 from dpprof.vocabulary import PROCESS_PER_RANK
 
 

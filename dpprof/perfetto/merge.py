@@ -24,7 +24,6 @@ from typing import IO, Any
 
 import msgspec
 
-from dpprof.version import __version__
 from dpprof.analyze.model import Analysis, RankInfo
 from dpprof.analyze.run import Run, load_run
 from dpprof.analyze.segments import Segments
@@ -37,6 +36,7 @@ from dpprof.perfetto.scan import Filter, scan, step_windows
 from dpprof.rundir import resolve_inputs
 from dpprof.trace.nvml_merge import nodes_for_ranks
 from dpprof.trace.nvml_samples import NvmlData
+from dpprof.version import __version__
 
 #: Trace timestamps below this (µs) without baseTimeNanoseconds are not on the wall clock: NVML cannot be placed.
 _ABSOLUTE_US = 1e14

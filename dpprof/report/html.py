@@ -11,11 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from dpprof.version import __version__
 from dpprof.analyze.run import Run
 from dpprof.report import plots, run_context
 from dpprof.report.projection_view import projection_plot, projection_view
 from dpprof.report.svg import CATEGORY_COLORS, Plot
+from dpprof.version import __version__
 
 TEMPLATES = Path(__file__).parent / "templates"
 
