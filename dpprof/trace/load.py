@@ -54,9 +54,11 @@ from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's publ
     renumber,
 )
 from dpprof.trace.decode import read_bytes  # noqa: F401 (re-exported)
+from dpprof.trace.metadata import Header, read_header
 
 _NS_TS_THRESHOLD = 1e17  # epoch µs is ~1.7e15 today; only epoch ns exceeds 1e17
 _get = attrgetter
+_SHOWN = 5  # header problems spelled out in the warning
 
 
 @dataclass
@@ -137,9 +139,9 @@ def _load(path: Path, max_inflate: int | None) -> RankTrace:
     rt.tolerant = tolerant
     if np.any(rt.correlation[is_gpu(rt.kind)] < 0):
         _add_flows(rt, path, full_events, max_inflate)
-    _fill_metadata(rt, doc)
+    head = _fill_metadata(rt, doc)
     _drop_outliers(rt)
-    _drop_unknown_devices(rt, doc)
+    _drop_unknown_devices(rt, head)
     if len(rt.ts) == 0:
         raise TraceError(f"{path}: no complete events with a usable time or device (every event skipped)")
     return rt
@@ -200,21 +202,21 @@ def _int_or(v: Any, default: int = -1) -> int:
         return default
 
 
-def _fill_metadata(rt: RankTrace, doc: D.Trace) -> None:
-    dist = doc.distributedInfo
-    if dist is not None:
-        rt.rank, rt.world_size, rt.backend = dist.rank, dist.world_size, dist.backend
-        rt.pg_config = [{"pg_name": p.pg_name, "pg_size": p.pg_size, "ranks": p.ranks}
-                        for p in dist.pg_config or []]
-    rt.base_time_ns = doc.baseTimeNanoseconds
-    for prop in doc.deviceProperties or []:
-        if prop.id is not None and prop.name:
-            rt.gpu_names[str(prop.id)] = prop.name
+def _fill_metadata(rt: RankTrace, doc: D.Trace) -> Header:
+    head = read_header(doc.distributedInfo, doc.baseTimeNanoseconds, doc.deviceProperties)
+    rt.rank, rt.world_size, rt.backend, rt.pg_config = head.rank, head.world_size, head.backend, head.pg_config
+    rt.base_time_ns, rt.gpu_names = head.base_time_ns, dict(head.gpu_names)
+    if head.problems:
+        shown = "; ".join(head.problems[:_SHOWN]) + (f"; and {len(head.problems) - _SHOWN} more"
+                                                      if len(head.problems) > _SHOWN else "")
+        rt.notes.append(("trace_metadata", f"trace header fields left out (as if absent): {shown}",
+                         len(head.problems)))
     if len(rt.ts) and float(np.median(rt.ts)) > _NS_TS_THRESHOLD:
         rt.ts = rt.ts / 1000.0
         rt.dur = rt.dur / 1000.0
         rt.flow_ts = rt.flow_ts / 1000.0
         rt.ns_converted = True
+    return head
 
 
 def clock_offset_us(rt: RankTrace) -> float:
@@ -253,9 +255,9 @@ def _drop_outliers(rt: RankTrace) -> None:
             rt.flow_ts, rt.flow_id, rt.flow_tid, rt.flow_start))
 
 
-def _drop_unknown_devices(rt: RankTrace, doc: D.Trace) -> None:
+def _drop_unknown_devices(rt: RankTrace, head: Header) -> None:
     """Skip GPU activities on a device the trace does not describe (deviceProperties, else ids 0-1023)."""
-    listed = {p.id for p in doc.deviceProperties or [] if p.id is not None and 0 <= p.id < MAX_DEVICES}
+    listed = {d for d in head.device_ids if 0 <= d < MAX_DEVICES}
     known = np.array(sorted(listed) if listed else range(MAX_DEVICES), dtype=np.int64)
     gpu = is_gpu(rt.kind)
     bad = gpu & (rt.device != -1) & ~np.isin(rt.device, known)
@@ -268,3 +270,4 @@ def _drop_unknown_devices(rt: RankTrace, doc: D.Trace) -> None:
             ", ..." if len(ids) > 5 else "")
         rt.notes.append(("skipped_unknown_devices", f"{n} GPU activities skipped: device id(s) {shown} not "
                          f"among the trace's devices ({where})", n))
+

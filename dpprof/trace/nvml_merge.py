@@ -65,6 +65,7 @@ GPU_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "Kernel", "Mem
 _TRACE_EVENTS = re.compile(rb'"traceEvents"\s*:\s*\[')
 #: Timestamps above this many µs are absolute (epoch) rather than relative to baseTimeNanoseconds.
 _ABSOLUTE_US = 10**14
+_INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class TraceSpan:
     devices: tuple[int, ...]
     rank: int | None
     events: int
+    #: Why NVML samples cannot be placed on this trace's clock (None: they can); the merge copies it without them.
+    no_clock: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
@@ -107,7 +111,8 @@ def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An int64 (a JSON integer beyond 64 bits is not one: numpy's int64 arithmetic would overflow on it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64 else None
 
 
 def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
@@ -131,16 +136,23 @@ def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
                 devices.add(dev)
     if start is None or end is None:
         raise TraceError(f"{path}: no timed events")
-    base = _int(obj.get("baseTimeNanoseconds"))
+    warnings: list[str] = []
+    raw_base = obj.get("baseTimeNanoseconds")
+    base = _int(raw_base)
+    if base is None and raw_base is not None:
+        # libkineto writes an int64_t of epoch ns (ChromeTraceLogger::handleTraceStart, libkineto/src/output_json.cpp)
+        warnings.append(f"{path.name}: baseTimeNanoseconds is not a 64-bit integer of nanoseconds: ignored")
+    no_clock = None
     if base is None:
         if start < _ABSOLUTE_US:
-            raise TraceError(f"{path}: no baseTimeNanoseconds and relative timestamps: cannot place NVML samples")
+            no_clock = "no usable baseTimeNanoseconds and relative timestamps: cannot place NVML samples"
         base = 0  # older traces: absolute µs since the epoch
     info = obj.get("distributedInfo")
     rank = _int(info.get("rank")) if isinstance(info, dict) else None
     rank = rank if rank is not None else rank_from_name(path)
     return TraceSpan(base_ns=base, start_ns=round(start * 1000), end_ns=round(end * 1000),
-                     devices=tuple(sorted(devices)), rank=rank, events=len(obj["traceEvents"]))
+                     devices=tuple(sorted(devices)), rank=rank, events=len(obj["traceEvents"]), no_clock=no_clock,
+                     warnings=tuple(warnings))
 
 
 def format_us(rel_ns: int) -> str:
@@ -156,11 +168,13 @@ def _number(value: float) -> str:
 
 def counter_lines(gpu: GpuSamples, pid: int, span: TraceSpan) -> tuple[list[bytes], int, int]:
     """Counter events (one JSON text each) for the samples of ``gpu`` inside ``span``; in/out counts."""
-    rel = gpu.t_ns - np.int64(span.base_ns)
-    inside = (rel >= span.start_ns) & (rel <= span.end_ns)
+    # The window in absolute ns, computed and clamped in Python ints: sample times are int64 and any sum with a
+    # hostile base or span would wrap silently (or raise) in numpy.
+    lo, hi = max(span.base_ns + span.start_ns, -_INT64), min(span.base_ns + span.end_ns, _INT64 - 1)
+    inside = (gpu.t_ns >= lo) & (gpu.t_ns <= hi) if lo <= hi else np.zeros(len(gpu), dtype=bool)
     out: list[bytes] = []
     for k in np.flatnonzero(inside):
-        ts = format_us(int(rel[k]))
+        ts = format_us(int(gpu.t_ns[k]) - span.base_ns)
         for key, name in COUNTERS:
             value = gpu.fields[key][k]
             if np.isnan(value):  # a field NVML could not read: no point to draw
@@ -229,10 +243,12 @@ def merge_trace(source: Path, output: Path, nvml: NvmlData, node_of: Callable[[i
     obj = _decode(raw, source)
     span = scan_trace(obj, source)
     node = node_of(span.rank)
-    warnings: list[str] = []
+    warnings: list[str] = list(span.warnings)
     lines: list[bytes] = []
     n_in = n_out = 0
-    if node is None:
+    if span.no_clock is not None:
+        warnings.append(f"{source.name}: {span.no_clock}; copied without NVML")
+    elif node is None:
         warnings.append(f"{source.name}: rank {span.rank}: no rule says which node ran it; copied without NVML")
     elif not span.devices:
         warnings.append(f"{source.name}: no GPU activity in the trace; copied without NVML")
