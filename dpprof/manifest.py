@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from dpprof.rundir import MANIFEST, read_json
+from dpprof.rundir import MANIFEST, load_json
 from dpprof.schema import check_file, spec_of
 
 
@@ -318,8 +318,10 @@ def read_manifest(run_dir: Path | None) -> tuple[Manifest | None, list[str]]:
     """The run's manifest and what was wrong in it; (None, []) without a run directory or a readable manifest."""
     if run_dir is None:
         return None, []
-    data = read_json(run_dir / MANIFEST)
-    return (None, []) if data is None else parse_manifest(data)
+    data, why = load_json(run_dir / MANIFEST)
+    if data is None:
+        return None, [why] if why else []
+    return parse_manifest(data)
 
 
 #: The manifest of a run that has none: every field None, every section empty.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,18 +206,27 @@ def _node_of_file(name: Any) -> str | None:
     return node_from_name(Path(base)) if base.endswith(".jsonl") else None
 
 
-def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...]) -> Callable[[int | None], str | None]:
-    """rank -> node key of its NVML file, by the rules in the module docstring."""
+def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...], notes: list[str] | None = None
+                    ) -> Callable[[int | None], str | None]:
+    """rank -> node key of its NVML file, by the rules in the module docstring.
+
+    ``notes``: receives what was wrong in the node files (fields left out, a file too large) and a manifest ignored
+    for its size."""
     by_rank: dict[int, str] = {}
+    notes = [] if notes is None else notes
     nodes_dir = run_dir / NODES_DIR
     if nodes_dir.is_dir() and not nodes_dir.is_symlink():
         for f in sorted(nodes_dir.glob("*.json")):
-            node, _ = read_checked(f, NODE_SPEC)
+            node, problems = read_checked(f, NODE_SPEC)
+            notes.extend(f"{NODES_DIR}/{p}" if p.startswith(f.name) else p for p in problems)
             if node is not None and isinstance(node.get("ranks"), list):
                 key = _node_of_file(node.get("nvml_file")) or str(node.get("node_key") or f.stem)
                 by_rank.update({r: key for r in node["ranks"] if _int(r) is not None})
     only = nvml_nodes[0] if len(nvml_nodes) == 1 else None
-    manifest = read_manifest(run_dir)[0] or EMPTY
+    manifest, problems = read_manifest(run_dir)
+    if manifest is None:
+        notes.extend(problems)  # a manifest ignored (too large): its nodes place no rank
+    manifest = manifest or EMPTY
     nproc = manifest.config.nproc
     # (first rank, ranks, node key) per node: ranges, not one entry per rank (a manifest may say nproc 1e9).
     blocks = [(n.node_rank * nproc, nproc, Path(n.file).stem if n.file else str(n.host))
@@ -294,7 +303,10 @@ def merge_run_detailed(run_dir: Path, max_inflate: int | None = None) -> tuple[l
     if nvml.samples == 0:
         why = nvml.warnings[0] if nvml.warnings else "the NVML files hold no samples"
         raise DpprofError(f"{run_dir}: no NVML samples to merge ({why})")
-    node_of = nodes_for_ranks(run_dir, nvml.nodes)
+    notes: list[str] = []
+    node_of = nodes_for_ranks(run_dir, nvml.nodes, notes)
+    if notes:  # printed with the NVML warnings
+        nvml = replace(nvml, warnings=(*nvml.warnings, *notes))
     results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of, max_inflate, within=run_dir)
                for path in traces]
     _list_in_manifest(run_dir)
