@@ -6,7 +6,9 @@ Who writes them, and so what a real value is:
   ``add_metadata_json``: ``backend`` a string, ``rank`` from ``dist.get_rank()`` (0 or more), ``world_size`` from
   ``dist.get_world_size()`` (1 or more), ``pg_config`` a list of objects (``pg_name``, ``pg_size``, ``ranks``).
 * ``baseTimeNanoseconds``: libkineto's ``ChromeTraceLogger::handleTraceStart`` (libkineto/src/output_json.cpp)
-  writes the profiler's clock origin, an ``int64_t`` of epoch nanoseconds.
+  writes the profiler's clock origin, an ``int64_t`` of epoch nanoseconds: after 1970, and taken here to be
+  before 2116 (``MAX_BASE_NS``), so that two ranks' bases differ by less than int64 can hold (the timelines add
+  that difference to every timestamp in int64 ns).
 * ``deviceProperties``: libkineto's ``devicePropertiesJson`` (libkineto/src/CudaDeviceProperties.cpp), a list of
   objects with an integer ``id`` and a ``name``.
 
@@ -22,6 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _INT64 = 2**63
+#: Epoch ns of 2116: a base time at or above it (or below 0, before 1970) is no profiler clock's.
+MAX_BASE_NS = 2**62
+
+
+def base_time_ok(value: Any) -> bool:
+    """Whether ``value`` is a usable ``baseTimeNanoseconds``: an integer of epoch ns in [0, ``MAX_BASE_NS``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_BASE_NS
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,10 @@ def read_header(dist: Any, base: Any, props: Any) -> Header:
     elif dist is not None:
         c.bad("distributedInfo", "an object", dist)
     base_ns = None
-    if _int(base):
+    if base_time_ok(base):
         base_ns = int(base)
     elif base is not None:
-        c.bad("baseTimeNanoseconds", "a 64-bit integer of nanoseconds", base)
+        c.bad("baseTimeNanoseconds", "an integer of epoch nanoseconds (1970 to 2116)", base)
     names: dict[str, str] = {}
     ids: set[int] = set()
     if isinstance(props, list):

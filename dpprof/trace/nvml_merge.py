@@ -48,6 +48,7 @@ from dpprof.rundir import (
 )
 from dpprof.schema import NODE as NODE_SPEC
 from dpprof.trace.decode import Buffer, read_bytes
+from dpprof.trace.metadata import base_time_ok
 from dpprof.trace.nvml_samples import GpuSamples, NvmlData, node_from_name, read_nvml
 
 #: (sample field, counter event name): one Perfetto track per field. utilization.gpu is labelled with
@@ -138,10 +139,10 @@ def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
         raise TraceError(f"{path}: no timed events")
     warnings: list[str] = []
     raw_base = obj.get("baseTimeNanoseconds")
-    base = _int(raw_base)
+    base = raw_base if base_time_ok(raw_base) else None  # the loader's rule (dpprof.trace.metadata)
     if base is None and raw_base is not None:
-        # libkineto writes an int64_t of epoch ns (ChromeTraceLogger::handleTraceStart, libkineto/src/output_json.cpp)
-        warnings.append(f"{path.name}: baseTimeNanoseconds is not a 64-bit integer of nanoseconds: ignored")
+        warnings.append(f"{path.name}: baseTimeNanoseconds is not an integer of epoch nanoseconds (1970 to 2116): "
+                        "ignored")
     no_clock = None
     if base is None:
         if start < _ABSOLUTE_US:

@@ -97,11 +97,32 @@ def test_distributed_info_fields_are_checked_one_by_one(dist: Any, want: tuple[A
     assert head.base_time_ns == 1_790_857_026_000_000_000 and head.gpu_names == {"0": "H200"}
 
 
-@pytest.mark.parametrize("base", [10**30, -(2**63) - 1, float("inf"), 1.79e18, "1790857026000000000", [1], True])
-def test_base_time_outside_int64_or_not_an_integer_is_absent(base: Any) -> None:
+@pytest.mark.parametrize("base", [10**30, 2**63 - 1, 2**62, -1, -(2**63), float("inf"), 1.79e18,
+                                  "1790857026000000000", [1], True])
+def test_base_time_not_epoch_ns_is_absent(base: Any) -> None:
+    """Beyond int64 (merge-nvml's np.int64 raised), or an int64 before 1970 or after 2116: two such bases of one run
+    differ by more than int64 holds (perfetto's shift of every timestamp raised)."""
     head = read_header(None, base, None)
     assert head.base_time_ns is None and len(head.problems) == 1
-    assert head.problems[0].startswith("baseTimeNanoseconds: expected a 64-bit integer")
+    assert head.problems[0].startswith("baseTimeNanoseconds: expected an integer of epoch nanoseconds")
+
+
+@pytest.mark.parametrize("base", [0, 1_790_857_026_000_000_000, 2**62 - 1])
+def test_base_time_of_epoch_ns_is_kept(base: int) -> None:
+    head = read_header(None, base, None)
+    assert head.base_time_ns == base and not head.problems
+
+
+def test_perfetto_with_bases_at_the_int64_ends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each base fits int64, their difference does not: perfetto raised OverflowError (exit 1)."""
+    t0, t1 = _ranked(0, 2), _ranked(1, 2)
+    t0["baseTimeNanoseconds"], t1["baseTimeNanoseconds"] = -(2**63), 2**63 - 1
+    (tmp_path / "t").mkdir()
+    for name, data in _two_ranks(t0, t1).items():
+        (tmp_path / "t" / name).write_bytes(data)
+    out = tmp_path / "p.json.gz"
+    assert main(["perfetto", str(tmp_path / "t"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.stat().st_size > 0
 
 
 def test_wrong_header_costs_only_its_fields(tmp_path: Path) -> None:
@@ -161,7 +182,7 @@ def test_merge_nvml_with_a_base_time_beyond_int64(tmp_path: Path, capsys: pytest
     assert main(["merge-nvml", str(run)]) == 0
     out, err = capsys.readouterr()
     assert "rank 0, 5 counter events from 5 samples" in out
-    assert "rank1.pt.trace.json.gz: baseTimeNanoseconds is not a 64-bit integer" in err
+    assert "rank1.pt.trace.json.gz: baseTimeNanoseconds is not an integer of epoch nanoseconds" in err
     assert "cannot place NVML samples; copied without NVML" in err
     same = [gzip.decompress((run / d / "rank1.pt.trace.json.gz").read_bytes()) for d in ("traces", "merged")]
     assert same[0] == same[1]
