@@ -34,6 +34,10 @@ from typing import IO, Any
 from dpprof.errors import DpprofError, Terminated
 
 STDOUT = "-"
+#: Most bytes dpprof reads from a JSON sidecar of a run: ``manifest.json``, ``nodes/*.json``, ``sweep.json``, an
+#: NVML header line. Real ones are a few kB (a manifest with every field: ~20 kB); a 64 MB manifest cost 823 MB
+#: of memory and 16 s to decode. Above it a file is treated as absent, with a warning.
+MAX_SIDECAR_BYTES = 16 << 20
 #: (st_dev, st_ino) -> path of every file read since command_scope() began; None outside a scope.
 _inputs: dict[tuple[int, int], str] | None = None
 
@@ -87,13 +91,33 @@ def open_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofEr
     return open(fd, "rb")
 
 
-def read_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofError) -> bytes:
-    """All bytes of a regular file (see :func:`open_input`)."""
+class InputTooLarge(DpprofError):
+    """A file above the size a reader accepts (``read_input(max_bytes=...)``): refused before it is read."""
+
+
+def too_large(what: str | os.PathLike[str], size: int, max_bytes: int) -> str:
+    """The one line that says ``what`` (a file, a line) is above ``max_bytes`` and was not read."""
+    return f"{what}: {size:,} bytes, above dpprof's limit of {max_bytes:,} bytes for it: ignored, as if absent"
+
+
+def read_input(path: str | os.PathLike[str], error: type[DpprofError] = DpprofError,
+               max_bytes: int | None = None) -> bytes:
+    """All bytes of a regular file (see :func:`open_input`).
+
+    ``max_bytes``: a larger file raises :class:`InputTooLarge` before anything is read (its size from ``fstat``;
+    one that grows while read is stopped one byte past the limit).
+    """
     with open_input(path, error) as fh:
         try:
-            return fh.read()
+            if max_bytes is None:
+                return fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(max_bytes + 1) if size <= max_bytes else b""
         except OSError as exc:
             raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise InputTooLarge(too_large(path, max(size, len(data)), max_bytes))
+    return data
 
 
 def remember_input(path: str | os.PathLike[str], st: os.stat_result | None = None) -> None:

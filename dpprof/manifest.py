@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from dpprof.rundir import MANIFEST, read_json
+from dpprof.rundir import MANIFEST, load_json
 from dpprof.schema import check_file, spec_of
 
 
@@ -290,12 +290,38 @@ class Manifest(_Section, frozen=True):
 MANIFEST_SPEC: dict[str, Any] = spec_of(Manifest)
 
 
+#: Counts of a run that are at least 1 (torchrun's --nnodes/--nproc-per-node, dist.get_world_size()), by section.
+_COUNTS = {"config": ("world_size", "nproc", "nnodes")}
+
+
+def _check_ranges(clean: dict[str, Any], name: str) -> list[str]:
+    """Leave out counts below 1 and node ranks below 0 (right type, impossible value), naming each. ``clean`` is
+    ``check_file``'s copy (its sections are new dicts), so the caller's data is not touched."""
+    problems = []
+    for section, keys in _COUNTS.items():
+        sec = clean.get(section)
+        if not isinstance(sec, dict):
+            continue
+        for key in keys:
+            value = sec.get(key)
+            if isinstance(value, int) and value < 1:
+                problems.append(f"{name}: {section}.{key}: expected 1 or more, got {value}")
+                del sec[key]
+    for i, node in enumerate(clean.get("nodes") or []):
+        value = node.get("node_rank") if isinstance(node, dict) else None
+        if isinstance(value, int) and value < 0:
+            problems.append(f"{name}: nodes[{i}].node_rank: expected 0 or more, got {value}")
+            del node["node_rank"]
+    return problems
+
+
 def parse_manifest(data: Any, name: str = MANIFEST) -> tuple[Manifest | None, list[str]]:
     """A decoded manifest as a :class:`Manifest` (wrong fields left out) and what was wrong; None when it is not
     a JSON object."""
     clean, problems = check_file(data, MANIFEST_SPEC, name)
     if clean is None:
         return None, problems
+    problems += _check_ranges(clean, name)
     return msgspec.convert(_without_nulls(clean), Manifest), problems
 
 
@@ -318,8 +344,10 @@ def read_manifest(run_dir: Path | None) -> tuple[Manifest | None, list[str]]:
     """The run's manifest and what was wrong in it; (None, []) without a run directory or a readable manifest."""
     if run_dir is None:
         return None, []
-    data = read_json(run_dir / MANIFEST)
-    return (None, []) if data is None else parse_manifest(data)
+    data, why = load_json(run_dir / MANIFEST)
+    if data is None:
+        return None, [why] if why else []
+    return parse_manifest(data)
 
 
 #: The manifest of a run that has none: every field None, every section empty.

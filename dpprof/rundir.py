@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.errors import DpprofError
-from dpprof.fileio import check_input, read_input, remember_input, write_text_atomic
+from dpprof.fileio import (
+    MAX_SIDECAR_BYTES,
+    InputTooLarge,
+    check_input,
+    read_input,
+    remember_input,
+    write_text_atomic,
+)
 from dpprof.schema import check_file
 
 TRACES_DIR = "traces"
@@ -89,22 +96,34 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
     return Inputs(run_dir=run_dir, traces=tuple(dict.fromkeys(traces)))
 
 
-def read_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is missing or unreadable (a cut-short run, nesting beyond
-    the parser's limit). A path that exists but is not a regular file is refused (DpprofError)."""
+def load_json(path: Path) -> tuple[Any | None, str | None]:
+    """(a JSON sidecar's content, None), or (None, why it was ignored) for a file above
+    ``MAX_SIDECAR_BYTES`` (one line to warn with), or (None, None) when it is missing or unreadable (a
+    cut-short run, nesting beyond the parser's limit). A path that exists but is not a regular file is refused
+    (DpprofError)."""
     if not path.exists():
-        return None
+        return None, None
     check_input(path)  # a FIFO would block, a device never end: refused, not read
     try:
-        return json.loads(read_input(path).decode("utf-8"))
+        return json.loads(read_input(path, max_bytes=MAX_SIDECAR_BYTES).decode("utf-8")), None
+    except InputTooLarge as exc:
+        return None, str(exc)
     except (DpprofError, ValueError, UnicodeDecodeError, RecursionError):  # unreadable: as if missing
-        return None
+        return None, None
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON sidecar's content, or None when it is missing, unreadable or too large (see :func:`load_json`)."""
+    return load_json(path)[0]
 
 
 def read_checked(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
-    """A JSON object file with the fields of the wrong type left out (``dpprof.schema``), and the problems."""
-    data = read_json(path)
-    return (None, []) if data is None else check_file(data, spec, path.name)
+    """A JSON object file with the fields of the wrong type left out (``dpprof.schema``), and the problems (the
+    file's size when it was too large to read)."""
+    data, why = load_json(path)
+    if data is None:
+        return None, [why] if why else []
+    return check_file(data, spec, path.name)
 
 
 def dumps_json(obj: Any, indent: int | None = 1) -> str:

@@ -178,6 +178,14 @@ def _summaries(paths: Sequence[str], jobs: int, segments: bool = False, max_infl
     return good, bad
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share), not the
+    machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 #: ``manifest=`` default of ``analyze``/``attribute``: read the run directory's manifest.
 READ: Any = object()
 
@@ -186,7 +194,8 @@ def analyze(paths: Iterable[str | Path], *, jobs: int | None = None, max_inflate
             manifest: Manifest | None = READ) -> Analysis:
     """Analyse a run directory, a folder of traces or trace files. Raises DpprofError on bad input.
 
-    ``jobs``: worker processes (default ``min(2, ranks, cpus)``; never more than the files or the CPUs).
+    ``jobs``: worker processes (default ``min(2, ranks, cpus)``; never more than the files or the CPUs this
+    process may use).
     ``max_inflate``: most bytes a gzip trace may inflate to (``dpprof.trace.inflate``).
     ``manifest``: the run's manifest when the caller has read it (``dpprof.analyze.run.load_run``).
     """
@@ -203,7 +212,7 @@ def _analyze(paths: Iterable[str | Path], jobs: int | None, segments: bool, max_
              manifest: Manifest | None) -> tuple[Analysis, dict[int, Segments]]:
     inputs = resolve_inputs(paths)
     files = [str(p) for p in inputs.traces]
-    jobs = min(2 if jobs is None else jobs, len(files), os.cpu_count() or 1)
+    jobs = min(2 if jobs is None else jobs, len(files), usable_cpus())
     sums, errors = _summaries(files, max(1, jobs), segments, max_inflate)
     if manifest is READ:
         manifest, _ = read_manifest(inputs.run_dir)

@@ -110,35 +110,18 @@ _AnyEventWide: TypeAlias = Union[(EventWide, *_LIGHT.values())]  # type: ignore[
 _AnyEventFull: TypeAlias = Union[(EventWide, *_FULL.values())]  # type: ignore[valid-type]  # noqa: UP007
 
 
-class _PG(msgspec.Struct):
-    pg_name: str | None = None
-    pg_size: int | None = None
-    # torch writes a list (torch/profiler/profiler.py ``_get_distributed_info``), libkineto's on-demand writer a
-    # string ("[0, 1]", ``addOnDemandDistMetadata`` in libkineto/src/output_json.cpp): read either.
-    ranks: list[int] | str | None = None
-
-
-class _Dist(msgspec.Struct):
-    backend: str | None = None
-    rank: int | None = None
-    world_size: int | None = None
-    pg_config: list[_PG] | None = None
-    nccl_version: str | None = None
-
-
-class _DevProp(msgspec.Struct):
-    id: int | None = None
-    name: str | None = None
-
-
 class Trace(msgspec.Struct):
-    """The file's metadata (its events are decoded apart, chunk by chunk)."""
+    """The file's metadata (its events are decoded apart, chunk by chunk).
+
+    The header fields are decoded as plain JSON and checked field by field by ``dpprof.trace.metadata``: a value of
+    the wrong type there must cost only that field (named in a warning), not the typed decode of the whole file.
+    """
 
     traceEvents: list[_AnyEvent] | None = None  # noqa: N815 (Kineto's key)
-    distributedInfo: _Dist | None = None  # noqa: N815
-    baseTimeNanoseconds: int | None = None  # noqa: N815
-    displayTimeUnit: str | None = None  # noqa: N815
-    deviceProperties: list[_DevProp] | None = None  # noqa: N815
+    distributedInfo: Any = None  # noqa: N815
+    baseTimeNanoseconds: Any = None  # noqa: N815
+    displayTimeUnit: Any = None  # noqa: N815
+    deviceProperties: Any = None  # noqa: N815
 
 
 class _FlowTrace(msgspec.Struct):
@@ -338,10 +321,7 @@ def decode_tolerant(path: Path, raw: Buffer) -> tuple[Trace, list[Any], int]:
     raw_events = data.pop("traceEvents")
     meta = {k: v for k, v in data.items() if k in ("distributedInfo", "baseTimeNanoseconds",
                                                    "displayTimeUnit", "deviceProperties")}
-    try:
-        doc = msgspec.convert(meta, Trace, strict=False)
-    except msgspec.ValidationError:
-        doc = Trace()
+    doc = Trace(**meta)  # plain values: checked by dpprof.trace.metadata
     events, bad = convert_tolerant(raw_events)
     return doc, events, bad
 

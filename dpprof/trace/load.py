@@ -30,6 +30,7 @@ import msgspec
 import numpy as np
 
 from dpprof.errors import TraceError
+from dpprof.trace import classify as C
 from dpprof.trace import decode as D
 from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's public names)
     BAD_DEVICE,
@@ -54,9 +55,11 @@ from dpprof.trace.columns import (  # noqa: F401 (re-exported: the loader's publ
     renumber,
 )
 from dpprof.trace.decode import read_bytes  # noqa: F401 (re-exported)
+from dpprof.trace.metadata import Header, read_header
 
 _NS_TS_THRESHOLD = 1e17  # epoch µs is ~1.7e15 today; only epoch ns exceeds 1e17
 _get = attrgetter
+_SHOWN = 5  # header problems spelled out in the warning
 
 
 @dataclass
@@ -137,9 +140,12 @@ def _load(path: Path, max_inflate: int | None) -> RankTrace:
     rt.tolerant = tolerant
     if np.any(rt.correlation[is_gpu(rt.kind)] < 0):
         _add_flows(rt, path, full_events, max_inflate)
-    _fill_metadata(rt, doc)
+    head = _fill_metadata(rt, doc)
     _drop_outliers(rt)
-    _drop_unknown_devices(rt, doc)
+    _drop_unknown_devices(rt, head)
+    steps = _step_names(rt)
+    _clip_overlapping_steps(rt, _drop_bad_step_numbers(rt, steps))
+    _drop_long_events(rt)
     if len(rt.ts) == 0:
         raise TraceError(f"{path}: no complete events with a usable time or device (every event skipped)")
     return rt
@@ -200,21 +206,21 @@ def _int_or(v: Any, default: int = -1) -> int:
         return default
 
 
-def _fill_metadata(rt: RankTrace, doc: D.Trace) -> None:
-    dist = doc.distributedInfo
-    if dist is not None:
-        rt.rank, rt.world_size, rt.backend = dist.rank, dist.world_size, dist.backend
-        rt.pg_config = [{"pg_name": p.pg_name, "pg_size": p.pg_size, "ranks": p.ranks}
-                        for p in dist.pg_config or []]
-    rt.base_time_ns = doc.baseTimeNanoseconds
-    for prop in doc.deviceProperties or []:
-        if prop.id is not None and prop.name:
-            rt.gpu_names[str(prop.id)] = prop.name
+def _fill_metadata(rt: RankTrace, doc: D.Trace) -> Header:
+    head = read_header(doc.distributedInfo, doc.baseTimeNanoseconds, doc.deviceProperties)
+    rt.rank, rt.world_size, rt.backend, rt.pg_config = head.rank, head.world_size, head.backend, head.pg_config
+    rt.base_time_ns, rt.gpu_names = head.base_time_ns, dict(head.gpu_names)
+    if head.problems:
+        shown = "; ".join(head.problems[:_SHOWN]) + (f"; and {len(head.problems) - _SHOWN} more"
+                                                      if len(head.problems) > _SHOWN else "")
+        rt.notes.append(("trace_metadata", f"trace header fields left out (as if absent): {shown}",
+                         len(head.problems)))
     if len(rt.ts) and float(np.median(rt.ts)) > _NS_TS_THRESHOLD:
         rt.ts = rt.ts / 1000.0
         rt.dur = rt.dur / 1000.0
         rt.flow_ts = rt.flow_ts / 1000.0
         rt.ns_converted = True
+    return head
 
 
 def clock_offset_us(rt: RankTrace) -> float:
@@ -253,9 +259,9 @@ def _drop_outliers(rt: RankTrace) -> None:
             rt.flow_ts, rt.flow_id, rt.flow_tid, rt.flow_start))
 
 
-def _drop_unknown_devices(rt: RankTrace, doc: D.Trace) -> None:
+def _drop_unknown_devices(rt: RankTrace, head: Header) -> None:
     """Skip GPU activities on a device the trace does not describe (deviceProperties, else ids 0-1023)."""
-    listed = {p.id for p in doc.deviceProperties or [] if p.id is not None and 0 <= p.id < MAX_DEVICES}
+    listed = {d for d in head.device_ids if 0 <= d < MAX_DEVICES}
     known = np.array(sorted(listed) if listed else range(MAX_DEVICES), dtype=np.int64)
     gpu = is_gpu(rt.kind)
     bad = gpu & (rt.device != -1) & ~np.isin(rt.device, known)
@@ -268,3 +274,82 @@ def _drop_unknown_devices(rt: RankTrace, doc: D.Trace) -> None:
             ", ..." if len(ids) > 5 else "")
         rt.notes.append(("skipped_unknown_devices", f"{n} GPU activities skipped: device id(s) {shown} not "
                          f"among the trace's devices ({where})", n))
+
+
+#: Step numbers beyond int32 are not a real run's (torch counts steps from 0 in ``profile.step()``) and overflow
+#: the analysis' step columns.
+MAX_STEP = 2**31 - 1
+#: An event is absurdly long when it lasts more than twice the span of the trace's starts, and more than 1 s
+#: beyond it. Kineto's own ``PyTorch Profiler (0)`` event encloses the whole window: ~1.0-1.1 times that span in
+#: every real trace of tests/data.
+LONG_FACTOR = 2.0
+LONG_MARGIN_US = 1e6
+
+
+def _step_names(rt: RankTrace) -> dict[int, str]:
+    """name id -> the digits of every ``ProfilerStep#N`` in the string table (classify's step rule)."""
+    out = {}
+    for i, n in enumerate(rt.names):
+        if n.startswith("ProfilerStep#") and C.classify_cpu_name(n) == C.C_STEP:
+            out[i] = n[len("ProfilerStep#"):]
+    return out
+
+
+def _drop_bad_step_numbers(rt: RankTrace, steps: dict[int, str]) -> list[int]:
+    """Skip ``ProfilerStep#N`` events (host and GPU copies) whose N is beyond ``MAX_STEP`` (``int`` is not asked
+    to read thousands of digits); the name ids of the steps kept."""
+    bad = [i for i, digits in steps.items() if len(digits) > 10 or int(digits) > MAX_STEP]
+    if not bad:
+        return list(steps)
+    drop = np.isin(rt.name_id, bad)
+    n = int(np.count_nonzero(drop))
+    if n:
+        _keep_rows(rt, ~drop)
+        rt.notes.append(("skipped_step_numbers", f"{n} ProfilerStep events skipped: step number above "
+                         f"{MAX_STEP:,} (torch counts steps from 0; not a real run's)", n))
+    gone = set(bad)
+    return [i for i in steps if i not in gone]
+
+
+def _clip_overlapping_steps(rt: RankTrace, ids: list[int]) -> None:
+    """A host ``ProfilerStep#N`` ending after the next one of its thread starts is cut at that start.
+
+    torch ends a step before it opens the next (``profile.step()`` in torch/profiler/profiler.py exits the
+    previous ``record_function("ProfilerStep#N")`` and then enters the next), so on one thread steps never
+    overlap: a longer duration is damage, and would make a step of idle time overlapping the next.
+    """
+    if not ids:
+        return
+    host = ~is_gpu(rt.kind) & (rt.kind != K_GPU_ANN) & (rt.kind != K_OTHER)
+    rows = np.flatnonzero(host & np.isin(rt.name_id, ids))
+    if len(rows) < 2:
+        return
+    rows = rows[np.lexsort((rt.ts[rows], rt.tid[rows]))]
+    same = rt.tid[rows[:-1]] == rt.tid[rows[1:]]
+    gap = rt.ts[rows[1:]] - rt.ts[rows[:-1]]
+    over = same & (rt.dur[rows[:-1]] - gap > 1.0)  # 1 µs: beyond float rounding of epoch-µs timestamps
+    n = int(np.count_nonzero(over))
+    if n:
+        worst = float(np.max(rt.dur[rows[:-1]][over] - gap[over]))
+        rt.dur[rows[:-1][over]] = gap[over]
+        rt.notes.append(("clipped_steps", f"{n} ProfilerStep events overlapped the next step of their thread (by "
+                         f"up to {worst:,.0f} µs): cut at the next step's start", n))
+
+
+def _drop_long_events(rt: RankTrace) -> None:
+    """Skip events longer than the trace can hold (``LONG_FACTOR``): what is left of an absurd duration below
+    ``OUTLIER_US``. The span is that of the events' starts, which no duration can widen, so two absurd events
+    cannot hide each other."""
+    if len(rt.ts) < 2:
+        return
+    span = float(rt.ts.max() - rt.ts.min())
+    if span <= 0:
+        return
+    limit = max(LONG_FACTOR * span, span + LONG_MARGIN_US)
+    long = rt.dur > limit
+    n = int(np.count_nonzero(long))
+    if n:
+        worst = float(rt.dur[long].max())
+        _keep_rows(rt, ~long)
+        rt.notes.append(("skipped_long_events", f"{n} events skipped: longer ({worst:,.0f} µs) than the trace's "
+                         f"own span ({span:,.0f} µs from first to last start) can hold", n))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from dpprof.rundir import (
 )
 from dpprof.schema import NODE as NODE_SPEC
 from dpprof.trace.decode import Buffer, read_bytes
+from dpprof.trace.metadata import base_time_ok
 from dpprof.trace.nvml_samples import GpuSamples, NvmlData, node_from_name, read_nvml
 
 #: (sample field, counter event name): one Perfetto track per field. utilization.gpu is labelled with
@@ -65,6 +66,7 @@ GPU_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "Kernel", "Mem
 _TRACE_EVENTS = re.compile(rb'"traceEvents"\s*:\s*\[')
 #: Timestamps above this many µs are absolute (epoch) rather than relative to baseTimeNanoseconds.
 _ABSOLUTE_US = 10**14
+_INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class TraceSpan:
     devices: tuple[int, ...]
     rank: int | None
     events: int
+    #: Why NVML samples cannot be placed on this trace's clock (None: they can); the merge copies it without them.
+    no_clock: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
@@ -107,7 +112,8 @@ def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An int64 (a JSON integer beyond 64 bits is not one: numpy's int64 arithmetic would overflow on it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64 else None
 
 
 def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
@@ -131,16 +137,23 @@ def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
                 devices.add(dev)
     if start is None or end is None:
         raise TraceError(f"{path}: no timed events")
-    base = _int(obj.get("baseTimeNanoseconds"))
+    warnings: list[str] = []
+    raw_base = obj.get("baseTimeNanoseconds")
+    base = raw_base if base_time_ok(raw_base) else None  # the loader's rule (dpprof.trace.metadata)
+    if base is None and raw_base is not None:
+        warnings.append(f"{path.name}: baseTimeNanoseconds is not an integer of epoch nanoseconds (1970 to 2116): "
+                        "ignored")
+    no_clock = None
     if base is None:
         if start < _ABSOLUTE_US:
-            raise TraceError(f"{path}: no baseTimeNanoseconds and relative timestamps: cannot place NVML samples")
+            no_clock = "no usable baseTimeNanoseconds and relative timestamps: cannot place NVML samples"
         base = 0  # older traces: absolute µs since the epoch
     info = obj.get("distributedInfo")
     rank = _int(info.get("rank")) if isinstance(info, dict) else None
     rank = rank if rank is not None else rank_from_name(path)
     return TraceSpan(base_ns=base, start_ns=round(start * 1000), end_ns=round(end * 1000),
-                     devices=tuple(sorted(devices)), rank=rank, events=len(obj["traceEvents"]))
+                     devices=tuple(sorted(devices)), rank=rank, events=len(obj["traceEvents"]), no_clock=no_clock,
+                     warnings=tuple(warnings))
 
 
 def format_us(rel_ns: int) -> str:
@@ -156,11 +169,13 @@ def _number(value: float) -> str:
 
 def counter_lines(gpu: GpuSamples, pid: int, span: TraceSpan) -> tuple[list[bytes], int, int]:
     """Counter events (one JSON text each) for the samples of ``gpu`` inside ``span``; in/out counts."""
-    rel = gpu.t_ns - np.int64(span.base_ns)
-    inside = (rel >= span.start_ns) & (rel <= span.end_ns)
+    # The window in absolute ns, computed and clamped in Python ints: sample times are int64 and any sum with a
+    # hostile base or span would wrap silently (or raise) in numpy.
+    lo, hi = max(span.base_ns + span.start_ns, -_INT64), min(span.base_ns + span.end_ns, _INT64 - 1)
+    inside = (gpu.t_ns >= lo) & (gpu.t_ns <= hi) if lo <= hi else np.zeros(len(gpu), dtype=bool)
     out: list[bytes] = []
     for k in np.flatnonzero(inside):
-        ts = format_us(int(rel[k]))
+        ts = format_us(int(gpu.t_ns[k]) - span.base_ns)
         for key, name in COUNTERS:
             value = gpu.fields[key][k]
             if np.isnan(value):  # a field NVML could not read: no point to draw
@@ -192,18 +207,27 @@ def _node_of_file(name: Any) -> str | None:
     return node_from_name(Path(base)) if base.endswith(".jsonl") else None
 
 
-def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...]) -> Callable[[int | None], str | None]:
-    """rank -> node key of its NVML file, by the rules in the module docstring."""
+def nodes_for_ranks(run_dir: Path, nvml_nodes: tuple[str, ...], notes: list[str] | None = None
+                    ) -> Callable[[int | None], str | None]:
+    """rank -> node key of its NVML file, by the rules in the module docstring.
+
+    ``notes``: receives what was wrong in the node files (fields left out, a file too large) and a manifest ignored
+    for its size."""
     by_rank: dict[int, str] = {}
+    notes = [] if notes is None else notes
     nodes_dir = run_dir / NODES_DIR
     if nodes_dir.is_dir() and not nodes_dir.is_symlink():
         for f in sorted(nodes_dir.glob("*.json")):
-            node, _ = read_checked(f, NODE_SPEC)
+            node, problems = read_checked(f, NODE_SPEC)
+            notes.extend(f"{NODES_DIR}/{p}" if p.startswith(f.name) else p for p in problems)
             if node is not None and isinstance(node.get("ranks"), list):
                 key = _node_of_file(node.get("nvml_file")) or str(node.get("node_key") or f.stem)
                 by_rank.update({r: key for r in node["ranks"] if _int(r) is not None})
     only = nvml_nodes[0] if len(nvml_nodes) == 1 else None
-    manifest = read_manifest(run_dir)[0] or EMPTY
+    manifest, problems = read_manifest(run_dir)
+    if manifest is None:
+        notes.extend(problems)  # a manifest ignored (too large): its nodes place no rank
+    manifest = manifest or EMPTY
     nproc = manifest.config.nproc
     # (first rank, ranks, node key) per node: ranges, not one entry per rank (a manifest may say nproc 1e9).
     blocks = [(n.node_rank * nproc, nproc, Path(n.file).stem if n.file else str(n.host))
@@ -229,10 +253,12 @@ def merge_trace(source: Path, output: Path, nvml: NvmlData, node_of: Callable[[i
     obj = _decode(raw, source)
     span = scan_trace(obj, source)
     node = node_of(span.rank)
-    warnings: list[str] = []
+    warnings: list[str] = list(span.warnings)
     lines: list[bytes] = []
     n_in = n_out = 0
-    if node is None:
+    if span.no_clock is not None:
+        warnings.append(f"{source.name}: {span.no_clock}; copied without NVML")
+    elif node is None:
         warnings.append(f"{source.name}: rank {span.rank}: no rule says which node ran it; copied without NVML")
     elif not span.devices:
         warnings.append(f"{source.name}: no GPU activity in the trace; copied without NVML")
@@ -278,7 +304,10 @@ def merge_run_detailed(run_dir: Path, max_inflate: int | None = None) -> tuple[l
     if nvml.samples == 0:
         why = nvml.warnings[0] if nvml.warnings else "the NVML files hold no samples"
         raise DpprofError(f"{run_dir}: no NVML samples to merge ({why})")
-    node_of = nodes_for_ranks(run_dir, nvml.nodes)
+    notes: list[str] = []
+    node_of = nodes_for_ranks(run_dir, nvml.nodes, notes)
+    if notes:  # printed with the NVML warnings
+        nvml = replace(nvml, warnings=(*nvml.warnings, *notes))
     results = [merge_trace(path, run_dir / MERGED_DIR / path.name, nvml, node_of, max_inflate, within=run_dir)
                for path in traces]
     _list_in_manifest(run_dir)

@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 
 from dpprof.errors import DpprofError
-from dpprof.fileio import read_input
+from dpprof.fileio import MAX_SIDECAR_BYTES, read_input, too_large
 from dpprof.schema import INT, NUM, STR, check_file
 
 #: Sample fields the reader turns into arrays (float64, NaN for null); others are ignored.
@@ -196,6 +196,9 @@ def read_nvml_file(path: Path) -> tuple[NvmlFile, list[GpuSamples]]:
     lines = raw.split(b"\n")
     last = len(lines) - 1
     for i, line in enumerate(lines):
+        if len(line) > MAX_SIDECAR_BYTES:  # a header is ~1 kB a GPU, a sample ~300 bytes: not one of dpprof's
+            warnings.append(too_large(f"line {i + 1}", len(line), MAX_SIDECAR_BYTES))
+            continue
         if not line.strip():
             continue
         try:

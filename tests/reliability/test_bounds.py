@@ -90,3 +90,23 @@ def test_run_names_from_a_manifest_stay_inside_reports(tmp_path: Path, monkeypat
     assert len(written) == 1 and written[0].startswith("work/reports/") and "\x1b" not in written[0], written
     page = (tmp_path / written[0]).read_text()
     assert "<script>x</script>" not in page and "\x1b" not in page
+
+
+def test_counts_below_one_and_negative_node_ranks_are_absent(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Right type, impossible value: left out and named like a wrong type, never printed as given."""
+    from dpprof.manifest import manifest_of, read_manifest
+
+    data = {"schema": "dpprof.manifest/1", "run_id": "r", "status": "complete",
+            "config": {"strategy": "ddp", "world_size": -3, "nproc": 0, "nnodes": -1, "batch_size": 8},
+            "nodes": [{"host": "h", "node_rank": -2, "file": "nodes/h.json"}, {"host": "g", "node_rank": 0}]}
+    run = _run(tmp_path, data)
+    m, problems = read_manifest(run)
+    assert m is not None and (m.config.world_size, m.config.nproc, m.config.nnodes) == (None, None, None)
+    assert m.config.batch_size == 8 and m.nodes is not None and [n.node_rank for n in m.nodes] == [None, 0]
+    assert len(problems) == 4 and "config.world_size: expected 1 or more, got -3" in problems[0]
+    assert manifest_of(data).config.nproc is None and data["config"]["nproc"] == 0  # the caller's dict untouched
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0, capsys.readouterr().err
+    page = out.read_text(encoding="utf-8")
+    assert "<td>world_size</td><td>-3</td>" not in page and "expected 1 or more, got -3" in page

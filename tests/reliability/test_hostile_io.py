@@ -221,7 +221,30 @@ def test_jobs_capped_by_files_and_cpus(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(pipeline, "ProcessPoolExecutor", pool)
     folder = case_dir("clock_offsets", tmp_path)  # two rank files
     assert main(["analyze", str(folder), "--jobs", "1000", "--no-json"]) == 0, capsys.readouterr().err
-    assert seen and max(seen) <= min(2, os.cpu_count() or 1)
+    assert seen and max(seen) <= min(2, pipeline.usable_cpus())
+
+
+@pytest.mark.parametrize(("affinity", "cpus", "pool"), [({3}, 64, []), ({0, 5}, 1, [2])])
+def test_jobs_capped_by_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      affinity: set[int], cpus: int, pool: list[int],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The affinity mask (taskset, a container's cpuset), not the machine's count: 1 usable CPU of 64 runs the
+    two files in this process; 2 usable where os.cpu_count says 1 gets a pool of 2."""
+    from dpprof.analyze import pipeline
+
+    seen: list[int] = []
+    real = pipeline.ProcessPoolExecutor
+
+    def make_pool(max_workers: int, **kw: Any) -> Any:
+        seen.append(max_workers)
+        return real(max_workers=max_workers, **kw)
+
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", make_pool)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert main(["analyze", str(case_dir("clock_offsets", tmp_path)), "--jobs", "8", "--no-json"]) == 0, \
+        capsys.readouterr().err
+    assert seen == pool
 
 
 def test_merge_nvml_places_ranks_without_enumerating_nproc(tmp_path: Path) -> None:

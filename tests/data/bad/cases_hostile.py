@@ -9,7 +9,20 @@ import json
 import zlib
 from typing import Any
 
-from tests.data.bad.base import DAMAGED, TRACE, Files, Trace, _one, _victims, base_trace, dumps, gz
+from tests.data.bad.base import (
+    DAMAGED,
+    TRACE,
+    Files,
+    Trace,
+    _one,
+    _ranked,
+    _two_ranks,
+    _victims,
+    base_trace,
+    dumps,
+    gz,
+    steps_of,
+)
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[Hall good\r\n\u202e"  # retitle, clear, forge a line, reorder
 
@@ -83,6 +96,43 @@ def world_size_huge() -> Files:
 def rank_huge() -> Files:
     t = base_trace()
     t["distributedInfo"]["rank"] = 10**15
+    return _one(t)
+
+
+def step_number_huge() -> Files:
+    """Copies of both steps (host and GPU annotation) numbered 10**23 - 1 and with 5,000 digits (more than
+    Python's ``int`` reads from text): the step columns overflowed before (exit 1)."""
+    t = base_trace()
+    for e in [e for e in t["traceEvents"] if str(e.get("name", "")).startswith("ProfilerStep#")]:
+        for digits in ("9" * 23, "9" * 5000):
+            t["traceEvents"].append({**copy.deepcopy(e), "name": "ProfilerStep#" + digits})
+    return _one(t)
+
+
+def step_dur_absurd() -> Files:
+    """The first step lasting 5e10 µs (14 hours: below the 1e11 µs outlier bound), and copies of 4 CPU ops lasting
+    as long: the step is cut at the next step's start, the copies skipped."""
+    t = base_trace()
+    steps_of(t)[0]["dur"] = 5e10
+    _copies(t, {"dur": 5e10}, cat="cpu_op")
+    return _one(t)
+
+
+def base_time_huge() -> Files:
+    """Rank 1's ``baseTimeNanoseconds`` is 10**30 (beyond int64: merge-nvml and perfetto overflowed), rank 0's the
+    right digits as a string. Both are left out, so both ranks stay on their own relative clock (a rank without a
+    base beside one with it is moved by the other's whole epoch: see docs/reliability.md)."""
+    t0, t1 = _ranked(0, 2), _ranked(1, 2)
+    t0["baseTimeNanoseconds"] = str(t0["baseTimeNanoseconds"])
+    t1["baseTimeNanoseconds"] = 10**30
+    return _two_ranks(t0, t1)
+
+
+def distinfo_wrong_types() -> Files:
+    """``distributedInfo`` with a backend that is a number, a rank below 0, a world size of 0, a string for
+    ``pg_config``: each field left out and named."""
+    t = base_trace()
+    t["distributedInfo"] = {"backend": 7, "rank": -5, "world_size": 0, "pg_config": "all"}
     return _one(t)
 
 
