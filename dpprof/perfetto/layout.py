@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from dpprof.errors import DpprofError
 from dpprof.rundir import MERGED_DIR, TRACES_DIR
@@ -32,6 +35,13 @@ MAX_DEVICE = PID_STRIDE - 2
 #: Uncompressed JSON above this makes Perfetto's in-browser JSON importer slow, then out of memory.
 WARN_JSON_BYTES = 250_000_000
 _NUMBERS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+#: How a merged trace begins: ``otherData`` (the Chrome trace format's top-level metadata; Perfetto's JSON
+#: importer skips it, ``JsonTraceTokenizer::ParseInternal`` in its json_trace_tokenizer.cc, where an unknown key
+#: before ``traceEvents`` would end the import) holding ``dpprof``. ``metadata``, at the end because it holds what
+#: the merge found, repeats it as ``metadata.dpprof``; the head is what ``is_merged`` reads.
+_MERGED = re.compile(rb'\s*\{\s*"otherData"\s*:\s*\{\s*"dpprof"\s*:\s*"dpprof [^"]* perfetto')
+_HEAD_BYTES = 4096
+_MAX_HEAD_INPUT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,40 @@ def thread_tid(pid: int, k: int) -> int:
     if not 0 <= k < TID_STRIDE:
         raise DpprofError(f"process {pid} has more than {TID_STRIDE - 1} threads: cannot number them")
     return pid * TID_STRIDE + k
+
+
+def head(marker: str) -> bytes:
+    """The merged trace's first bytes, up to its first event: ``marker`` (``metadata.dpprof``) in ``otherData``."""
+    return b'{"otherData": {"dpprof": ' + msgspec.json.encode(marker) + b'},\n"traceEvents": [\n'
+
+
+def is_merged(path: Path) -> bool:
+    """Whether ``path`` is a trace ``dpprof perfetto`` wrote, from its first 4 KB of JSON (gunzipped as they are
+    read: the rest of the file is not). An unreadable file is not (the merge says what is wrong with it)."""
+    try:
+        return _MERGED.match(_head(path)) is not None
+    except (OSError, zlib.error):
+        return False
+
+
+def _head(path: Path) -> bytes:
+    """Up to ``_HEAD_BYTES`` of the file's text, gunzipped when it is gzip (a cut-short file gives what it has)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(_HEAD_BYTES)
+        if raw[:2] != b"\x1f\x8b":
+            return raw
+        inflate = zlib.decompressobj(wbits=31)  # gzip framing
+        out, read = b"", len(raw)
+        while raw and len(out) < _HEAD_BYTES and not inflate.eof:
+            out += inflate.decompress(raw, _HEAD_BYTES - len(out))
+            if inflate.unconsumed_tail:
+                raw = inflate.unconsumed_tail
+            elif read < _MAX_HEAD_INPUT:  # a long gzip header (name, comment) before the data
+                raw = fh.read(_HEAD_BYTES)
+                read += len(raw)
+            else:
+                break
+        return out
 
 
 def default_output(run_dir: Path | None, traces: Sequence[Path], selection: Selection) -> Path:

@@ -40,6 +40,8 @@ from dpprof.trace.nvml_samples import NvmlData
 
 #: Trace timestamps below this (µs) without baseTimeNanoseconds are not on the wall clock: NVML cannot be placed.
 _ABSOLUTE_US = 1e14
+#: What the merged trace says it is, first (``layout.head``) and in ``metadata.dpprof``.
+_MARKER = f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's attribution as tracks"
 #: gzip level of the output: level 1 of python-isal (or zlib) keeps the merge I/O-bound, about 10x smaller.
 GZIP_LEVEL = 1
 
@@ -161,7 +163,7 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
     clocks = [] if ref in {r.rank for r in chosen} else [f"rank {ref} (not written): the reference clock"]
     with _open(target) as fh:
         sink = _Sink(fh)
-        sink.write(b'{"traceEvents": [\n')
+        sink.write(layout.head(_MARKER))
         for index, rinfo in enumerate(chosen):
             info.append(_write_rank(ctx, sink, index, rinfo))
             clocks.append(_clock_text(rinfo.rank, info[-1]["shift_ns"], ref, info[-1]))
@@ -263,8 +265,7 @@ def _clock_text(rank: int, shift_ns: int, ref: int, info: dict[str, Any]) -> str
 def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     sel = ctx.selection
     return {
-        "dpprof": f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's "
-                  "attribution as tracks",
+        "dpprof": _MARKER,
         "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
                  "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
                  "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets: "
