@@ -198,6 +198,7 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     if done.skipped:
         ctx.notes.append(f"rank {r}: {done.skipped} events left out: no usable phase or ts, or an X event without "
                          "a name or a usable dur (the Chrome trace format needs them; the analysis skips them too)")
+    ctx.notes.extend(done.notes(r))
     wanted = set(sel.steps) if sel.steps is not None else None
     rows = [s for s in ctx.analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
     sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), move)), "attribution")
@@ -273,9 +274,10 @@ def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         "clock_origin_us": ctx.origin_ns / 1000,
         "clock_reference_rank": ctx.ref,
         "clock_base_time_ns": ctx.base_ref,
-        "ids": "pid = (i + 1) * 1000 + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's position "
-               "here); tid = pid * 1000 + k (k 0: dpprof attribution); flow/async ids, External id and "
-               f"correlation = id * {ctx.stride} + the rank's position among the analysed ranks",
+        "ids": f"pid = (i + 1) * {layout.PID_STRIDE} + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's "
+               f"position here); tid = pid * {layout.TID_STRIDE} + k (k 0: dpprof attribution; k {layout.SHARED_K}: "
+               f"one track shared by the threads of a process beyond its first {layout.SHARED_K - 1:,}); flow/async "
+               f"ids, External id and correlation = id * {ctx.stride} + the rank's position among the analysed ranks",
         "ranks": [{k: v for k, v in x.items() if k != "shift_ns"} for x in ranks],
         "selection": {"ranks": list(sel.ranks) if sel.ranks is not None else "all",
                       "steps": list(sel.steps) if sel.steps is not None else "all",
