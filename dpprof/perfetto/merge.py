@@ -113,13 +113,21 @@ def _select(analysis: Analysis, selection: Selection) -> list[RankInfo]:
     return [r for r in analysis.ranks if r.rank in set(selection.ranks)]
 
 
-def _check_steps(analysis: Analysis, selection: Selection) -> None:
+def _check_steps(analysis: Analysis, selection: Selection) -> list[str]:
+    """DpprofError when none of the selected steps was profiled; a note naming those that were not."""
     if selection.steps is None:
-        return
+        return []
     present = sorted({s.step for s in analysis.steps})
     if not set(selection.steps) & set(present):
         raise DpprofError(f"--steps: none of steps {layout.spell(selection.steps)} was profiled (steps present: "
                           f"{layout.spell(present) or 'none'})")
+    missing = sorted(set(selection.steps) - set(present))
+    if not missing:
+        return []
+    kept = sorted(set(selection.steps) & set(present))
+    return [f"--steps: step{'s' if len(missing) > 1 else ''} {layout.spell(missing)} "
+            f"{'were' if len(missing) > 1 else 'was'} not profiled (steps present: {layout.spell(present)}): "
+            f"wrote step{'s' if len(kept) > 1 else ''} {layout.spell(kept)}"]
 
 
 @dataclass
@@ -148,7 +156,7 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
     run = load_run(paths, jobs=jobs, segments=True)
     analysis, segments = run.analysis, run.segments or {}
     chosen = _select(analysis, selection)
-    _check_steps(analysis, selection)
+    step_notes = _check_steps(analysis, selection)
     if len(chosen) > layout.MAX_RANKS:
         raise DpprofError(f"{len(chosen)} ranks: at most {layout.MAX_RANKS} fit in one merged trace (--ranks)")
     ref = next((o.rank for o in analysis.clock_offsets if o.source == "reference"), analysis.ranks[0].rank)
@@ -159,6 +167,7 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None,
                    stride=10 ** len(str(max(len(analysis.ranks) - 1, 0))), nvml=nvml, node_of=node_of,
                    notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [])
     ctx.notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
+    ctx.notes[:0] = step_notes
     info: list[dict[str, Any]] = []
     clocks = [] if ref in {r.rank for r in chosen} else [f"rank {ref} (not written): the reference clock"]
     with _open(target) as fh:
@@ -263,14 +272,29 @@ def _clock_text(rank: int, shift_ns: int, ref: int, info: dict[str, Any]) -> str
     return f"rank {rank}: moved {shift_ns / 1000:+,.3f} µs ({info['offset_source']}{res})"
 
 
+def _clock_metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> str:
+    """The alignment in words, saying per written rank what its offset came from (``offset_source``)."""
+    by_source: dict[str, list[int]] = {}
+    for x in ranks:
+        by_source.setdefault(x["offset_source"], []).append(x["rank"])
+    used = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {layout.spell(rs)}: {src}" for src, rs in by_source.items())
+    glossary = []
+    if any(src.startswith("collective ends") for src in by_source):
+        glossary.append("'collective ends': the median difference of matched collectives' ends, within causal bounds.")
+    if any(src.startswith("baseTimeNanoseconds") for src in by_source):
+        glossary.append("'baseTimeNanoseconds': the trace clocks as written, not aligned on collectives, as close as "
+                        "the hosts' clocks are.")
+    return " ".join([f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
+                     "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
+                     "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets), "
+                     f"the same alignment the analysis compares ranks on. offset_us per rank: {used}.", *glossary])
+
+
 def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     sel = ctx.selection
     return {
         "dpprof": _MARKER,
-        "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
-                 "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
-                 "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets: "
-                 "matched collectives' ends within causal bounds), the same alignment the analysis compares ranks on",
+        "clock": _clock_metadata(ctx, ranks),
         "clock_origin_us": ctx.origin_ns / 1000,
         "clock_reference_rank": ctx.ref,
         "clock_base_time_ns": ctx.base_ref,

@@ -30,7 +30,8 @@ _TOUCH_US = 1e-6
 
 
 def process_rows(index: int, rank: int, gpus: Sequence[int]) -> list[dict[str, Any]]:
-    """``process_name`` (``rank R · host``, ``rank R · GPU g``) and ``process_sort_index`` (= pid) rows."""
+    """``process_name`` (``rank R · host``, ``rank R · GPU g``) and ``process_sort_index`` (= pid) rows; Perfetto's
+    JSON importer reads only the names (``JsonTraceParserImpl::ParseJsonPacket``), chrome://tracing both."""
     procs = [(layout.host_pid(index), f"rank {rank} · host")]
     procs += [(layout.gpu_pid(index, g), f"rank {rank} · GPU {g}") for g in sorted(set(gpus))]
     rows: list[dict[str, Any]] = []
