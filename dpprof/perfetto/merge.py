@@ -210,7 +210,8 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     ctx.notes.extend(done.notes(r))
     wanted = set(sel.steps) if sel.steps is not None else None
     rows = [s for s in ctx.analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
-    sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), move)), "attribution")
+    for chunk in tracks.attribution_rows(index, rows, ctx.segments.get(r), move):
+        sink.add(_encode(chunk), "attribution")
     devices = sorted(set(rinfo.devices) | set(sc.gpus()))
     span = _span(plan, sc, windows)
     node = ctx.node_of(r) if ctx.node_of is not None else None
