@@ -63,12 +63,20 @@ def run(args: argparse.Namespace) -> int:
                           steps=parse_numbers(args.steps, "steps") if args.steps is not None else None,
                           host_ops=not args.no_host_ops, kernels=not args.no_kernels)
     given = Path(args.inputs[0])
-    # An earlier output (a file in perfetto/): serve it again as it is, nothing to merge.
-    again = len(args.inputs) == 1 and given.is_file() and given.resolve().parent.name == PERFETTO_DIR
+    # An earlier output (what this command writes, into RUN/perfetto/ by default), known by its first bytes wherever
+    # it lies and whatever its name: served again as it is, never merged.
+    from dpprof.perfetto.layout import is_merged
+    from dpprof.rundir import resolve_inputs
+
+    merged = [p for p in resolve_inputs(args.inputs).traces if is_merged(p)]
+    again = len(args.inputs) == 1 and given.is_file() and bool(merged)
     if again:
         if not args.open or args.ranks or args.steps or args.no_host_ops or args.no_kernels or args.out:
-            raise DpprofError(f"{given}: already a merged trace (in {PERFETTO_DIR}/): only --open (and its "
-                              "options) apply to it; give the run directory to merge again")
+            raise DpprofError(f"{given}: already a merged trace (dpprof perfetto wrote it): only --open (and its "
+                              "options) apply to it; give the run directory or the rank traces to merge again")
+    elif merged:
+        raise DpprofError(f"{merged[0]}: a trace dpprof perfetto merged (into {PERFETTO_DIR}/ by default), not one "
+                          "rank's trace: merge the run directory or the rank traces")
     server = None
     if args.open:
         from dpprof.perfetto.serve import DEFAULT_PORT, TraceServer

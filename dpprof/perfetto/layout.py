@@ -3,35 +3,53 @@
 Perfetto's JSON importer keys processes by ``pid`` and threads by ``tid`` system-wide (a tid seen under two
 pids is two threads only by accident of order), and Kineto writes the device index as the GPU ``pid`` and the
 stream as its ``tid`` in every rank. So every rank's processes and threads get new ids, chosen so that they
-sort in rank, then host / GPU order (the UI orders process groups by ``process_sort_index``, then by activity):
+sort in rank, then host / GPU order (Perfetto's JSON importer reads only the ``process_name`` and
+``thread_name`` metadata rows, ``JsonTraceParserImpl::ParseJsonPacket`` in its ``json_trace_parser_impl.cc``;
+the ``*_sort_index`` rows are for the viewers that read them, such as chrome://tracing):
 
 - ``pid = (i + 1) * PID_STRIDE + slot``: ``i`` the rank's position among the merged ranks, slot 0 its host
   process (every non-GPU pid of the trace: the python process, Kineto's ``Spans``...), slot ``1 + g`` GPU ``g``;
-- ``tid = pid * TID_STRIDE + k``: ``k = 0`` dpprof's attribution track, then the trace's threads in order.
+- ``tid = pid * TID_STRIDE + k``: ``k = 0`` dpprof's attribution track, then the trace's threads in order; a
+  process with more threads than ``TID_STRIDE - 1`` puts the surplus on one shared track, its last ``k``.
 
-Both stay below 2**32 (Perfetto reads them as uint32) for up to ``MAX_RANKS`` ranks in one file.
+Both stay below 2**31 (Perfetto reads them as uint32, other viewers as int32) for up to ``MAX_RANKS`` ranks in
+one file, and every tid is above every pid. ``TID_STRIDE`` is large because DataParallel starts one new thread
+per replica in every forward (``parallel_apply`` in torch/nn/parallel/parallel_apply.py), all of them recorded
+with ``profile_all_threads``: a long profiling window of an 8-GPU DP run has thousands of threads.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from dpprof.errors import DpprofError
 from dpprof.rundir import MERGED_DIR, TRACES_DIR
 
 PERFETTO_DIR = "perfetto"
 SUFFIX = ".json.gz"
-PID_STRIDE = 1000
-TID_STRIDE = 1000
-MAX_RANKS = 4000
+PID_STRIDE = 100
+TID_STRIDE = 10_000
+MAX_RANKS = 2000
 MAX_DEVICE = PID_STRIDE - 2
+#: The per-process track (``k``) that holds every thread beyond the ``TID_STRIDE - 2`` that get their own.
+SHARED_K = TID_STRIDE - 1
 #: Uncompressed JSON above this makes Perfetto's in-browser JSON importer slow, then out of memory.
 WARN_JSON_BYTES = 250_000_000
 _NUMBERS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+#: How a merged trace begins: ``otherData`` (the Chrome trace format's top-level metadata; Perfetto's JSON
+#: importer skips it, ``JsonTraceTokenizer::ParseInternal`` in its json_trace_tokenizer.cc, where an unknown key
+#: before ``traceEvents`` would end the import) holding ``dpprof``. ``metadata``, at the end because it holds what
+#: the merge found, repeats it as ``metadata.dpprof``; the head is what ``is_merged`` reads.
+_MERGED = re.compile(rb'\s*\{\s*"otherData"\s*:\s*\{\s*"dpprof"\s*:\s*"dpprof [^"]* perfetto')
+_HEAD_BYTES = 4096
+_MAX_HEAD_INPUT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -92,9 +110,42 @@ def gpu_pid(index: int, device: int) -> int:
 
 
 def thread_tid(pid: int, k: int) -> int:
-    if not 0 <= k < TID_STRIDE:
-        raise DpprofError(f"process {pid} has more than {TID_STRIDE - 1} threads: cannot number them")
-    return pid * TID_STRIDE + k
+    """Thread ``k`` (0 or more) of process ``pid``; every ``k`` from ``SHARED_K`` on is the shared track."""
+    return pid * TID_STRIDE + min(k, SHARED_K)
+
+
+def head(marker: str) -> bytes:
+    """The merged trace's first bytes, up to its first event: ``marker`` (``metadata.dpprof``) in ``otherData``."""
+    return b'{"otherData": {"dpprof": ' + msgspec.json.encode(marker) + b'},\n"traceEvents": [\n'
+
+
+def is_merged(path: Path) -> bool:
+    """Whether ``path`` is a trace ``dpprof perfetto`` wrote, from its first 4 KB of JSON (gunzipped as they are
+    read: the rest of the file is not). An unreadable file is not (the merge says what is wrong with it)."""
+    try:
+        return _MERGED.match(_head(path)) is not None
+    except (OSError, zlib.error):
+        return False
+
+
+def _head(path: Path) -> bytes:
+    """Up to ``_HEAD_BYTES`` of the file's text, gunzipped when it is gzip (a cut-short file gives what it has)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(_HEAD_BYTES)
+        if raw[:2] != b"\x1f\x8b":
+            return raw
+        inflate = zlib.decompressobj(wbits=31)  # gzip framing
+        out, read = b"", len(raw)
+        while raw and len(out) < _HEAD_BYTES and not inflate.eof:
+            out += inflate.decompress(raw, _HEAD_BYTES - len(out))
+            if inflate.unconsumed_tail:
+                raw = inflate.unconsumed_tail
+            elif read < _MAX_HEAD_INPUT:  # a long gzip header (name, comment) before the data
+                raw = fh.read(_HEAD_BYTES)
+                read += len(raw)
+            else:
+                break
+        return out
 
 
 def default_output(run_dir: Path | None, traces: Sequence[Path], selection: Selection) -> Path:

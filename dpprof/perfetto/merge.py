@@ -40,6 +40,8 @@ from dpprof.version import __version__
 
 #: Trace timestamps below this (µs) without baseTimeNanoseconds are not on the wall clock: NVML cannot be placed.
 _ABSOLUTE_US = 1e14
+#: What the merged trace says it is, first (``layout.head``) and in ``metadata.dpprof``.
+_MARKER = f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's attribution as tracks"
 #: gzip level of the output: level 1 of python-isal (or zlib) keeps the merge I/O-bound, about 10x smaller.
 GZIP_LEVEL = 1
 
@@ -111,13 +113,21 @@ def _select(analysis: Analysis, selection: Selection) -> list[RankInfo]:
     return [r for r in analysis.ranks if r.rank in set(selection.ranks)]
 
 
-def _check_steps(analysis: Analysis, selection: Selection) -> None:
+def _check_steps(analysis: Analysis, selection: Selection) -> list[str]:
+    """DpprofError when none of the selected steps was profiled; a note naming those that were not."""
     if selection.steps is None:
-        return
+        return []
     present = sorted({s.step for s in analysis.steps})
     if not set(selection.steps) & set(present):
         raise DpprofError(f"--steps: none of steps {layout.spell(selection.steps)} was profiled (steps present: "
                           f"{layout.spell(present) or 'none'})")
+    missing = sorted(set(selection.steps) - set(present))
+    if not missing:
+        return []
+    kept = sorted(set(selection.steps) & set(present))
+    return [f"--steps: step{'s' if len(missing) > 1 else ''} {layout.spell(missing)} "
+            f"{'were' if len(missing) > 1 else 'was'} not profiled (steps present: {layout.spell(present)}): "
+            f"wrote step{'s' if len(kept) > 1 else ''} {layout.spell(kept)}"]
 
 
 @dataclass
@@ -159,7 +169,7 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None, selection: Se
     run = load_run(paths, jobs=jobs, segments=True, max_inflate=max_inflate)
     analysis, segments = run.analysis, run.segments or {}
     chosen = _select(analysis, selection)
-    _check_steps(analysis, selection)
+    step_notes = _check_steps(analysis, selection)
     if len(chosen) > layout.MAX_RANKS:
         raise DpprofError(f"{len(chosen)} ranks: at most {layout.MAX_RANKS} fit in one merged trace (--ranks)")
     ref = next((o.rank for o in analysis.clock_offsets if o.source == "reference"), analysis.ranks[0].rank)
@@ -171,11 +181,12 @@ def merge(paths: Sequence[str | Path], *, out: Path | None = None, selection: Se
                    notes=[f"NVML: {w}" for w in nvml.warnings] if inputs.run_dir is not None else [],
                    max_inflate=max_inflate)
     ctx.notes += [w.message for w in analysis.warnings if w.code == "unreadable_trace"]
+    ctx.notes[:0] = step_notes
     info: list[dict[str, Any]] = []
     clocks = [] if ref in {r.rank for r in chosen} else [f"rank {ref} (not written): the reference clock"]
     with _open(target, within) as fh:
         sink = _Sink(fh)
-        sink.write(b'{"traceEvents": [\n')
+        sink.write(layout.head(_MARKER))
         for index, rinfo in enumerate(chosen):
             info.append(_write_rank(ctx, sink, index, rinfo))
             clocks.append(_clock_text(rinfo.rank, info[-1]["shift_ns"], ref, info[-1]))
@@ -211,9 +222,11 @@ def _write_rank(ctx: _Context, sink: _Sink, index: int, rinfo: RankInfo) -> dict
     if done.skipped:
         ctx.notes.append(f"rank {r}: {done.skipped} events left out: no usable phase or ts, or an X event without "
                          "a name or a usable dur (the Chrome trace format needs them; the analysis skips them too)")
+    ctx.notes.extend(done.notes(r))
     wanted = set(sel.steps) if sel.steps is not None else None
     rows = [s for s in ctx.analysis.steps if s.rank == r and (wanted is None or s.step in wanted)]
-    sink.add(_encode(tracks.attribution_rows(index, rows, ctx.segments.get(r), move)), "attribution")
+    for chunk in tracks.attribution_rows(index, rows, ctx.segments.get(r), move):
+        sink.add(_encode(chunk), "attribution")
     devices = sorted(set(rinfo.devices) | set(sc.gpus()))
     span = _span(plan, sc, windows)
     node = ctx.node_of(r) if ctx.node_of is not None else None
@@ -275,21 +288,36 @@ def _clock_text(rank: int, shift_ns: int, ref: int, info: dict[str, Any]) -> str
     return f"rank {rank}: moved {shift_ns / 1000:+,.3f} µs ({info['offset_source']}{res})"
 
 
+def _clock_metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> str:
+    """The alignment in words, saying per written rank what its offset came from (``offset_source``)."""
+    by_source: dict[str, list[int]] = {}
+    for x in ranks:
+        by_source.setdefault(x["offset_source"], []).append(x["rank"])
+    used = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {layout.spell(rs)}: {src}" for src, rs in by_source.items())
+    glossary = []
+    if any(src.startswith("collective ends") for src in by_source):
+        glossary.append("'collective ends': the median difference of matched collectives' ends, within causal bounds.")
+    if any(src.startswith("baseTimeNanoseconds") for src in by_source):
+        glossary.append("'baseTimeNanoseconds': the trace clocks as written, not aligned on collectives, as close as "
+                        "the hosts' clocks are.")
+    return " ".join([f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
+                     "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
+                     "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets), "
+                     f"the same alignment the analysis compares ranks on. offset_us per rank: {used}.", *glossary])
+
+
 def _metadata(ctx: _Context, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     sel = ctx.selection
     return {
-        "dpprof": f"dpprof {__version__} perfetto: every rank on one clock, NVML counters and dpprof's "
-                  "attribution as tracks",
-        "clock": f"ts: µs on rank {ctx.ref}'s trace clock (baseTimeNanoseconds {ctx.base_ref}) minus "
-                 "clock_origin_us; rank r's events are moved by (its baseTimeNanoseconds - the reference's) / 1000 "
-                 "+ offset_us (shift_us), offset_us from the cross-rank analysis (analysis.json clock_offsets: "
-                 "matched collectives' ends within causal bounds), the same alignment the analysis compares ranks on",
+        "dpprof": _MARKER,
+        "clock": _clock_metadata(ctx, ranks),
         "clock_origin_us": ctx.origin_ns / 1000,
         "clock_reference_rank": ctx.ref,
         "clock_base_time_ns": ctx.base_ref,
-        "ids": "pid = (i + 1) * 1000 + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's position "
-               "here); tid = pid * 1000 + k (k 0: dpprof attribution); flow/async ids, External id and "
-               f"correlation = id * {ctx.stride} + the rank's position among the analysed ranks",
+        "ids": f"pid = (i + 1) * {layout.PID_STRIDE} + slot (slot 0: the rank's host, 1 + g: GPU g; i: the rank's "
+               f"position here); tid = pid * {layout.TID_STRIDE} + k (k 0: dpprof attribution; k {layout.SHARED_K}: "
+               f"one track shared by the threads of a process beyond its first {layout.SHARED_K - 1:,}); flow/async "
+               f"ids, External id and correlation = id * {ctx.stride} + the rank's position among the analysed ranks",
         "ranks": [{k: v for k, v in x.items() if k != "shift_ns"} for x in ranks],
         "selection": {"ranks": list(sel.ranks) if sel.ranks is not None else "all",
                       "steps": list(sel.steps) if sel.steps is not None else "all",

@@ -61,6 +61,8 @@ class Rewritten:
     #: the trace's (pid, tid) as written -> its thread (numbers written as strings are the numbers: thread_key)
     by_raw: dict[tuple[Any, Any], Thread | None] = field(default_factory=dict)
     skipped: int = 0  # events the Chrome trace format cannot hold (no ts, an X without dur or name...)
+    #: new pid -> how many of its threads share its last track (more threads than ``layout.SHARED_K``)
+    shared: dict[int, int] = field(default_factory=dict)
 
     def thread(self, raw: tuple[Any, Any]) -> Thread | None:
         """The thread of an event's (pid, tid) as written (raises TypeError when they are unhashable)."""
@@ -69,12 +71,23 @@ class Rewritten:
         return self.by_raw[raw]
 
     def metadata(self) -> list[dict[str, Any]]:
-        """``thread_name`` and ``thread_sort_index`` rows of the threads that hold events."""
+        """``thread_name`` and ``thread_sort_index`` rows of the threads that hold events (one per track)."""
         rows: list[dict[str, Any]] = []
+        named: set[Thread] = set()
         for key, th in self.threads.items():
-            if th in self.used:
-                rows += thread_rows(th.pid, th.tid, self.names.get(key) or default_name(key, th.gpu), th.k)
+            if th in self.used and th not in named:
+                named.add(th)
+                n = self.shared.get(th.pid, 0) if th.k == layout.SHARED_K else 0
+                name = (f"{n:,} more threads (one shared track)" if n else
+                        self.names.get(key) or default_name(key, th.gpu))
+                rows += thread_rows(th.pid, th.tid, name, th.k)
         return rows
+
+    def notes(self, rank: int) -> list[str]:
+        """What the user should know about the rank's threads (the shared tracks)."""
+        return [f"rank {rank}: process {pid} has {layout.SHARED_K - 1 + n:,} threads: the {n:,} after the first "
+                f"{layout.SHARED_K - 1:,} share one track, where their slices may overlap"
+                for pid, n in sorted(self.shared.items())]
 
 
 def thread_rows(pid: int, tid: int, name: str, sort_index: int) -> list[dict[str, Any]]:
@@ -92,16 +105,18 @@ def default_name(key: tuple[Any, Any], gpu: bool) -> str:
     return " ".join(str(v) for v in key if v not in (None, "")) or "events without pid or tid"
 
 
-def thread_map(index: int, sc: Scan) -> dict[tuple[Any, Any], Thread]:
-    """The rank's threads in display order, numbered per new process from 1."""
+def thread_map(index: int, sc: Scan) -> tuple[dict[tuple[Any, Any], Thread], dict[int, int]]:
+    """The rank's threads in display order, numbered per new process from 1; and per new pid, how many threads
+    share its last track (a process with more than ``layout.SHARED_K`` threads: ``layout.thread_tid``)."""
     out: dict[tuple[Any, Any], Thread] = {}
     per_pid: dict[int, int] = {}
     for key in sorted_threads(sc.threads):
         gpu = sc.threads[key]
         pid = layout.gpu_pid(index, int(key[0])) if gpu else layout.host_pid(index)
         k = per_pid[pid] = per_pid.get(pid, 0) + 1
-        out[key] = Thread(pid, layout.thread_tid(pid, k), gpu, k)
-    return out
+        out[key] = Thread(pid, layout.thread_tid(pid, k), gpu, min(k, layout.SHARED_K))
+    shared = {pid: n - layout.SHARED_K + 1 for pid, n in per_pid.items() if n > layout.SHARED_K}
+    return out, shared
 
 
 def to_ns(ts: float | int) -> int:
@@ -114,7 +129,8 @@ def to_ns(ts: float | int) -> int:
 
 def rewrite(plan: RankPlan, sc: Scan, emit: Callable[[list[bytes]], None]) -> Rewritten:
     """Stream ``plan.path`` again, emitting each chunk's kept events (JSON text each); see the module doc."""
-    out = Rewritten(threads=thread_map(plan.index, sc))
+    threads, shared = thread_map(plan.index, sc)
+    out = Rewritten(threads=threads, shared=shared)
     decode = _selecting(plan, sc, out) if plan.flt.active else decode_generic
     try:
         for events in chunks(plan.path, sc.whole, decode, max_inflate=plan.max_inflate):

@@ -11,7 +11,7 @@ clamped into their step so that they nest; per step and category the slices sum 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,12 +25,15 @@ from dpprof.trace.nvml_samples import NvmlData
 
 ATTRIBUTION_THREAD = "dpprof attribution"
 CATEGORY = "dpprof"
+#: Attribution events encoded and written at a time (whole steps).
+CHUNK_EVENTS = 4096
 #: Segments closer than this (µs) are one stretch when their category, rule and waited-for party agree.
 _TOUCH_US = 1e-6
 
 
 def process_rows(index: int, rank: int, gpus: Sequence[int]) -> list[dict[str, Any]]:
-    """``process_name`` (``rank R · host``, ``rank R · GPU g``) and ``process_sort_index`` (= pid) rows."""
+    """``process_name`` (``rank R · host``, ``rank R · GPU g``) and ``process_sort_index`` (= pid) rows; Perfetto's
+    JSON importer reads only the names (``JsonTraceParserImpl::ParseJsonPacket``), chrome://tracing both."""
     procs = [(layout.host_pid(index), f"rank {rank} · host")]
     procs += [(layout.gpu_pid(index, g), f"rank {rank} · GPU {g}") for g in sorted(set(gpus))]
     rows: list[dict[str, Any]] = []
@@ -75,8 +78,10 @@ def _step_args(row: StepBreakdown) -> dict[str, Any]:
 
 
 def attribution_rows(index: int, rows: Sequence[StepBreakdown], seg: Segments | None,
-                     shift_ns: int) -> list[dict[str, Any]]:
-    """The attribution track events of one rank's step ``rows`` (see the module docstring), metadata included."""
+                     shift_ns: int) -> Iterator[list[dict[str, Any]]]:
+    """The attribution track events of one rank's step ``rows`` (see the module docstring), metadata last, in
+    lists of whole steps of about ``CHUNK_EVENTS`` events: a rank has tens of thousands of them, and holding them all
+    as dicts (then as JSON) at once was the merge's peak of memory."""
     first, a_ns, b_ns = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     groups: dict[tuple[int, int], tuple[int, int]] = {}  # (step, device) -> its stretches [lo, hi)
     if seg is not None and len(seg):
@@ -89,6 +94,9 @@ def attribution_rows(index: int, rows: Sequence[StepBreakdown], seg: Segments | 
     events: list[dict[str, Any]] = []
     threads: dict[int, int] = {}
     for row in sorted(rows, key=lambda r: (r.step, r.device)):
+        if len(events) >= CHUNK_EVENTS:
+            yield events
+            events = []
         pid = layout.host_pid(index) if row.device < 0 else layout.gpu_pid(index, row.device)
         tid = threads.setdefault(pid, layout.thread_tid(pid, 0))
         s0 = to_ns(row.start_us) + shift_ns
@@ -110,7 +118,8 @@ def attribution_rows(index: int, rows: Sequence[StepBreakdown], seg: Segments | 
                            "ts": t0 / 1000, "dur": (t1 - t0) / 1000, "args": args})
     for pid, tid in threads.items():
         events += thread_rows(pid, tid, ATTRIBUTION_THREAD, 0)
-    return events
+    if events:
+        yield events
 
 
 def nvml_lines(nvml: NvmlData, node: str | None, index: int, devices: Sequence[int], base_ns: int,

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from dpprof.analyze.model import Analysis
+from dpprof.perfetto import layout
 
 PROCESS = re.compile(r"^rank (\d+) · (host|GPU (\d+))$")
 METADATA = {"process_name", "process_sort_index", "thread_name", "thread_sort_index"}
-UINT32 = 2**32
+#: pids and tids stay below 2**31: Perfetto reads them as uint32, other viewers as int32.
+INT32 = 2**31
 
 
 def _no_constants(name: str) -> Any:
@@ -44,7 +46,7 @@ def _num(v: Any) -> bool:
 
 
 def _id(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < UINT32
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < INT32
 
 
 def check_format(doc: dict[str, Any]) -> None:
@@ -95,7 +97,7 @@ def check_groups(doc: dict[str, Any], ranks: list[int]) -> dict[int, tuple[int, 
     for r in ranks:
         pids = [p for p in order if procs[p][0] == r]
         assert sum(procs[p][1] == -1 for p in pids) == 1
-        assert max(pids) - min(pids) < 1000
+        assert max(pids) - min(pids) < layout.PID_STRIDE
     owner: dict[int, int] = {}
     for e in doc["traceEvents"]:
         assert e["pid"] in procs, e

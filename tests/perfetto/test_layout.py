@@ -43,14 +43,18 @@ def test_output_place(tmp_path: Path) -> None:
             layout.check_output(bad, run, [*traces, *loose])
 
 
-def test_ids_sort_by_rank_then_device_and_stay_uint32() -> None:
+def test_ids_sort_by_rank_then_device_and_stay_int32() -> None:
     assert layout.host_pid(0) < layout.gpu_pid(0, 0) < layout.gpu_pid(0, 7) < layout.host_pid(1)
-    top = layout.thread_tid(layout.gpu_pid(layout.MAX_RANKS - 1, layout.MAX_DEVICE), layout.TID_STRIDE - 1)
-    assert top < 2**32
+    top_pid = layout.gpu_pid(layout.MAX_RANKS - 1, layout.MAX_DEVICE)
+    top = layout.thread_tid(top_pid, layout.SHARED_K)
+    assert top < 2**31 and layout.thread_tid(layout.host_pid(0), 0) > top_pid  # no tid is also a pid
     with pytest.raises(DpprofError):
         layout.gpu_pid(0, layout.MAX_DEVICE + 1)
-    with pytest.raises(DpprofError):
-        layout.thread_tid(1000, layout.TID_STRIDE)
+    # DP starts new replica threads every step: thousands of threads get their own track, the rest share one.
+    pid = layout.host_pid(0)
+    tids = {layout.thread_tid(pid, k) for k in range(layout.SHARED_K)}
+    assert len(tids) == layout.SHARED_K >= 9_999 and max(tids) < layout.thread_tid(layout.host_pid(0) + 1, 0)
+    assert layout.thread_tid(pid, layout.SHARED_K + 5) == layout.thread_tid(pid, layout.SHARED_K) == max(tids) + 1
 
 
 def test_command_line_quotes_paths(tmp_path: Path) -> None:

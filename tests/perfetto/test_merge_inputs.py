@@ -55,7 +55,10 @@ def test_real_two_rank_gloo_traces(gloo: Path) -> None:
         assert merged == [t + round(off[info.rank] * 1000) for t in original]
     ranks_meta = {x["rank"]: x for x in doc["metadata"]["ranks"]}
     assert ranks_meta[1]["offset_us"] == off[1] and ranks_meta[1]["offset_source"] == "collective ends"
-    assert "clock_offsets" in doc["metadata"]["clock"]
+    clock = doc["metadata"]["clock"]
+    assert "clock_offsets" in clock and "rank 0: reference; rank 1: collective ends." in clock
+    assert "'collective ends': the median difference of matched collectives' ends" in clock
+    assert "'baseTimeNanoseconds'" not in clock  # no rank fell back on the trace clocks
 
 
 def test_real_dp_trace(h200: dict[str, Path], tmp_path: Path) -> None:
@@ -221,6 +224,12 @@ def test_command_messages_and_errors(gloo: Path, tmp_path: Path, capsys: pytest.
         (["--steps", "40-50"], "none of steps 40-50 was profiled (steps present: 3-5)"),
         (["--keep-serving"], "go with --open"),
     ]
+    # --steps beyond the profiled ones: the profiled part is written, and the rest named.
+    assert main(["perfetto", str(gloo), "--steps", "4-9", "--out", str(tmp_path / "s.json.gz")]) == 0
+    out, err = capsys.readouterr()
+    assert "note: --steps: steps 6-9 were not profiled (steps present: 3-5): wrote steps 4-5\n" in err
+    assert main(["perfetto", str(gloo), "--steps", "2-3", "--out", str(tmp_path / "s.json.gz")]) == 0
+    assert "note: --steps: step 2 was not profiled (steps present: 3-5): wrote step 3\n" in capsys.readouterr().err
     for extra, message in bad:
         assert main(["perfetto", str(gloo), *extra]) == 2, extra
         out, err = capsys.readouterr()

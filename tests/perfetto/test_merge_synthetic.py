@@ -87,3 +87,31 @@ def test_uncompressed_output_and_trace_files_input(tmp_path: Path) -> None:
     doc = json.loads(result.output.read_text(encoding="utf-8"))
     checks.check_format(doc)
     assert result.json_bytes == result.file_bytes == result.output.stat().st_size
+
+
+def test_attribution_is_written_a_few_steps_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank's attribution track (tens of thousands of slices on a real trace) was built whole, as dicts and then
+    as JSON, and set the merge's peak memory: it goes out in whole steps of about CHUNK_EVENTS, the same bytes."""
+    from dpprof.perfetto import merge as merge_mod
+    from dpprof.perfetto import tracks
+
+    traces, _ = write_dp_run(tmp_path, 4, "slow_gpu")
+    whole = merge([traces.parent], out=tmp_path / "whole.json").output.read_bytes()
+    sizes: list[int] = []
+    real_add = merge_mod._Sink.add
+
+    def add(self: object, lines: list[bytes], kind: str | None = None) -> None:
+        if kind == "attribution":
+            sizes.append(len(lines))
+        real_add(self, lines, kind)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tracks, "CHUNK_EVENTS", 20)
+    monkeypatch.setattr(merge_mod._Sink, "add", add)
+    chunked = merge([traces.parent], out=tmp_path / "chunked.json").output.read_bytes()
+    slices = checks.attribution(checks.load(tmp_path / "chunked.json"))
+    steps = [e for e in slices if e["name"].startswith("step ")]
+    per_row = max(sum(1 for e in slices if e["tid"] == s["tid"] and s["ts"] <= e["ts"] <= s["ts"] + s["dur"])
+                  for s in steps)  # one step row's slices, its step slice included
+    assert 20 < per_row * 2 < sum(sizes) and len(sizes) > 3
+    assert max(sizes) <= 19 + per_row + 2 * 4  # whole rows past the 20th event; the thread names (4 GPUs) last
+    assert chunked == whole

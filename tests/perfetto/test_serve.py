@@ -6,6 +6,7 @@ import errno
 import http.client
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,9 +47,15 @@ def server(trace: Path) -> Iterator[tuple[TraceServer, threading.Thread, list[st
 
 
 def _get(port: int, path: str, origin: str | None = None, method: str = "GET",
-         host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+         host: str = "127.0.0.1", host_header: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request to ``host:port``; ``host_header``: the Host it says (a browser sends the name it resolved)."""
     conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request(method, path, headers={"Origin": origin} if origin else {})
+    conn.putrequest(method, path, skip_host=host_header is not None)
+    if host_header is not None:
+        conn.putheader("Host", host_header)
+    if origin:
+        conn.putheader("Origin", origin)
+    conn.endheaders()
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -59,8 +66,8 @@ def test_serves_the_ui_origin_and_stops_after_the_fetch(server: tuple, trace: Pa
     srv, thread, said = server
     path = "/" + urllib.parse.quote(trace.name)
     link = next(line for line in said if line.startswith("open in Perfetto: "))
-    assert link == f"open in Perfetto: https://ui.perfetto.dev/#!/?url=http://127.0.0.1:{srv.port}{path}&referrer=dpprof"
-    assert any(f"ssh -L {srv.port}:127.0.0.1:{srv.port}" in line for line in said)
+    # The UI fetches only from 127.0.0.1:9001: the link names 9001 whatever the port served on.
+    assert link == f"open in Perfetto: https://ui.perfetto.dev/#!/?url=http://127.0.0.1:9001{path}&referrer=dpprof"
     # The UI probes the port for a trace processor: 404, and the server goes on.
     for method, probe in (("POST", "/status"), ("GET", "/"), ("GET", "/other.json.gz")):
         status, headers, _ = _get(srv.port, probe, UI_ORIGIN, method)
@@ -84,6 +91,63 @@ def test_serves_the_ui_origin_and_stops_after_the_fetch(server: tuple, trace: Pa
     thread.join(10)
     assert not thread.is_alive() and srv.fetched == 1
     assert any("refused a request from origin 'https://evil.example'" in line for line in said)
+
+
+def test_other_hosts_are_refused_and_do_not_end_the_serving(server: tuple, trace: Path) -> None:
+    """A page whose name an attacker re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host: 403, with
+    or without an Origin, for every method; it is said once and does not count as the fetch."""
+    srv, thread, said = server
+    path = "/" + urllib.parse.quote(trace.name)
+    evil = f"attacker.example:{srv.port}"
+    for method, origin in (("GET", None), ("GET", UI_ORIGIN), ("HEAD", None), ("OPTIONS", UI_ORIGIN),
+                           ("POST", UI_ORIGIN)):
+        status, headers, body = _get(srv.port, path, origin, method, host_header=evil)
+        assert status == 403 and "access-control-allow-origin" not in headers and body != trace.read_bytes()
+    for other in (f"127.0.0.1:{srv.port + 1}", "127.0.0.1", f"127.0.0.1.attacker.example:{srv.port}"):
+        assert _get(srv.port, path, host_header=other)[0] == 403, other
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:  # HTTP/1.0 without any Host
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        assert s.recv(64).startswith(b"HTTP/1.0 403")
+    assert thread.is_alive() and srv.fetched == 0
+    assert sum("refused a request for host 'attacker.example" in line for line in said) == 1
+    assert not any(line.startswith("sent ") for line in said)
+    # The names of this machine's loopback are accepted, and 9001's (local port 9001 forwarded to this one).
+    for name in (f"localhost:{srv.port}", f"LOCALHOST:{srv.port}", "127.0.0.1:9001", "localhost:9001"):
+        assert _get(srv.port, path, UI_ORIGIN, "HEAD", host_header=name)[0] == 200, name
+    status, headers, body = _get(srv.port, path, UI_ORIGIN, host_header=f"localhost:{srv.port}")
+    assert status == 200 and body == trace.read_bytes() and headers["access-control-allow-origin"] == UI_ORIGIN
+    thread.join(10)
+    assert not thread.is_alive() and srv.fetched == 1
+
+
+def _printed(srv: TraceServer, trace: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    said: list[str] = []
+    monkeypatch.setattr(srv, "serve_until_fetched", lambda keep_serving=False: 0)
+    open_in_ui(srv, trace, open_browser=False, say=said.append)
+    return said
+
+
+def test_link_and_ssh_hint_name_port_9001(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI's content security policy allows only 127.0.0.1:9001: on another port the link still names 9001
+    and the one ssh hint forwards local 9001 to the port served; on 9001 the hint forwards 9001 to 9001."""
+    srv = TraceServer(0)
+    port = srv.port
+    try:
+        assert port != 9001
+        said = _printed(srv, trace, monkeypatch)
+        assert said[0].startswith("open in Perfetto: https://ui.perfetto.dev/#!/?url=http://127.0.0.1:9001/")
+        hints = [line for line in said if "ssh -L" in line]
+        assert len(hints) == 1 and f"ssh -L 9001:127.0.0.1:{port} " in hints[0]
+        assert "forward local port 9001" in hints[0] and f"-L {port}:" not in hints[0]
+        assert any(f"on http://127.0.0.1:{port} " in line for line in said)
+        monkeypatch.setattr(serve, "DEFAULT_PORT", port)  # as if served on the UI's port
+        said = _printed(srv, trace, monkeypatch)
+        assert said[0].startswith(f"open in Perfetto: https://ui.perfetto.dev/#!/?url=http://127.0.0.1:{port}/")
+        hints = [line for line in said if "ssh -L" in line]
+        assert len(hints) == 1 and f"ssh -L {port}:127.0.0.1:{port} USER@THIS_HOST" in hints[0]
+        assert "forward local port" not in hints[0]
+    finally:
+        srv.server_close()
 
 
 def _other_addresses() -> list[str]:
@@ -160,11 +224,12 @@ def _open_command(args: list[str], cwd: Path) -> tuple[list[str], str, str, tupl
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("open in Perfetto: "):
+            if line.startswith("serving "):
                 break
-        url = re.search(r"url=http://127\.0\.0\.1:(\d+)(/\S+?)&referrer=dpprof", lines[-1])
-        assert url, lines
-        fetched = _get(int(url.group(1)), url.group(2), UI_ORIGIN)
+        url = re.search(r"url=http://127\.0\.0\.1:9001(/\S+?)&referrer=dpprof", "".join(lines))
+        port = re.search(r" on http://127\.0\.0\.1:(\d+) ", lines[-1])
+        assert url and port, lines
+        fetched = _get(int(port.group(1)), url.group(1), UI_ORIGIN)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -181,8 +246,11 @@ def test_command_open_serves_once_and_exits(tmp_path: Path) -> None:
     merged = traces.parent / "perfetto" / "all_ranks.json.gz"
     assert status == 200 and headers["access-control-allow-origin"] == UI_ORIGIN and body == merged.read_bytes()
     assert lines[0].startswith("wrote ") and "sent all_ranks.json.gz" in out
-    # An earlier output is served again as it is, without merging.
-    before = merged.stat().st_mtime_ns
-    lines, out, _, (status, _, body) = _open_command([str(merged)], tmp_path)
-    assert status == 200 and body == merged.read_bytes() and merged.stat().st_mtime_ns == before
-    assert not any(line.startswith("wrote ") for line in lines)
+    # An earlier output, wherever it lies (known by its first bytes, not its folder), is served again as it is.
+    elsewhere = tmp_path / "out" / "m.json.gz"
+    elsewhere.parent.mkdir()
+    shutil.copy(merged, elsewhere)
+    lines, out, _, (status, _, body) = _open_command([str(elsewhere)], tmp_path)
+    assert status == 200 and body == merged.read_bytes() and elsewhere.read_bytes() == merged.read_bytes()
+    assert not any(line.startswith("wrote ") for line in lines) and "sent m.json.gz" in out
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["m.json.gz"]
