@@ -147,8 +147,10 @@ def run_here(cfg: Any, summary: bool, report: bool) -> int:
         code = compile_script(script, decorate.transform if decorate else None)
     except SyntaxError as exc:
         # What python itself prints for a script that does not compile: the error alone, no frame (its
-        # traceback here would be dpprof's and ast.parse's), and exit code 1 (pythonrun.c, _PyRun_SimpleFileObject)
-        sys.excepthook(type(exc), exc.with_traceback(None), None)
+        # traceback here would be dpprof's and ast.parse's), and exit code 1 (pythonrun.c, _PyRun_SimpleFileObject).
+        # Python's own hook: nothing of the script ran to set another (torch's init_process_group replaces
+        # sys.excepthook with one that prefixes "[rankN]:", which an earlier in-process run may have left).
+        sys.__excepthook__(type(exc), exc.with_traceback(None), None)
         return 1
     if decorate is not None and not decorate.found:
         raise DpprofError(f"--step-on function:{step_on.target}: {script.target} defines no function or method "
