@@ -111,7 +111,8 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     batch = m.config.batch_size
     sizes = m.ddp.bucket_sizes_bytes if m.ddp is not None else None
     buckets, buckets_source = _buckets(analysis, sizes, params)
-    io = float(p.pop("io_bytes", 0.0)) or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
+    measured_io = float(p.pop("io_bytes", 0.0))
+    io = measured_io or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
     threads = m.config.threads or m.config.torch_threads or 1
     backend, backend_why = dp_backend(analysis)
     if distinct_gpus(analysis, None) < 2:
@@ -169,6 +170,9 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
                      "profiler_deflation": round(ratio, 3),
                      **comm, **({"cores": cores, "threads_profiled": threads} if cpu else {})}
     out["assumptions"] = _assumptions(cpu, comm)
+    if not cpu and io and not measured_io:
+        out["assumptions"].append("DP's scatter and gather move CIFAR-shaped batches (3×32×32 fp32 inputs, 10 fp32 "
+                                  "outputs per image): the profile shows no peer copies to measure them")
     if ratio > 1.0:
         out["assumptions"].append(f"the profile's times are divided by the profiler's measured overhead ratio "
                                   f"({ratio:.2f}: profiled ÷ unprofiled median step)")

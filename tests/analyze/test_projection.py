@@ -73,6 +73,7 @@ def test_single_gpu_profile_projects_dp_and_ddp_by_the_documented_model():
     assert proj["label"] == "projection" and proj["available"] and proj["assumptions"]
     i = proj["inputs"]
     assert i["dp_backend"] == "nccl" and i["dp_backend_source"].startswith("assumed")
+    assert any("CIFAR-shaped" in x for x in proj["assumptions"])  # no peer copies in a one-GPU profile
     assert (i["parallel_1_us"], i["optimizer_us"], i["host_1_us"]) == (7500, 500, 300)
     one = 9000.0
     assert row(proj, "dp", 1)["step_ms"] == pytest.approx(one / 1e3) == row(proj, "ddp", 1)["step_ms"]
