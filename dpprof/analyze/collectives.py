@@ -170,7 +170,12 @@ def process_groups(pg_config: Sequence[Mapping[str, Any]], rank: int | None) -> 
         return known, Group(DEFAULT_GROUP)
     if len(mine) == 1:
         return known, mine[0]
-    return known, Group("|".join(g.name for g in mine), candidates=tuple((g.name, g.ranks, g.size) for g in mine))
+    name = "|".join(g.name for g in mine)
+    if mine[0].ranks and all(g.ranks == mine[0].ranks for g in mine):
+        # groups of the same members (a gloo run plus dist.new_group(backend="gloo") over all ranks): whichever ran
+        # it, the same ranks took part, so the collective is matched and aligns the clocks as in one group
+        return known, Group(name, mine[0].ranks, mine[0].size)
+    return known, Group(name, candidates=tuple((g.name, g.ranks, g.size) for g in mine))
 
 
 def _step_of(times: np.ndarray, steps: list[tuple[int, float, float]]) -> list[int | None]:

@@ -46,7 +46,8 @@ def combine_all(sums: Sequence[RankSummary], manifest: Manifest | None = None
         infos.append(RankInfo(rank=r, path=s.path, world_size=s.world_size, backend=s.backend, devices=s.devices,
                               gpu_names=s.gpu_names, base_time_ns=s.base_time_ns,
                               profile_all_threads=s.profile_all_threads, events=s.events,
-                              steps_start_us=s.steps_start_us, steps_end_us=s.steps_end_us))
+                              steps_start_us=s.steps_start_us, steps_end_us=s.steps_end_us,
+                              dp_replicas=s.dp_replicas))
         devices += [replace(d, rank=r) for d in s.device_summaries]
         kernels += [replace(k, rank=r) for k in s.top_kernels]
         warnings += [replace(w, rank=r) for w in s.warnings]

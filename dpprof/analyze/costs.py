@@ -97,6 +97,17 @@ def dp_excess(ctx: Context, ref: Row, others: list[Row]) -> Excess:
                   device_side_us=ref.step_us - loading - host)
 
 
+def slow_output_device_us(analysis: Analysis, ref: Row, others: list[Row]) -> float:
+    """When the straggler summary names DP's output device itself as a slow GPU (``dpprof.analyze.matching``: its own
+    replica computes beyond the others'), how much longer it computes than the other GPUs' mean, optimizer left out
+    (µs per step); 0 otherwise. Its lone tail of compute is then a slow device, not DP's serial work."""
+    sm = analysis.straggler_summary
+    if sm.get("verdict") != "slow_gpu" or sm.get("participant") != f"GPU {ref.device}" or not others:
+        return 0.0
+    rest = sum(model_compute(r) for r in others) / len(others)
+    return max(0.0, model_compute(ref) - ref.optimizer_us - rest)
+
+
 def collective_excess(ctx: Context) -> Excess:
     """Per rank: step against its own compute, data loading and host time; averaged over the ranks."""
     rs = gpu_rows(ctx.analysis) or rows(ctx.analysis)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpprof.analyze.costs import dp_backend, dp_bytes, dp_excess, model_compute
+from dpprof.analyze.costs import dp_backend, dp_bytes, dp_excess, model_compute, slow_output_device_us
 from dpprof.analyze.diag_figures import Context, GpuNvml, gpu_rows, link_gbps, mean, reference_row
 from dpprof.analyze.findings import HOST_BOUND_PCT
 from dpprof.analyze.model import Hypothesis
@@ -29,8 +29,11 @@ from dpprof.vocabulary import DP_PHASES
 
 SUPPORTED = 0.50
 NOT_SUPPORTED = 0.20
-#: Below this excess (% of the step) DP is close to ideal: there is nothing for the data path to explain.
+#: Below this excess (% of the step's device side) DP is close to ideal: there is nothing for the data path to explain.
 MATERIAL_EXCESS_PCT = 10.0
+#: A saving under this share of the whole step cannot be what makes DP slow, whatever share of the excess it is (a
+#: host-bound step's device side is small: most of its little excess can be data path).
+MATERIAL_SAVING_PCT = 5.0
 
 RULE = (
     "what-if on the output device (GPU0), whose step is the DP step: saving = GPU0's data-path transfer "
@@ -43,7 +46,8 @@ RULE = (
     "plus the data loading and host time DP incurs per step (measured); excess = step − ideal. Supported when the "
     f"saving is ≥ {100 * SUPPORTED:.0f} % of the excess, not supported when ≤ {100 * NOT_SUPPORTED:.0f} % or when "
     f"the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step's device side (the step less its host time and "
-    "data loading, so that a host-bound step does not hide the data path: DP close to ideal), inconclusive in "
+    "data loading, so that a host-bound step does not hide the data path: DP close to ideal) or when the saving is "
+    f"under {MATERIAL_SAVING_PCT:.0f} % of the whole step (it cannot be what makes DP slow), inconclusive in "
     "between or with fewer than 2 GPUs with activity or outside multi-device DP. Host time (host-bound DP) and "
     "waiting for a slow GPU are causes of their own, reported beside, never counted as data path."
 )
@@ -84,7 +88,12 @@ def data_path(ctx: Context) -> Hypothesis:
     others = [r for r in gpus if r.device != ref.device]
     ex = dp_excess(ctx, ref, others)
     transfer = ref.dp_phases_us
-    serial = ref.gpu0_serial_us or 0.0
+    # GPU0 alone at work is DP's serial work (loss, optimizer), unless GPU0 is itself the slow device: then the
+    # tail of its own replica's compute is in that lone stretch too, and is hardware's, not the data path's
+    slow_own = slow_output_device_us(a, ref, others)
+    serial = max(0.0, (ref.gpu0_serial_us or 0.0) - slow_own)
+    if slow_own:
+        ev["gpu0_slow_compute_us"] = _r(slow_own)
     saving = transfer + ref.peer_wait_dp_us + serial
     share = saving / ex.excess_us if ex.excess_us > 0 else 0.0
     host, wait = ref.categories_us["host"], ref.categories_us["peer_wait"]
@@ -122,10 +131,15 @@ def data_path(ctx: Context) -> Hypothesis:
     if material < MATERIAL_EXCESS_PCT:
         return out("not_supported", f"DP is close to ideal on the devices (the excess is {material:.0f} % of the "
                    f"step's {ex.device_side_us / 1e3:.2f} ms device side): {nums}{beside}")
-    if share >= SUPPORTED:
-        return out("supported", f"{nums}: GPU0's data path explains most of the excess{beside}")
+    saving_pct = ref.pct(saving)
+    ev["saving_pct_of_step"] = _r(saving_pct)
     if share <= NOT_SUPPORTED:
         return out("not_supported", f"{nums}: the excess lies elsewhere{beside}")
+    if saving_pct < MATERIAL_SAVING_PCT:
+        return out("not_supported", f"{nums}, but at most {saving_pct:.1f} % of the whole step: the data path is not "
+                   f"what makes this DP step slow{beside}")
+    if share >= SUPPORTED:
+        return out("supported", f"{nums}: GPU0's data path explains most of the excess{beside}")
     return out("inconclusive", f"{nums}: between {100 * NOT_SUPPORTED:.0f} % and {100 * SUPPORTED:.0f} %, the data "
                f"path explains part of the excess, not most of it{beside}")
 
@@ -136,7 +150,7 @@ def _beside(host_pct: float, wait_us: float, ref: Any) -> str:
         parts.append(f"the step is host-bound, {host_pct:.0f} % host time: a cause of its own (finding host_bound)")
     elif host_pct >= 1.0:
         parts.append(f"host time {host_pct:.0f} % of the step")
-    if wait_us > 0 and ref.peer_wait_on_us:
+    if wait_us >= 5.0 and ref.peer_wait_on_us:  # under 5 µs a step it would print as 0.00 ms
         who = max(ref.peer_wait_on_us, key=lambda k: ref.peer_wait_on_us[k])
         parts.append(f"waiting for other GPUs {wait_us / 1e3:.2f} ms per step (mostly {who})")
     return f" (beside it: {'; '.join(parts)})" if parts else ""

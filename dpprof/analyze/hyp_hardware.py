@@ -23,13 +23,15 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from dpprof.analyze.costs import Excess, collective_excess, dp_excess, model_compute
+from dpprof.analyze.costs import Excess, collective_excess, dp_excess, model_compute, slow_output_device_us
 from dpprof.analyze.diag_figures import Context, Row, distinct_gpus, gpu_rows, mean, reference_row
 from dpprof.analyze.model import Hypothesis
 
 SUPPORTED = 0.50
 NOT_SUPPORTED = 0.20
 MATERIAL_EXCESS_PCT = 10.0
+#: What hardware explains must also be this share of the whole step to be the cause (as for the data path).
+MATERIAL_EXPLAINED_PCT = 5.0
 CLOCK_DROP_PCT = 10.0
 REASON_SHARE = 0.10
 P2P_RATIO = 0.5
@@ -42,7 +44,8 @@ RULE = (
     f"a slow link (a peer pair under {P2P_RATIO:.0%} of the fastest explains (1 − slow/fast) of the transfer "
     f"crossing it). Supported when they explain ≥ {100 * SUPPORTED:.0f} % of the excess, not supported when ≤ "
     f"{100 * NOT_SUPPORTED:.0f} % or the excess is under {MATERIAL_EXCESS_PCT:.0f} % of the step's device side (the "
-    "step less host time and data loading), inconclusive in between or with fewer than 2 distinct GPUs. Autotuning kernels are left out of every compute comparison."
+    f"step less host time and data loading) or what they explain is under {MATERIAL_EXPLAINED_PCT:.0f} % of the whole "
+    "step, inconclusive in between or with fewer than 2 distinct GPUs. Autotuning kernels are left out of every compute comparison."
 )
 
 
@@ -100,10 +103,14 @@ def hardware(ctx: Context) -> Hypothesis:
     if ex.excess_pct_of_device_side < MATERIAL_EXCESS_PCT:
         return out("not_supported", f"the step is close to its ideal on the devices (the excess is "
                    f"{ex.excess_pct_of_device_side:.0f} % of its device side): {nums}{checked}")
-    if share >= SUPPORTED:
-        return out("supported", nums)
+    explained_pct = 100.0 * explained / ex.step_us if ex.step_us > 0 else 0.0
+    ev["explained_pct_of_step"] = _r(explained_pct)
     if share <= NOT_SUPPORTED:
         return out("not_supported", f"{nums}{checked}")
+    if explained_pct < MATERIAL_EXPLAINED_PCT:
+        return out("not_supported", f"{nums}, but only {explained_pct:.1f} % of the whole step{checked}")
+    if share >= SUPPORTED:
+        return out("supported", nums)
     return out("inconclusive", f"{nums}: between {100 * NOT_SUPPORTED:.0f} % and {100 * SUPPORTED:.0f} %{checked}")
 
 
@@ -113,6 +120,10 @@ def _slow_device(ctx: Context, gpus: list[Row], ref: Row, dp: bool) -> tuple[flo
     if sm.get("verdict") not in ("slow_gpu", "slow_rank"):
         return 0.0, ""
     who = str(sm["participant"])
+    if dp and who == f"GPU {ref.device}":
+        # DP's output device itself is slow: its step is the DP step, so its extra compute is what the step loses
+        slow = slow_output_device_us(ctx.analysis, ref, [r for r in gpus if r.device != ref.device])
+        return slow, f"{who}, DP's output device, computes {slow / 1e3:.2f} ms per step longer than the other GPUs"
     if dp:
         waited = ref.peer_wait_on_us.get(who, 0.0)
     else:

@@ -250,6 +250,22 @@ def _participant_order(label: str) -> tuple[str, int]:
     return what, int(n) if n.isdigit() else -1
 
 
+#: DP's output device counts as late through DP's own work (not a slow device) while its replica's compute, without
+#: the serial work only it does, is within this % of the other GPUs' mean.
+OWN_COMPUTE_SLACK_PCT = 10.0
+
+
+def _output_device_slower_pct(rows: Sequence[StepBreakdown], dev: int | None) -> float | None:
+    """How much longer (%) DP's output device computes its own replica than the other GPUs theirs (means over the
+    steps; autotuning kernels and its serial work left out), or None without both."""
+    own = [x.categories_us.get("compute", 0.0) - x.autotune_us - (x.gpu0_serial_us or 0.0)
+           for x in rows if x.device == dev]
+    rest = [x.categories_us.get("compute", 0.0) - x.autotune_us for x in rows if x.device >= 0 and x.device != dev]
+    if dev is None or not own or not rest or sum(rest) <= 0:
+        return None
+    return 100.0 * ((sum(own) / len(own)) / (sum(rest) / len(rest)) - 1.0)
+
+
 def summary(strag: Sequence[Straggler], rows: Sequence[StepBreakdown], collectives: Sequence[CollectiveSkew],
             output_device: int | None = None) -> dict[str, Any]:
     """Who everyone waited for: a slow rank, a slow GPU inside DP, DP's output device (late because of its serial
@@ -294,10 +310,18 @@ def summary(strag: Sequence[Straggler], rows: Sequence[StepBreakdown], collectiv
              f"collectives: each of the others waited {per_step:.1f} µs per step for it with nothing else to run "
              f"({pct:.1f} % of the step; {inside:.1f} µs per step inside the collectives, hidden by compute or not)")
     if share >= STRAGGLER_SHARE and pct >= STRAGGLER_WAIT_PCT:
-        if who == f"GPU {output_device}":
+        slower = _output_device_slower_pct(rows, output_device) if who == f"GPU {output_device}" else None
+        if slower is not None:
+            ev["output_device_compute_over_others_pct"] = round(slower, 1)
+        if slower is not None and slower <= OWN_COMPUTE_SLACK_PCT:
             return {"verdict": "output_device_late", **ev, "text": f"{words}: DP's output device reaches the "
                     "collectives last because it runs DP's serial work (flattening, scatter copies, loss, "
-                    "optimizer) before them, a data-path cost rather than a slow device"}
+                    "optimizer) before them, a data-path cost rather than a slow device (its own replica computes "
+                    f"within {OWN_COMPUTE_SLACK_PCT:.0f} % of the others': {slower:+.1f} %)"}
+        if slower is not None:
+            return {"verdict": "slow_gpu", **ev, "text": f"{words}: DP's output device is itself slow: its own "
+                    f"replica's compute is {slower:+.1f} % against the other GPUs' (beyond "
+                    f"{OWN_COMPUTE_SLACK_PCT:.0f} %), so its lateness is the device's, not only DP's serial work"}
         verdict = "slow_gpu" if who.startswith("GPU") else "slow_rank"
         return {"verdict": verdict, **ev, "text": words}
     return {"verdict": "none", **ev, "text": f"no straggler: {words} (a straggler causes ≥ "

@@ -54,6 +54,9 @@ class RankInfo:
     #: Trace time span covered by the steps, µs on this rank's clock.
     steps_start_us: float | None = None
     steps_end_us: float | None = None
+    #: Multi-device DP: replicas per step, counted as the threads that launch GPU work inside DataParallel.forward
+    #: besides its own (parallel_apply's one thread per replica); None elsewhere or when they were not recorded.
+    dp_replicas: int | None = None
 
 
 @dataclass(frozen=True)

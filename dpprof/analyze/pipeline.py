@@ -87,6 +87,7 @@ def summarize(path: str, segments: bool = False, max_inflate: int | None = None)
                                            int(rt.base_time_ns or 0)),
         pieces=Pieces.concat(pieces), segments=Pieces.concat(runs) if segments else None, warnings=warnings,
         steps_start_us=min((a for a, _ in span), default=None), steps_end_us=max((b for _, b in span), default=None),
+        dp_replicas=spans.replicas if dp_mode == "multi_device" else None,
     )
 
 

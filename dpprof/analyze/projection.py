@@ -115,11 +115,13 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
     io = measured_io or (batch or 0) * (INPUT_BYTES_PER_IMAGE + OUTPUT_BYTES_PER_IMAGE)
     threads = m.config.threads or m.config.torch_threads or 1
     backend, backend_why = dp_backend(analysis)
-    if distinct_gpus(analysis, None) < 2:
+    if not (analysis.strategy == "dp" and analysis.dp_mode == "multi_device" and distinct_gpus(analysis, None) >= 2):
         # DP projected onto N distinct GPUs: torch's broadcast_coalesced/reduce_add_coalesced take NCCL when it is
-        # available for the tensors (torch/csrc/cuda/comm.cpp), which a one-GPU profile cannot show.
-        backend, backend_why = "nccl", ("assumed: DP over distinct GPUs uses NCCL (torch/csrc/cuda/comm.cpp); "
-                                        f"the profile had one GPU ({backend_why})")
+        # available for the tensors (torch/csrc/cuda/comm.cpp), which only a DP profile over 2+ GPUs can show.
+        what = "it had one GPU" if analysis.strategy == "dp" else f"it is a {analysis.strategy} profile"
+        backend, backend_why = "nccl", ("assumed: DP over distinct GPUs uses NCCL (torch/csrc/cuda/comm.cpp); the "
+                                        f"profile cannot show DP's backend ({what})")
+    dp_beta, dp_link_source = _dp_link(m, link_GBps, comm)
     dp_cal = p.pop("dp_transfer_us", None)
     n_prof = int(p.pop("n_prof"))
 
@@ -129,10 +131,10 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
         return p["parallel_1_us"] / n + p["optimizer_us"]
 
     def dp_path(n: int) -> float:
-        t = sum(dp_comm_us(params, buffers, io, n, backend, comm["beta_us_per_byte"], DEFAULT_NCCL_HOP_ALPHA_US).values())
+        beta = dp_beta or 0.0
+        t = sum(dp_comm_us(params, buffers, io, n, backend, beta, DEFAULT_NCCL_HOP_ALPHA_US).values())
         if dp_cal is not None and n_prof > 1:  # scale the measured transfer by the model's ratio
-            at = sum(dp_comm_us(params, buffers, io, n_prof, backend, comm["beta_us_per_byte"],
-                                DEFAULT_NCCL_HOP_ALPHA_US).values())
+            at = sum(dp_comm_us(params, buffers, io, n_prof, backend, beta, DEFAULT_NCCL_HOP_ALPHA_US).values())
             return dp_cal * t / at if at > 0 else 0.0
         return t
 
@@ -141,7 +143,7 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
         backward = BACKWARD_SHARE * (compute(n) - p["optimizer_us"])
         return ddp_exposed_us(times, backward)
 
-    strategies = [("ddp", ddp_comm)] if cpu else [("dp", dp_path), ("ddp", ddp_comm)]
+    strategies = [("ddp", ddp_comm)] if cpu or dp_beta is None else [("dp", dp_path), ("ddp", ddp_comm)]
     one = compute(1) + p["loading_1_us"] + p["copies_1_us"] + p["host_1_us"]
     top = max([max_gpus, *(n for _, n in measured)])
     rows_out: list[dict[str, Any]] = []
@@ -163,13 +165,17 @@ def project(analysis: Analysis, manifest: Manifest | None = None, link_GBps: flo
                      "profile_devices": n_prof, "cpu_profile": cpu, "param_bytes": int(params),
                      "buffers_bytes": int(buffers), "batch_size": batch, "dp_backend": backend,
                      **({"replicas_source": rep_src} if rep_src else {}),
-                     "dp_backend_source": backend_why, "dp_transfer_source": "calibrated from the measured "
+                     "dp_backend_source": backend_why, "dp_link_source": dp_link_source,
+                     **({"dp_beta_us_per_byte": dp_beta} if dp_beta is not None else {}),
+                     "dp_transfer_source": "calibrated from the measured "
                      f"{n_prof}-GPU DP transfer" if dp_cal is not None and n_prof > 1 else "bytes × β",
                      "buckets_bytes": [int(b) for b in buckets],
                      "buckets_source": buckets_source,
                      "profiler_deflation": round(ratio, 3),
                      **comm, **({"cores": cores, "threads_profiled": threads} if cpu else {})}
     out["assumptions"] = _assumptions(cpu, comm)
+    if not cpu and dp_beta is None:
+        out["assumptions"].append(f"DP is not projected: {dp_link_source}")
     if not cpu and io and not measured_io:
         out["assumptions"].append("DP's scatter and gather move CIFAR-shaped batches (3×32×32 fp32 inputs, 10 fp32 "
                                   "outputs per image): the profile shows no peer copies to measure them")
@@ -198,10 +204,14 @@ def _row(strategy: str, n: int, step: float, one: float, comm: float, compute: f
 
 def replicas(analysis: Analysis, manifest: Manifest) -> tuple[int, str]:
     """(replicas of a multi-device DP run, where the count came from): the manifest's ``device_ids`` (which may
-    repeat a device, e.g. ``[0, 0]``), else the distinct GPUs with activity in the trace."""
+    repeat a device, e.g. ``[0, 0]``), else the replica threads the trace shows (``RankInfo.dp_replicas``), else
+    the distinct GPUs with activity in the trace."""
     ids = manifest.config.device_ids
     if ids and len(ids) > 1:
         return len(ids), f"manifest config.device_ids {list(ids)}"
+    threads = [r.dp_replicas for r in analysis.ranks if r.dp_replicas]
+    if threads:
+        return max(threads), "the trace: threads launching GPU work inside DataParallel.forward (parallel_apply)"
     return max(1, distinct_gpus(analysis, None)), "distinct GPUs with activity in the trace"
 
 
@@ -253,6 +263,18 @@ def _profile(analysis: Analysis, ref: Row, cpu: bool, manifest: Manifest) -> dic
         out["copies_1_us"] = ref.categories_us["memcpy"]
         out["host_1_us"] = ref.categories_us["host"]
     return out
+
+
+def _dp_link(manifest: Manifest, declared: float | None, comm: Mapping[str, Any]) -> tuple[float | None, str]:
+    """(β in µs per byte over GPU0's peer link, where it came from) for DP's data path, whatever DDP runs over: a
+    declared bandwidth, else the manifest's measured peer link, else DDP's own NCCL model; None when none of them."""
+    bw, src = (float(declared), "declared (--link-gbps)") if declared else link_gbps(manifest)
+    if bw:
+        return 1.0 / (bw * 1e3), f"GPU0's peer link: {src}"
+    if comm.get("comm_backend") == "nccl":
+        return float(comm["beta_us_per_byte"]), f"DDP's NCCL model ({comm['comm_source']})"
+    return None, ("no peer-link bandwidth for DP's NCCL broadcast/reduce (none measured in the manifest, none "
+                  "declared with --link-gbps), and DDP's model is over gloo")
 
 
 def _ddp_backend(analysis: Analysis, manifest: Manifest, cpu: bool) -> tuple[str, str]:

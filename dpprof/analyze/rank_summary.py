@@ -41,3 +41,4 @@ class RankSummary:
     warnings: list[AnalysisWarning] = field(default_factory=list)
     steps_start_us: float | None = None
     steps_end_us: float | None = None
+    dp_replicas: int | None = None  # replica threads per DataParallel.forward (dpprof.trace.link.PhaseSpans)

@@ -109,6 +109,10 @@ class PhaseSpans:
     label: np.ndarray
     tid: np.ndarray
     synthetic_replicate: int = 0  # replicate windows inferred (no dpprof::dp_replicate marker)
+    #: Replicas per DataParallel.forward (median over the forwards): threads other than the forward's own that
+    #: launch GPU work inside it (parallel_apply's one thread per replica, torch/nn/parallel/parallel_apply.py);
+    #: None without a forward that has such threads (one device, or replica threads not recorded).
+    replicas: int | None = None
 
 
 def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: np.ndarray) -> PhaseSpans:
@@ -120,6 +124,7 @@ def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: n
     labels = [np.array([phase_of[int(c)] for c in hcls[rows]], dtype=np.int16)]
     tids = [rt.tid[rows]]
     synthetic = 0
+    per_forward: list[int] = []
     forwards = np.flatnonzero(hcls == C.C_DP_FORWARD).tolist()
     if forwards:
         # Everything a forward window needs, sorted by time once, so that each window is two binary searches
@@ -137,6 +142,10 @@ def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: n
         replicate_id = _name_id(rt, "dpprof::dp_replicate")
     for f in forwards:
         f0, f1, ftid = rt.ts[f], rt.ts[f] + rt.dur[f], rt.tid[f]
+        lo_f, hi_f = np.searchsorted(h_ts, f0, "left"), np.searchsorted(h_ts, f1, "left")
+        threads = np.unique(h_tid[lo_f:hi_f])
+        if len(threads[threads != ftid]):
+            per_forward.append(int(np.count_nonzero(threads != ftid)))
         inside = marks[np.searchsorted(m_ts, f0, "left"):np.searchsorted(m_ts, f1, "left")]
         inside = np.sort(inside[rt.tid[inside] == ftid])  # row order, as the trace lists them
         bcast = inside[hcls[inside] == C.C_DP_BROADCAST]
@@ -157,8 +166,9 @@ def dp_phase_spans(rt: RankTrace, hcls: np.ndarray, gpu: np.ndarray, launcher: n
         labels.append(np.array([phase_of[C.C_DP_BROADCAST]], dtype=np.int16))
         tids.append(np.array([ftid], dtype=np.int32))
         synthetic += 1
+    replicas = int(np.median(per_forward)) if per_forward else None
     return PhaseSpans(np.concatenate(starts), np.concatenate(ends), np.concatenate(labels),
-                      np.concatenate(tids), synthetic)
+                      np.concatenate(tids), synthetic, replicas)
 
 
 def _name_id(rt: RankTrace, name: str) -> int:

@@ -148,6 +148,18 @@ def test_hardware_supported_when_a_slow_rank_explains_the_excess():
     assert h.evidence["excess_us"] == pytest.approx((3500 + 500) / 2)
 
 
+def test_hardware_must_explain_a_material_share_of_the_whole_step():
+    """The same slow rank beside 200 ms of host time a step: most of the small device-side excess, under 5 % of the
+    step: not supported, the figure named."""
+    a = analysis("ddp", {(0, 0): {"compute": 10000, "comm": 500, "peer_wait": 3000, "host": 200000},
+                         (1, 1): {"compute": 13000, "comm": 500, "host": 203000}},
+                 peer_wait_on={(0, 0): {"rank 1": 3000.0}},
+                 straggler_summary={"verdict": "slow_rank", "participant": "rank 1", "text": "rank 1 started last"})
+    h = diagnose(a).hypotheses[1]
+    assert h.evidence["explained_share_of_excess_pct"] >= 50 and h.evidence["explained_pct_of_step"] < 5
+    assert h.verdict == "not_supported" and "of the whole step" in h.reason
+
+
 def test_hardware_not_supported_when_nothing_is_slow():
     a = analysis("ddp", {(0, 0): {"compute": 10000, "comm": 2000}, (1, 1): {"compute": 10000, "comm": 2000}})
     h = diagnose(a).hypotheses[1]

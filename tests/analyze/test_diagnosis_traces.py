@@ -50,19 +50,26 @@ def test_ddp2_gloo_gets_ddp_findings(h200):
     ("gpu0_bound", {"data_path": "supported", "hardware": "not_supported"}),
     ("balanced", {"data_path": "not_supported", "hardware": "not_supported"}),
     ("slow_gpu", {"data_path": "not_supported", "hardware": "supported"}),
+    # the output device itself 3x slow: a slow GPU (hardware), not DP's serial work nor output_device_late
+    ("slow_gpu0", {"data_path": "not_supported", "hardware": "supported"}),
     # host_bound: balanced's data path beside kernels 5x shorter and 900 µs of host per replica op: the data path
-    # and GPU0's serial work (~0.34 ms) are ~20 % of the device side, judged there, not against the host time.
-    ("host_bound", {"data_path": "supported", "hardware": "not_supported"}),
+    # and GPU0's serial work (~0.34 ms) are most of the excess and ~20 % of the device side, but under 5 % of the
+    # whole step: not what makes this DP slow (the host is, named beside).
+    ("host_bound", {"data_path": "not_supported", "hardware": "not_supported"}),
     ("slow_link", {"data_path": "supported", "hardware": "not_supported"})])
 def test_synthetic_dp_verdicts(tmp_path, n, variant, verdicts_):
     """The rebuilt DP traces (PyTorch's stream semantics): a slow GPU is not a supported data path, a host-bound
     run is named host-bound with the data path judged on its own terms."""
     synth = pytest.importorskip("tests.synth.dp")
     traces, _expected = synth.write_dp_run(tmp_path, n, variant)
-    d = diagnose(_analyze([traces]))
+    a = _analyze([traces])
+    d = diagnose(a)
     got = verdicts(d)
     assert {k: got[k] for k in verdicts_} == verdicts_, [h.reason for h in d.hypotheses]
     h = d.hypotheses[0]
+    if variant in ("slow_gpu0", "gpu0_bound"):
+        late = {"slow_gpu0": "slow_gpu", "gpu0_bound": "output_device_late"}[variant]
+        assert a.straggler_summary["verdict"] == late and a.straggler_summary["participant"] == "GPU 0"
     assert not any("None" in x for x in d.advice), d.advice  # every figure quoted exists
     assert h.evidence["n_gpus"] == n and h.evidence["ideal_source"] == "estimate"
     assert h.evidence["backend"] == "nccl"  # DP's broadcast/reduce ran as NCCL kernels across the GPUs
@@ -71,6 +78,8 @@ def test_synthetic_dp_verdicts(tmp_path, n, variant, verdicts_):
     if variant == "host_bound":
         assert "host_bound" in {f.id for f in d.findings} and "the step is host-bound" in h.reason
         assert h.evidence["excess_pct"] < 10 <= h.evidence["excess_pct_of_device_side"]
+        assert h.evidence["saving_share_of_excess_pct"] >= 50 and h.evidence["saving_pct_of_step"] < 5
+        assert "not what makes this DP step slow" in h.reason
 
 
 @pytest.mark.parametrize("variant,hardware", [("straggler", "supported"), ("balanced", "not_supported")])

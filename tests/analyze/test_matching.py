@@ -216,6 +216,11 @@ def test_process_groups_of_a_rank() -> None:
     assert known["1"].ranks == (0, 1) and unnamed.name == "0|1"  # libkineto writes ranks as a string
     assert process_groups(cfg[:1] + cfg[2:], 0)[1] == Group("0")  # a group of one has no counterpart
     assert process_groups([], 0)[1].name == "default" and not process_groups([], 0)[1].ambiguous
+    # two groups of the same members (a gloo run plus dist.new_group over all ranks): whichever ran it, the same
+    # ranks took part: matched and aligning as one group, not ambiguous
+    twins = [{"pg_name": "0", "pg_size": 2, "ranks": [0, 1]}, {"pg_name": "1", "pg_size": 2, "ranks": [0, 1]}]
+    same = process_groups(twins, 1)[1]
+    assert same.name == "0|1" and not same.ambiguous and same.ranks == (0, 1)
 
 
 def test_seq_and_comms_id_keys_match_collectives_run_in_different_orders() -> None:

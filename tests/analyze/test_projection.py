@@ -125,7 +125,9 @@ def test_the_h200_dp_trace_does_not_project_ddp_as_slow_as_dp(h200):
     assert row(p, "ddp", 2)["step_ms"] < 0.2 * row(p, "dp", 2)["step_ms"]
     without = project(a, manifest_of({"config": {"batch_size": 128}, "model_info": {"param_bytes": 58_913_064}}),
                       link_GBps=100.0)
-    assert without["inputs"]["replicas_profiled"] == 1  # the trace alone shows one GPU
+    # the trace alone: its two parallel_apply threads inside DataParallel.forward (one GPU, two replicas)
+    assert without["inputs"]["replicas_profiled"] == 2 and "threads" in without["inputs"]["replicas_source"]
+    assert row(without, "dp", 2)["step_ms"] == pytest.approx(row(p, "dp", 2)["step_ms"], rel=1e-3)
     assert row(without, "ddp", 2)["step_ms"] < 0.2 * row(without, "dp", 2)["step_ms"]
 
 
@@ -194,3 +196,19 @@ def test_buckets_counted_from_a_ddp_trace_without_a_manifest(h200):
     b = p["inputs"]["buckets_bytes"]
     assert p["inputs"]["buckets_source"].startswith("trace:") and len(b) >= 1
     assert sum(b) == pytest.approx(60_000_000, abs=len(b)) and max(b) - min(b) <= 1
+
+
+def test_dp_is_priced_over_the_peer_link_whatever_ddp_runs_over(h200):
+    """A gloo DDP profile: DDP over the host, DP's NCCL broadcast/reduce over GPU0's peer link (not gloo's 2 GB/s),
+    one copy of the parameters each way (a DDP profile cannot show DP's backend: NCCL assumed)."""
+    from dpprof.analyze.pipeline import analyze
+    a = analyze([h200["ddp2_gloo_rank0"], h200["ddp2_gloo_rank1"]], jobs=1)
+    p = project(a, manifest_of({"model_info": {"param_bytes": P}}), link_GBps=100.0)
+    i = p["inputs"]
+    assert i["comm_backend"] == "gloo" and i["dp_backend"] == "nccl" and "ddp profile" in i["dp_backend_source"]
+    assert i["dp_beta_us_per_byte"] == pytest.approx(1 / 100e3) and "declared" in i["dp_link_source"]
+    assert row(p, "dp", 2)["comm_ms"] == pytest.approx(2 * (5.0 + P / 100e3) / 1e3, rel=1e-3)
+    # no peer link at all and DDP over gloo: DP is not projected, and the page says why
+    bare = project(a, manifest_of({"model_info": {"param_bytes": P}}))
+    assert {r["strategy"] for r in bare["rows"]} == {"ddp"}
+    assert any(x.startswith("DP is not projected: no peer-link bandwidth") for x in bare["assumptions"])

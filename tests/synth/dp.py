@@ -21,7 +21,7 @@ The host runs ahead of the GPUs (tests/synth/streams.py) through torch/nn/parall
 6. ``optimizer.step()`` on GPU0, then ``loss.item()`` synchronises the host with GPU0 (the step ends there).
 
 Variants (``VARIANTS``): ``balanced``; ``gpu0_bound`` (GPU0's data path and serial work dominate);
-``slow_gpu`` (the last GPU runs its replica 3x slower); ``slow_link`` (broadcast/reduce transfers and peer
+``slow_gpu`` (the last GPU runs its replica 3x slower); ``slow_gpu0`` (GPU0, the output device, does); ``slow_link`` (broadcast/reduce transfers and peer
 copies 20x longer); ``host_bound`` (the replica threads spend 900 µs of host time per op, as cuDNN autotuning in
 fresh threads does in the real ``dp_dup00`` trace). Expected figures come from ``Streams.placed``.
 """
@@ -75,6 +75,7 @@ VARIANTS: dict[str, DpParams] = {
                            gather_copy_us=300.0, loss_kernel_us=200.0, bwd_kernel_us=150.0, reduce_transfer_us=900.0,
                            optim_kernel_us=700.0),
     "slow_gpu": DpParams(slow_device=-1, slow_factor=3.0),
+    "slow_gpu0": DpParams(slow_device=0, slow_factor=3.0),  # the output device itself is the slow one
     "slow_link": DpParams(scatter_copy_us=200.0, bcast_transfer_us=400.0, gather_copy_us=80.0,
                           reduce_transfer_us=500.0),
     "host_bound": DpParams(fwd_kernel_us=100.0, bwd_kernel_us=150.0, replica_op_host_us=900.0),
