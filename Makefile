@@ -19,7 +19,7 @@ RUN ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv profile report test lint bench gpu-check chromium clean
+.PHONY: help venv profile report test lint bench gpu-check gpu-wheels chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,8 +60,18 @@ bench: venv ## analyze-vs-HTA speed and memory, perfetto merge, collection overh
 	$(PY) benchmarks/projection_check.py
 	$(PY) benchmarks/run_overhead.py
 
-gpu-check: ## on a GPU machine (no venv): single, dp, ddp with profiler + NVML, overhead figures
-	bash benchmarks/gpu_check.sh
+gpu-check: ## on a GPU machine (no venv, wheels from .whl/): every GPU path, summary + archive into $OUT (benchmarks/README.md)
+	GPU_CHECK_COMMAND="make gpu-check$(if $(ARGS), ARGS='$(ARGS)')" bash benchmarks/gpu_check.sh $(ARGS)
+
+# The wheels the GPU image lacks (cp312, x86-64; KINDS.md lists what it has): the versions tested here.
+GPU_WHEELS ?= msgspec==0.23.0 isal==1.9.1
+gpu-wheels: ## download the wheels the GPU machine lacks (msgspec, python-isal) into .whl/; run where PyPI works
+	mkdir -p .whl
+	rm -f $(foreach w,$(GPU_WHEELS),.whl/$(firstword $(subst ==, ,$(w)))-*.whl)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	@ls -l .whl
 
 clean: ## remove generated runs and reports (keeps .venv)
 	rm -rf traces/*/ reports/*.html

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import collections
 import gzip
+import io
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import gpu_check_inspect as gci  # noqa: E402
+import gpu_check_report as gcr  # noqa: E402
 import make_large_dir as mld  # noqa: E402
 from procstats import mean_ci95, measure  # noqa: E402
 
@@ -201,3 +207,162 @@ def test_run_overhead_compares_plain_and_dpprof_run_processes(tmp_path: Path) ->
     assert 0.5 < report["dpprof_record_vs_script_clock_median"] < 2
     assert report["hook_us_median"] > 0 and 0 < report["hook_share_of_step_pct"] < 100
     assert "run wall" in stdout and "run cpu" in stdout
+
+
+# --- make gpu-check (benchmarks/gpu_check*.py, gpu_import.py): the CPU dry run, and its GPU checks on GPU data ---
+
+GOLDEN = REPO / "tests" / "data" / "golden"
+#: The checks only a GPU can answer: on the dry run they must say "skipped", never "passed".
+GPU_ONLY = {"GPU kernels in the trace", "NVML samples, mapped to CUDA by UUID", "NVML sample cost measured",
+            "link bandwidth probe (manifest)", "report: NVML plot", "report: top kernels", "report: link bandwidth",
+            "perfetto: kernels and NVML counters", "real NVML", "harness B/A <= 1.03", "NVML B/A <= 1.03",
+            "marked DP gradients == nn.DataParallel's, device_ids [0, 0]"}
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_end_to_end_with_archive_and_import(tmp_path: Path) -> None:
+    """`bash benchmarks/gpu_check.sh --device cpu`: every step runs, GPU-only checks are skipped (not passed),
+    the summary, log and one archive land in $OUT, and gpu_import.py unpacks that archive with its README."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu"], capture_output=True, text=True,
+                          timeout=400, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.tar.gz"]
+    summary = json.loads((out / "gpu_check.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    runs = ["single", "dp_nogpu", "ddp1", "run_single", "run_dp", "run_ddp1", "run_fsdp1"]
+    assert list(steps) == [*runs, "gradients", "perfetto", "overhead"]
+    assert summary["passed"] and summary["counts"]["failed"] == 0
+    for name in runs:
+        s = steps[name]
+        assert s["status"] == "complete" and s["step_ms_median"] > 0 and s["images_per_s_median"] > 0, s
+        statuses = {c["name"]: c["status"] for c in s["checks"]}
+        assert statuses["dpprof analyze exit 0"] == statuses["dpprof report exit 0"] == "passed"
+    checks = [c for s in summary["steps"] for c in s["checks"]]
+    gpu = [c for c in checks if c["name"] in GPU_ONLY]
+    assert {c["name"] for c in gpu} == GPU_ONLY
+    assert all(c["status"] == "skipped" and "no GPU" in c["detail"] for c in gpu), gpu
+    assert "skipped (no GPU (CPU dry run))" in proc.stdout and "gpu-check: passed" in proc.stdout
+    assert (out / "gpu_check.log").read_text().strip().endswith(proc.stdout.strip().splitlines()[-1])
+    archive = out / "gpu_check.tar.gz"
+    assert archive.stat().st_size < 2 * 2**20
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        prov = json.load(tar.extractfile("gpu-check/provenance.json"))  # type: ignore[arg-type]
+    assert prov["command"] == "bash benchmarks/gpu_check.sh --device cpu" and prov["device"] == "cpu"
+    assert prov["versions"]["torch"] and "gpus" in prov["hardware"]
+    assert not [n for n in names if n.endswith((".html", "analysis.json"))]
+    assert {f"gpu-check/runs/{r}/manifest.json" for r in runs} <= set(names)
+    imp = subprocess.run([sys.executable, str(BENCH / "gpu_import.py"), str(archive), "--dest", str(tmp_path / "gpu")],
+                         capture_output=True, text=True, timeout=60)
+    assert imp.returncode == 2 and imp.stderr.count("\n") == 1 and "--allow-cpu" in imp.stderr
+    imp = subprocess.run([sys.executable, str(BENCH / "gpu_import.py"), str(archive), "--dest", str(tmp_path / "gpu"),
+                          "--allow-cpu"], capture_output=True, text=True, timeout=60)
+    assert imp.returncode == 0, imp.stderr
+    dest = tmp_path / "gpu"
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["README.md", "overhead.json", "provenance.json",
+                                                             "summary.json", *runs])
+    readme = (dest / "README.md").read_text()
+    assert prov["versions"]["torch"] in readme and "`bash benchmarks/gpu_check.sh --device cpu`" in readme
+    assert "| `dp_nogpu` | `dpprof profile --strategy dp --device cpu" in readme
+    ana = subprocess.run([sys.executable, "-m", "dpprof.cli", "analyze", str(dest / "ddp1"), "--no-json", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert ana.returncode == 0, ana.stderr
+
+
+def _plan(**kw: object) -> gci.Plan:
+    return gci.Plan(**{"name": "x", "kind": "profile", "argv": (), **kw})  # type: ignore[arg-type]
+
+
+def test_gpu_report_checks_pass_on_gpu_reports_and_fail_on_cpu_ones(tmp_path: Path) -> None:
+    gpu = (GOLDEN / "synth_dp4_nvml_run" / "report.html").read_text()
+    cpu = (GOLDEN / "cpu_ddp2_tiny_run" / "report.html").read_text()
+    status = {c.name: c.status for c in gci.inspect_report(gpu, _plan(), cuda=True)}
+    assert status["report: NVML plot"] == status["report: top kernels"] == "passed"
+    assert status["report: link bandwidth"] == "failed"  # synthetic: "nothing measured"
+    status = {c.name: c.status for c in gci.inspect_report(cpu, _plan(), cuda=True)}
+    assert set(status.values()) == {"failed"}
+    assert {c.status for c in gci.inspect_report(gpu, _plan(), cuda=False)} == {"skipped"}
+    # the link bandwidth table as a report renders a measured probe (dpprof.collect.probe's fields)
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "data" / "cpu" / "ddp2_tiny_run", run)
+    m = json.loads((run / "manifest.json").read_text())
+    m["link_bandwidth"] = {"h2d_GBps": 55.2, "d2h_GBps": 54.9, "p2p_GBps": {}, "measured": True, "note": "median of 5"}
+    (run / "manifest.json").write_text(json.dumps(m))
+    html = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, "-m", "dpprof.cli", "report", str(run), "--out", str(html)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    link = gci.inspect_report(html.read_text(), _plan(), cuda=True)[2]
+    assert (link.status, link.detail) == ("passed", "h2d 55.2 GB/s, measured yes")
+    assert gci.inspect_report(html.read_text(), _plan(kind="run"), cuda=True)[2].status == "skipped"
+
+
+def test_gpu_run_checks_need_kernels_and_nvml_samples(tmp_path: Path) -> None:
+    """On a CPU run directory the GPU checks fail (they are not vacuous); with the H200's real DDP traces
+    in its place the kernel check passes."""
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "data" / "cpu" / "ddp2_tiny_run", run)
+    plan = _plan(ranks=2)
+    status = {c.name: c.status for c in gci.inspect_run(run, plan, cuda=True)[1]}
+    assert status["GPU kernels in the trace"] == status["NVML samples, mapped to CUDA by UUID"] == "failed"
+    assert status["link bandwidth probe (manifest)"] == "failed" and status["one trace per rank"] == "passed"
+    for old, new in zip(sorted((run / "traces").iterdir()), DDP, strict=True):
+        old.unlink()
+        shutil.copy(new, run / "traces" / f"{old.name.split('.')[0]}.1.pt.trace.json.gz")
+    figures, checks = gci.inspect_run(run, plan, cuda=True)
+    status = {c.name: c.status for c in checks}
+    assert status["GPU kernels in the trace"] == status["one trace per rank"] == "passed"
+    assert figures["kernels"] == sum(sum(1 for e in _load(p)["traceEvents"] if e.get("cat") == "kernel") for p in DDP)
+
+
+def test_gpu_archive_stays_under_its_limit_by_leaving_out_the_largest_traces(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    for name in ("a", "b"):
+        shutil.copytree(REPO / "tests" / "data" / "cpu" / "ddp2_tiny_run", work / "runs" / name)
+    shutil.copy(DDP[0], work / "runs" / "b" / "traces" / "rank0.2.pt.trace.json.gz")  # the largest
+    (work / "provenance.json").write_text("{}")
+    full = gcr.write_archive(work, tmp_path, ["a", "b"])
+    assert full["left_out"] == [] and full["files"] == 1 + 7 + 8
+    cut = gcr.write_archive(work, tmp_path, ["a", "b"], limit=full["bytes"] - 100_000)
+    assert cut["left_out"] == ["runs/b/traces/rank0.2.pt.trace.json.gz"] and cut["bytes"] <= full["bytes"] - 100_000
+    with tarfile.open(tmp_path / gcr.ARCHIVE) as tar:
+        assert "gpu-check/runs/b/manifest.json" in tar.getnames()
+        assert "gpu-check/runs/b/traces/rank0.2.pt.trace.json.gz" not in tar.getnames()
+
+
+def test_gpu_import_refuses_what_is_not_its_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("gpu-check/../../evil")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    plain = tmp_path / "plain.tar.gz"
+    plain.write_text("not an archive")
+    for path, words in ((bad, "unexpected member"), (plain, "cannot read the archive")):
+        proc = subprocess.run([sys.executable, str(BENCH / "gpu_import.py"), str(path), "--dest", str(tmp_path / "d")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+    assert not (tmp_path / "d").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_dpprof_reads_and_writes_traces_without_isal(tmp_path: Path) -> None:
+    """The GPU image has no python-isal (KINDS.md): analyze and perfetto fall back to zlib."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['isal'] = None  # import isal fails\n")
+    code = ("import sys; from dpprof.cli import main; import dpprof.trace.inflate as i; import zlib; "
+            "assert i._ZLIB is zlib; src, out = sys.argv[1], sys.argv[2]; "
+            "sys.exit(main(['analyze', src, '--no-json', '--quiet']) or main(['perfetto', src, '--out', out]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "tests" / "data" / "cpu" / "ddp2_tiny_run"),
+                           str(tmp_path / "t.json.gz")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.loads(gzip.open(tmp_path / "t.json.gz", "rt").read())["traceEvents"]) > 100
+
+
+def test_gpu_check_names_an_unknown_step_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--only", "single,dp_00",
+                           "--dest", str(tmp_path / "d")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--only dp_00: no such step (steps: single,dp_nogpu,ddp1," in proc.stderr
+    assert not (tmp_path / "d").exists()
