@@ -306,7 +306,9 @@ def run_sweep(grid: Grid, sweep_dir: Path, *, machine: Mapping[str, Any] | None 
         if on_point:
             on_point(i, len(planned), points[i])
     result = diagnose_points(save(), sweep_dir)
-    write_json(sweep_dir / SWEEP_JSON, result.to_json())
+    # the sweep's own file, read when resuming: rewritten on purpose (a replaced file's inode can be reused, so
+    # the input check would otherwise take this write for one over an input)
+    write_json(sweep_dir / SWEEP_JSON, result.to_json(), replace_input=True)
     return result
 
 

@@ -145,7 +145,7 @@ def _ranks_of(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # a string of 200,000 nested brackets is no rank list
             return ()
     if not isinstance(value, list):
         return ()

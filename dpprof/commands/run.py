@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dpprof.errors import DpprofError
+from dpprof.term import echo
 
 HELP = "run your own training script (single, DP, DDP, FSDP) under torch.profiler and NVML, writing one run directory"
 
@@ -164,7 +165,7 @@ def run_here(cfg: Any, summary: bool, report: bool) -> int:
         make_run_dir(run_dir)
         session = RunSession(cfg, script, step_on, function)
         if summary and not cfg.quiet:
-            print(f"dpprof run: {script.target} -> {run_dir}", file=sys.stderr, flush=True)
+            echo(f"dpprof run: {script.target} -> {run_dir}", err=True)  # names from the user's files: cleaned
         if decorate is not None:  # the name the script's decorated definitions call
             main.__dict__[DECORATOR] = step_decorator(session.boundary)
         try:
@@ -218,8 +219,8 @@ def launch(args: argparse.Namespace, cfg: Any) -> int:
     run_dir = fresh_run_dir(Path(args.out), name, explicit=bool(args.run_name), join=rdzv)
     cfg.run_dir, cfg.run_id = str(run_dir), run_dir.name
     if not cfg.quiet:
-        print(f"dpprof run: {cfg.target} on {topo.nproc_per_node} process(es) per node x {topo.nnodes} node(s) "
-              f"through torchrun -> {run_dir}", file=sys.stderr, flush=True)
+        echo(f"dpprof run: {cfg.target} on {topo.nproc_per_node} process(es) per node x {topo.nnodes} node(s) "
+             f"through torchrun -> {run_dir}", err=True)
     done = launch_torchrun(torchrun_command(topo, ["-m", "dpprof.run", "--config", cfg.to_json()]))
     code = 0
     if done.rc != 0 and done.interrupted:
@@ -258,5 +259,5 @@ def _after(run_dir: Path, code: int, summary: bool, report: bool, quiet: bool) -
         if any((run_dir / "traces").glob("*.pt.trace.json*")):
             report_after_run(run_dir, "dpprof run", stream=sys.stderr)
         else:
-            print(f"dpprof run: --report: no trace was written, so no report ({run_dir})", file=sys.stderr)
+            echo(f"dpprof run: --report: no trace was written, so no report ({run_dir})", err=True)
     return code

@@ -42,7 +42,7 @@ MAX_DEVICE = PID_STRIDE - 2
 SHARED_K = TID_STRIDE - 1
 #: Uncompressed JSON above this makes Perfetto's in-browser JSON importer slow, then out of memory.
 WARN_JSON_BYTES = 250_000_000
-_NUMBERS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_NUMBERS = re.compile(r"^\d{1,10}(-\d{1,10})?(,\d{1,10}(-\d{1,10})?)*$")  # ten digits: no int() of 5,000
 #: How a merged trace begins: ``otherData`` (the Chrome trace format's top-level metadata; Perfetto's JSON
 #: importer skips it, ``JsonTraceTokenizer::ParseInternal`` in its json_trace_tokenizer.cc, where an unknown key
 #: before ``traceEvents`` would end the import) holding ``dpprof``. ``metadata``, at the end because it holds what

@@ -99,6 +99,9 @@ class TraceSpan:
     warnings: tuple[str, ...] = ()
 
 
+#: A timestamp or duration beyond this (µs, ~3 million years) is no clock's: the event is not used for the span.
+_ABSURD_US = 1e17
+
 def _decode(raw: Buffer, path: Path) -> dict[str, Any]:
     try:
         obj = msgspec.json.decode(raw)
@@ -124,12 +127,14 @@ def scan_trace(obj: Mapping[str, Any], path: Path) -> TraceSpan:
         if not isinstance(ev, dict) or ev.get("ph") == "M":
             continue
         ts = ev.get("ts")
-        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and abs(ts) < _ABSURD_US:
             dur = ev.get("dur")
-            t_end = ts + dur if isinstance(dur, (int, float)) and not isinstance(dur, bool) and dur > 0 else ts
+            t_end = ts + dur if isinstance(dur, (int, float)) and not isinstance(dur, bool) and 0 < dur < _ABSURD_US \
+                else ts
             start = ts if start is None or ts < start else start
             end = t_end if end is None or t_end > end else end
-        if ev.get("cat") in GPU_CATEGORIES:
+        cat = ev.get("cat")
+        if isinstance(cat, str) and cat in GPU_CATEGORIES:
             args = ev.get("args")
             dev = _int(args.get("device")) if isinstance(args, dict) else None
             dev = dev if dev is not None else _int(ev.get("pid"))
