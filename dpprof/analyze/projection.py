@@ -265,10 +265,15 @@ def _profile(analysis: Analysis, ref: Row, cpu: bool, manifest: Manifest) -> dic
     return out
 
 
+def _peer_link(manifest: Manifest, declared: float | None) -> tuple[float | None, str]:
+    """GPU0's peer-link bandwidth (GB/s) and where it came from: declared (``--link-gbps``), else the manifest's."""
+    return (float(declared), "declared (--link-gbps)") if declared else link_gbps(manifest)
+
+
 def _dp_link(manifest: Manifest, declared: float | None, comm: Mapping[str, Any]) -> tuple[float | None, str]:
     """(β in µs per byte over GPU0's peer link, where it came from) for DP's data path, whatever DDP runs over: a
     declared bandwidth, else the manifest's measured peer link, else DDP's own NCCL model; None when none of them."""
-    bw, src = (float(declared), "declared (--link-gbps)") if declared else link_gbps(manifest)
+    bw, src = _peer_link(manifest, declared)
     if bw:
         return 1.0 / (bw * 1e3), f"GPU0's peer link: {src}"
     if comm.get("comm_backend") == "nccl":
@@ -304,7 +309,7 @@ def _comm_model(manifest: Manifest, link: float | None, chosen: tuple[str, str])
                 "beta_us_per_byte": 1.0 / (DEFAULT_GLOO_GBPS * 1e3),
                 "comm_source": f"default: α {DEFAULT_ALPHA_US[backend]:.0f} µs, gloo over the host at "
                                f"{DEFAULT_GLOO_GBPS} GB/s (no allreduce probe in the manifest)"}
-    bw, src = (float(link), "declared (--link-gbps)") if link else link_gbps(manifest)
+    bw, src = _peer_link(manifest, link)
     if not bw:
         return None
     return {"comm_backend": backend, "comm_backend_source": why, "alpha_us": DEFAULT_ALPHA_US[backend],
